@@ -1,0 +1,47 @@
+# smtpd: the two commands of the README are `make run` and `make test`.
+# Both create .venv on first use with a Python >= 3.12 found on PATH or in pyenv's
+# versions folder.
+
+VENV      := .venv
+VENV_PY   := $(VENV)/bin/python
+STAMP     := $(VENV)/.installed
+CONFIG    ?= etc/smtpd.ini
+
+.PHONY: run test check venv clean
+
+run: $(STAMP)
+	$(VENV)/bin/twistd -n smtpd --config $(CONFIG)
+
+test: $(STAMP)
+	$(VENV)/bin/trial --temp-directory=$(VENV)/_trial_temp tests
+
+check: $(STAMP)
+	$(VENV)/bin/smtpctl --config $(CONFIG) check
+
+venv: $(STAMP)
+
+# The interpreter: the first of python3.13, python3.12, python3 on PATH, then pyenv's
+# versions, that really runs and is >= 3.12 (pyenv shims exist but fail when the
+# version is not selected, so each candidate is run, not just found).
+$(VENV_PY):
+	@py=""; \
+	for c in python3.13 python3.12 python3 $$HOME/.pyenv/versions/*/bin/python3 /usr/local/bin/python3.1[2-9] /usr/bin/python3.1[2-9]; do \
+	  if "$$c" -c 'import sys, venv; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then py="$$c"; break; fi; \
+	done; \
+	if [ -z "$$py" ]; then \
+	  echo "smtpd needs Python >= 3.12 with the venv module, and none was found on PATH or in ~/.pyenv/versions."; \
+	  echo "Install one, e.g. 'apt-get install python3.12 python3.12-venv' or 'pyenv install 3.12', then run make again."; \
+	  exit 1; \
+	fi; \
+	echo "Creating $(VENV) with $$py ($$("$$py" -c 'import sys; print(sys.version.split()[0])'))"; \
+	"$$py" -m venv $(VENV)
+
+# compat editable mode puts the checkout itself on sys.path, so the twistd dropin in
+# twisted/plugins/ is found from any working directory.
+$(STAMP): $(VENV_PY) setup.cfg pyproject.toml
+	$(VENV_PY) -m pip install -q --upgrade pip
+	$(VENV_PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	@touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) _trial_temp build *.egg-info twisted/plugins/dropin.cache

@@ -1,0 +1,1 @@
+"""smtpd: a production SMTP mail server on Twisted."""
