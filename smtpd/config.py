@@ -495,6 +495,8 @@ def _endpoint_parameters(description: str) -> tuple[str, dict[str, str]]:
         args, kw = _parse(description)
     except RuntimeError:
         raise ValueError(f"{description!r} ends in a lone backslash") from None
+    if not args:
+        raise ValueError(f"{description!r}: no endpoint type")
     kind, positional = args[0], args[1:]
     names = _ENDPOINT_PARAMETERS.get(kind)
     if names is None:
@@ -778,7 +780,9 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Key]]] = {
             ),
             "smart_host": _key(parse_smart_host, _SMART_HOST_TEXT, "SmartHost"),
             "smart_host_fallback": _key(parse_bool, _BOOL_TEXT, "SmartHostType"),
-            "smart_host_user": _key(parse_text, "a user name without control characters", "RouteUserName"),
+            "smart_host_user": _key(
+                parse_text, "a user name without control characters", "RouteUserName"
+            ),
             "smart_host_password": _key(
                 parse_text, "a password without control characters", "RoutePassword", secret=True
             ),
@@ -788,7 +792,9 @@ _SCHEMA: dict[str, tuple[type, dict[str, _Key]]] = {
                 _count(1), _at_least(1), "MaxOutConnectionsPerDomain"
             ),
             "max_messages_per_connection": _key(_count(1), _at_least(1), "MaxBatchedMessages"),
-            "outbound_timeout": _key(_positive_duration, _DURATION_TEXT + ", not 0", "RemoteTimeout"),
+            "outbound_timeout": _key(
+                _positive_duration, _DURATION_TEXT + ", not 0", "RemoteTimeout"
+            ),
             "remote_port": _key(parse_port, _PORT_TEXT, "RemoteSmtpPort"),
             "masquerade_domain": _key(
                 lambda t: parse_domain_name(t) if t.strip() else "",
@@ -887,13 +893,15 @@ def _read(path: str, problems: _Problems) -> configparser.ConfigParser | None:
     try:
         parser.read_string(text, source=path)
     except configparser.Error as e:
-        _syntax_problems(e, problems)
+        _syntax_problems(e, text.splitlines(), problems)
         return None
     return parser
 
 
-def _syntax_problems(error: configparser.Error, problems: _Problems) -> None:
-    """Record an INI syntax error as one line per bad line."""
+def _syntax_problems(
+    error: configparser.Error, lines: list[str], problems: _Problems
+) -> None:
+    """Record an INI syntax error in the file of C{lines}, one line per bad line."""
     if isinstance(error, configparser.DuplicateOptionError):
         problems.add(
             f"line {error.lineno}: [{error.section}] {error.option}: given twice; "
@@ -909,9 +917,9 @@ def _syntax_problems(error: configparser.Error, problems: _Problems) -> None:
             "[section]; expected a [section] header first"
         )
     elif isinstance(error, configparser.ParsingError):
-        for lineno, line in error.errors:
+        for lineno, _ in error.errors:
             problems.add(
-                f"line {lineno}: cannot parse {_show(line.strip())!r}; "
+                f"line {lineno}: cannot parse {_show(lines[lineno - 1].strip())!r}; "
                 "expected [section], key = value, or a ; comment"
             )
     else:
