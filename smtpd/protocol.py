@@ -144,6 +144,8 @@ class Inbound:
 class SMTPFactory(ServerFactory):
     """Builds L{SMTPSession}s of one kind for an endpoint."""
 
+    noisy = False
+
     def __init__(self, inbound: Inbound, kind: str):
         self.inbound = inbound
         self.kind = kind

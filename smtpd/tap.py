@@ -1,0 +1,215 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd smtpd}: command-line options and the service tree.
+
+    MultiService
+     +- Listener (one per listen / submission / smtps endpoint)
+     +- InboundService (drains sessions on stop)
+     +- QueueManager (local delivery, relay, bounces)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import usage
+
+from smtpd import tls
+from smtpd.bounce import BounceBuilder
+from smtpd.config import Config, ConfigError, load_config
+from smtpd.local import DropDelivery, MaildirDelivery
+from smtpd.log import ActivityLog
+from smtpd.mx import MXResolver, make_resolver
+from smtpd.protocol import LISTEN, SMTPS, SUBMISSION, Inbound
+from smtpd.qmgr import QueueManager
+from smtpd.queue import Queue
+from smtpd.relay import RelayManager
+from smtpd.users import Users, UsersError
+
+log = Logger()
+
+# How long sessions in the middle of DATA may go on after SIGTERM.
+SHUTDOWN_GRACE = 5.0
+
+MAILROOT_FOLDERS = ("queue", "mailbox", "drop", "badmail")
+
+
+class Options(usage.Options):
+    """C{twistd smtpd --config PATH}."""
+
+    optParameters = [
+        ["config", "c", "etc/smtpd.ini", "The configuration file (smtpd.ini)."],
+    ]
+
+    def postOptions(self):
+        """
+        Read and validate the configuration now, so that every problem is shown
+        at once, one line each, before twistd daemonises; then exit 1.
+        """
+        try:
+            self["parsed"] = load_config(self["config"])
+        except ConfigError as e:
+            for line in e.problems:
+                print(line, file=sys.stderr)
+            raise SystemExit(1)
+
+
+class Listener(service.Service):
+    """Listens on one endpoint with one factory; remembers the bound address."""
+
+    def __init__(self, reactor, description: str, factory):
+        self.reactor = reactor
+        self.description = description
+        self.factory = factory
+        self.port = None
+
+    def startService(self):
+        """Start listening; a failure to bind stops the process with the reason."""
+        service.Service.startService(self)
+        d = serverFromString(self.reactor, self.description).listen(self.factory)
+        d.addCallbacks(self._listening, self._failed)
+
+    def _listening(self, port):
+        self.port = port
+        host, bound = self.address()
+        log.info(
+            "Listening on {endpoint} ({host}:{port})",
+            endpoint=self.description,
+            host=host,
+            port=bound,
+        )
+
+    def _failed(self, failure):
+        log.error(
+            "Cannot listen on {endpoint}: {why}",
+            endpoint=self.description,
+            why=failure.getErrorMessage(),
+        )
+        self.reactor.stop()
+
+    def stopService(self):
+        """Stop listening."""
+        service.Service.stopService(self)
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+
+    def address(self) -> tuple[str, int] | None:
+        """The (host, port) actually bound, once listening."""
+        if self.port is None:
+            return None
+        host = self.port.getHost()
+        return (getattr(host, "host", ""), getattr(host, "port", 0))
+
+
+class InboundService(service.Service):
+    """Owns the inbound sessions: on stop, lets DATA finish, then closes them."""
+
+    def __init__(self, inbound: Inbound, log_: ActivityLog):
+        self.inbound = inbound
+        self.activity = log_
+
+    def startService(self):
+        """Open the activity log."""
+        service.Service.startService(self)
+        self.activity.open()
+
+    def stopService(self):
+        """Drain sessions for up to L{SHUTDOWN_GRACE} seconds, then close the log."""
+        service.Service.stopService(self)
+        d = self.inbound.shutdown(SHUTDOWN_GRACE)
+        d.addBoth(lambda _: self.activity.close())
+        return d
+
+
+def prepare_mailroot(config: Config) -> None:
+    """Create C{mailroot/} and its folders when missing."""
+    for name in MAILROOT_FOLDERS:
+        os.makedirs(os.path.join(config.server.mailroot, name), exist_ok=True)
+
+
+def load_tls(config: Config, clock):
+    """The server TLS options, creating a self-signed certificate when missing."""
+    cert, key = config.tls.certificate, config.tls.key
+    if tls.ensure_certificate(cert, key, config.server.hostname, clock.seconds()):
+        log.info("Created a self-signed certificate {cert}", cert=cert)
+    return tls.server_tls_options(cert, key)
+
+
+def build(config: Config, reactor) -> service.MultiService:
+    """The whole server for C{config} on C{reactor}."""
+    pool = reactor.getThreadPool()
+
+    def run_blocking(f, *args, **kwargs):
+        return deferToThreadPool(reactor, pool, f, *args, **kwargs)
+
+    prepare_mailroot(config)
+    tls_options = load_tls(config, reactor)
+    users = Users.load(config.auth.users)
+    mailroot = config.server.mailroot
+    queue = Queue(os.path.join(mailroot, "queue"), reactor, run_blocking)
+    activity = ActivityLog(
+        config.logging.format, config.logging.path, reactor, config.server.hostname
+    )
+    inbound = Inbound(
+        config, users, queue, reactor, run_blocking, tls_options, activity
+    )
+    top = service.MultiService()
+    listeners = []
+    for kind, endpoints in (
+        (LISTEN, config.server.listen),
+        (SUBMISSION, config.server.submission),
+        (SMTPS, config.server.smtps),
+    ):
+        for description in endpoints:
+            factory = inbound.factory(kind)
+            if kind == SMTPS:
+                factory = TLSMemoryBIOFactory(tls_options, False, factory)
+            listeners.append(Listener(reactor, description, factory))
+
+    def local_endpoints() -> set[tuple[str, int]]:
+        return {a for a in (l.address() for l in listeners) if a is not None}
+
+    mx = MXResolver(
+        make_resolver(config.delivery.dns_servers, reactor),
+        reactor,
+        config.server.hostname,
+    )
+    relay = RelayManager(config, reactor, mx, local_endpoints=local_endpoints)
+    qmgr = QueueManager(
+        config,
+        queue,
+        reactor,
+        users=users,
+        local=MaildirDelivery(mailroot, config.server.hostname, reactor, run_blocking),
+        drop=DropDelivery(mailroot, reactor, run_blocking),
+        relay=relay,
+        bounces=BounceBuilder(config.server.hostname, reactor),
+        log=activity,
+    )
+    qmgr.setServiceParent(top)
+    InboundService(inbound, activity).setServiceParent(top)
+    for listener in listeners:
+        listener.setServiceParent(top)
+    top.inbound = inbound
+    top.qmgr = qmgr
+    return top
+
+
+def makeService(options: Options) -> service.IService:
+    """twistd's entry point: the service tree for the validated configuration."""
+    from twisted.internet import reactor
+
+    config = options["parsed"]
+    try:
+        return build(config, reactor)
+    except (tls.TLSError, UsersError, OSError) as e:
+        print(f"{config.path}: cannot start: {e}", file=sys.stderr)
+        raise SystemExit(1)
