@@ -1,0 +1,413 @@
+# -*- test-case-name: tests.test_queue -*-
+"""
+The durable queue (SPEC 4): C{mailroot/queue/} holds, per message, the RFC 5322
+data in C{<id>.eml} and the JSON envelope in C{<id>.json}.
+
+Every file is written to a temporary name in the same folder, fsync'd, renamed
+into place, and the folder fsync'd. The envelope is written last: it is the
+commit marker, so a data file without an envelope is an incomplete store and an
+envelope always has its data. Removal goes the other way (envelope first).
+Entries that cannot be read are moved to C{mailroot/badmail/}, never lost.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from smtpd.envelope import Envelope
+
+_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,127}\Z")
+_TEMP_SUFFIX = ".tmp"
+
+log = Logger()
+
+
+def valid_queue_id(queue_id: str) -> bool:
+    """Whether C{queue_id} is safe as a file name stem (no path tricks)."""
+    return isinstance(queue_id, str) and _ID.match(queue_id) is not None
+
+
+def _check_id(queue_id: str) -> str:
+    if not valid_queue_id(queue_id):
+        raise ValueError(f"invalid queue id {queue_id!r}")
+    return queue_id
+
+
+def fsync_directory(path: str) -> None:
+    """Make the entries of folder C{path} (creations, renames, removals) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file(path: str, data: bytes, mode: int = 0o600) -> None:
+    """
+    Write C{data} to a new file C{path} (which must not exist) and fsync it.
+    On failure the partial file is removed and the L{OSError} re-raised.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(path)
+        raise
+    os.close(fd)
+
+
+def temp_name(path: str) -> str:
+    """
+    A fresh temporary name beside C{path}: C{dir/.name.<random>.tmp} (hidden,
+    never taken for an entry, unique so concurrent writers never collide).
+    """
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.{secrets.token_hex(4)}{_TEMP_SUFFIX}")
+
+
+def replace_file(path: str, data: bytes, mode: int = 0o600) -> None:
+    """
+    Atomically give C{path} the content C{data}: temporary file, fsync, rename.
+    The caller fsyncs the folder. Nothing half-written stays on failure.
+    """
+    tmp = temp_name(path)
+    write_file(tmp, data, mode)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _one_line(text: str) -> str:
+    """C{text} with control characters replaced, safe for one line of a report."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+_FIELD_TYPES = {
+    "id": str, "sender": str, "arrival": (int, float), "next_attempt": (int, float),
+    "attempts": int, "state": str, "ret": str, "envid": str, "size": int,
+    "client": str, "body": str,
+}
+_RECIPIENT_TYPES = {
+    "address": str, "orcpt": str, "state": str, "last_reply": str, "status": str,
+    "remote_mta": str, "notified_delay": bool,
+}
+
+
+def parse_envelope(raw: bytes, queue_id: str) -> Envelope:
+    """
+    Parse the envelope file of entry C{queue_id}, checking the type of every
+    field (a damaged file must not break the queue later) and that it names
+    its own entry.
+
+    @raise ValueError: when it does not.
+    """
+    envelope = Envelope.from_json(raw)
+    _check_types(envelope, _FIELD_TYPES, "envelope")
+    for r in envelope.recipients:
+        _check_types(r, _RECIPIENT_TYPES, "recipient")
+        if not all(isinstance(n, str) for n in r.notify):
+            raise ValueError("recipient field 'notify' is not a list of strings")
+    if envelope.id != queue_id:
+        raise ValueError(f"envelope id {envelope.id!r} does not match its file name")
+    return envelope
+
+
+def _check_types(obj: object, types: dict[str, Any], what: str) -> None:
+    for name, kind in types.items():
+        value = getattr(obj, name)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ValueError(f"{what} field {name!r} has the wrong type")
+
+
+def badmail_report(reason: str, envelope: Envelope | None, raw: bytes = b"") -> bytes:
+    """
+    The text of a C{.bdr} file: why, and the envelope (or the unreadable
+    envelope file's bytes when it could not be parsed).
+    """
+    lines = [f"Reason: {_one_line(reason)}"]
+    if envelope is not None:
+        lines.append(f"Queue-ID: {_one_line(envelope.id)}")
+        lines.append(f"Sender: <{_one_line(envelope.sender)}>")
+        if envelope.client:
+            lines.append(f"Client: {_one_line(envelope.client)}")
+        arrival = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(envelope.arrival))
+        lines.append(f"Arrival: {arrival}")
+        lines.append(f"Attempts: {envelope.attempts}")
+        for r in envelope.recipients:
+            detail = f" {_one_line(r.last_reply)}" if r.last_reply else ""
+            lines.append(f"Recipient: <{_one_line(r.address)}> {r.state}{detail}")
+    elif raw:
+        lines.append("Envelope: " + _one_line(raw.decode("utf-8", "replace")))
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+class Queue:
+    """
+    The on-disk queue of accepted messages.
+
+    @param directory: the queue folder (C{mailroot/queue}); C{badmail} is its
+        sibling.
+    @param clock: an C{IReactorTime} (for L{new_id}).
+    @param run_blocking: C{f(callable, *args) -> Deferred} running blocking disk
+        work off the reactor thread.
+    """
+
+    def __init__(self, directory: str, clock: Any, run_blocking: Callable[..., Deferred]):
+        self.directory = os.path.abspath(directory)
+        self.badmail = os.path.join(os.path.dirname(self.directory), "badmail")
+        self._clock = clock
+        self._run = run_blocking
+        self._observers: list[Callable[[Envelope], object]] = []
+        # Group commit of the folder fsync: see _sync_directory.
+        self._ticket_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._requested = 0
+        self._synced = 0
+
+    # -- naming
+
+    def new_id(self) -> str:
+        """
+        A fresh queue id: upper-case hex, the arrival second then 64 random
+        bits, so ids sort roughly by arrival and never repeat across restarts
+        or processes.
+        """
+        return f"{int(self._clock.seconds()):08X}{secrets.randbits(64):016X}"
+
+    def data_path(self, queue_id: str) -> str:
+        """The path of the message data file of entry C{queue_id}."""
+        return os.path.join(self.directory, _check_id(queue_id) + ".eml")
+
+    def envelope_path(self, queue_id: str) -> str:
+        """The path of the envelope file of entry C{queue_id}."""
+        return os.path.join(self.directory, _check_id(queue_id) + ".json")
+
+    # -- observers
+
+    def add_observer(self, callback: Callable[[Envelope], object]) -> None:
+        """Call C{callback(envelope)} after each successful L{store}."""
+        self._observers.append(callback)
+
+    def _notify(self, envelope: Envelope) -> None:
+        for callback in list(self._observers):
+            try:
+                callback(envelope)
+            except Exception:
+                log.failure("queue observer {callback!r} failed for {id}",
+                            callback=callback, id=envelope.id)
+
+    # -- writing
+
+    def store(self, envelope: Envelope, data: bytes) -> Deferred[None]:
+        """
+        Make a new entry durable: data first, envelope last. Fires when both
+        files and their names are on disk; fails with the L{OSError} (nothing
+        left behind) when they cannot be.
+        """
+        return Deferred.fromCoroutine(self._store(envelope, data))
+
+    async def _store(self, envelope: Envelope, data: bytes) -> None:
+        # Serialised here, on the caller's thread: later changes to the
+        # envelope object cannot race with the write.
+        record = envelope.to_json()
+        await self._run(self._store_blocking, envelope.id, data, record)
+        self._notify(envelope)
+
+    def _store_blocking(self, queue_id: str, data: bytes, record: bytes) -> None:
+        eml, js = self.data_path(queue_id), self.envelope_path(queue_id)
+        placed: list[str] = []
+        try:
+            self._ensure_directory()
+            for path, content in ((eml, data), (js, record)):
+                if os.path.lexists(path):
+                    raise OSError(errno.EEXIST, "queue entry exists", path)
+                replace_file(path, content)
+                placed.append(path)
+            self._sync_directory()
+        except BaseException:
+            for path in reversed(placed):
+                _unlink_quietly(path)
+            raise
+
+    def update(self, envelope: Envelope) -> Deferred[None]:
+        """
+        Atomically rewrite the envelope of an existing entry.
+        Fails with L{FileNotFoundError} when the entry is gone (so a removed
+        entry is never resurrected as an envelope without data).
+        """
+        record = envelope.to_json()
+        return self._run(self._update_blocking, envelope.id, record)
+
+    def _update_blocking(self, queue_id: str, record: bytes) -> None:
+        eml = self.data_path(queue_id)
+        if not os.path.exists(eml):
+            raise FileNotFoundError(errno.ENOENT, "queue entry is gone", eml)
+        replace_file(self.envelope_path(queue_id), record)
+        self._sync_directory()
+
+    def remove(self, queue_id: str) -> Deferred[None]:
+        """Remove an entry: envelope first, then data. Missing files are fine."""
+        return self._run(self._remove_blocking, queue_id)
+
+    def _remove_blocking(self, queue_id: str) -> None:
+        for path in (self.envelope_path(queue_id), self.data_path(queue_id)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self._sync_directory()
+
+    def _ensure_directory(self) -> None:
+        if not os.path.isdir(self.directory):
+            os.makedirs(self.directory, 0o700, exist_ok=True)
+            fsync_directory(os.path.dirname(self.directory))
+
+    def _sync_directory(self) -> None:
+        """
+        fsync the queue folder, shared by concurrent callers (group commit).
+
+        Each caller takes a ticket after its renames. A folder fsync that
+        I{starts} after a ticket was taken covers that caller's renames, so a
+        caller whose ticket is already covered by a finished fsync returns.
+        """
+        with self._ticket_lock:
+            self._requested += 1
+            ticket = self._requested
+        with self._sync_lock:
+            if self._synced >= ticket:
+                return
+            with self._ticket_lock:
+                covered = self._requested
+            fsync_directory(self.directory)
+            self._synced = covered
+
+    # -- reading
+
+    def read_data(self, queue_id: str) -> Deferred[bytes]:
+        """The message data of entry C{queue_id}."""
+        return self._run(_read_file, self.data_path(queue_id))
+
+    def read_envelope(self, queue_id: str) -> Deferred[Envelope]:
+        """The envelope of entry C{queue_id}, as last stored or updated."""
+        path = self.envelope_path(queue_id)
+        return self._run(lambda: parse_envelope(_read_file(path), queue_id))
+
+    def scan(self, cleanup: bool = True) -> list[Envelope]:
+        """
+        Every complete entry, oldest first. Synchronous: used at start and by
+        C{smtpctl queue list}.
+
+        With C{cleanup} (at start, when no other process writes here): create
+        the folder when missing, remove temporary files and data files without
+        an envelope (incomplete stores), and move envelopes that do not parse or
+        have no data to C{badmail/}. Without it nothing on disk is touched and
+        unreadable entries are skipped, so it is safe while the server runs.
+        """
+        if cleanup:
+            self._ensure_directory()
+        try:
+            names = set(os.listdir(self.directory))
+        except FileNotFoundError:
+            return []
+        entries = []
+        for name in names:
+            stem, ext = os.path.splitext(name)
+            if cleanup and name.startswith(".") and name.endswith(_TEMP_SUFFIX):
+                _unlink_quietly(os.path.join(self.directory, name))
+            elif cleanup and ext == ".eml" and stem + ".json" not in names:
+                if valid_queue_id(stem):
+                    _unlink_quietly(os.path.join(self.directory, name))
+            elif ext == ".json" and valid_queue_id(stem):
+                envelope = self._scan_entry(stem, stem + ".eml" in names, cleanup)
+                if envelope is not None:
+                    entries.append(envelope)
+        if cleanup:
+            fsync_directory(self.directory)
+        entries.sort(key=lambda e: (e.arrival, e.id))
+        return entries
+
+    def _scan_entry(self, queue_id: str, has_data: bool, cleanup: bool) -> Envelope | None:
+        try:
+            raw = _read_file(self.envelope_path(queue_id))
+        except FileNotFoundError:
+            return None  # removed while we were listing
+        except OSError as e:
+            log.error("queue entry {id} cannot be read: {error}", id=queue_id, error=e)
+            return None
+        try:
+            envelope = parse_envelope(raw, queue_id)
+        except ValueError as e:
+            if cleanup:
+                self._bad_entry(queue_id, f"unreadable envelope: {e}", None, raw, has_data)
+            return None
+        if not has_data:
+            if cleanup:
+                self._bad_entry(queue_id, "message data file missing", envelope, raw, False)
+            return None
+        return envelope
+
+    def _bad_entry(self, queue_id: str, reason: str, envelope: Envelope | None,
+                   raw: bytes, has_data: bool) -> None:
+        """Move a broken entry to badmail; when even that fails, leave it and log."""
+        try:
+            content = _read_file(self.data_path(queue_id)) if has_data else raw
+            self._write_badmail(queue_id, content, badmail_report(reason, envelope, raw))
+            self._remove_blocking(queue_id)
+        except OSError as e:
+            log.error("queue entry {id} is broken ({reason}) and could not be moved "
+                      "to badmail: {error}", id=queue_id, reason=reason, error=e)
+        else:
+            log.warn("queue entry {id} moved to badmail: {reason}", id=queue_id, reason=reason)
+
+    # -- badmail
+
+    def move_to_badmail(self, envelope: Envelope, reason: str) -> Deferred[None]:
+        """
+        Put a message that can be neither delivered nor returned into
+        C{badmail/<id>.bad} (its data) and C{<id>.bdr} (why, sender,
+        recipients), durably, then remove it from the queue.
+        """
+        report = badmail_report(reason, envelope)
+        return self._run(self._badmail_blocking, envelope.id, report)
+
+    def _badmail_blocking(self, queue_id: str, report: bytes) -> None:
+        data = _read_file(self.data_path(queue_id))
+        self._write_badmail(queue_id, data, report)
+        self._remove_blocking(queue_id)
+
+    def _write_badmail(self, queue_id: str, data: bytes, report: bytes) -> None:
+        _check_id(queue_id)
+        if not os.path.isdir(self.badmail):
+            os.makedirs(self.badmail, 0o700, exist_ok=True)
+            fsync_directory(os.path.dirname(self.badmail))
+        replace_file(os.path.join(self.badmail, queue_id + ".bad"), data)
+        replace_file(os.path.join(self.badmail, queue_id + ".bdr"), report)
+        fsync_directory(self.badmail)
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()

@@ -1,0 +1,216 @@
+"""
+Tests for L{smtpd.local}: Maildir and drop delivery.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from smtpd.envelope import Envelope, Recipient
+from smtpd.local import DropDelivery, MailboxError, MaildirDelivery
+
+DATA = b"From: a@example.com\r\nTo: bob@example.com\r\nSubject: hi\r\n\r\nline one\r\nline two\r\n"
+
+
+def files_under(folder: str) -> list[str]:
+    """Every file and folder below C{folder}, as sorted relative paths."""
+    found = []
+    for parent, folders, files in os.walk(folder):
+        for name in folders + files:
+            found.append(os.path.relpath(os.path.join(parent, name), folder))
+    return sorted(found)
+
+
+class DeliveryTestCase(unittest.TestCase):
+    """A deployment folder holding a mailroot, and a clock."""
+
+    def setUp(self) -> None:
+        self.base = os.path.abspath(self.mktemp())
+        self.mailroot = os.path.join(self.base, "mailroot")
+        os.makedirs(self.mailroot)
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000.25)
+        self.envelope = Envelope("0ABC", "a@example.com", [Recipient("bob@example.com")], 1.0)
+
+
+class MaildirTests(DeliveryTestCase):
+    """L{MaildirDelivery}."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.agent = MaildirDelivery(self.mailroot, "mx.example.com", self.clock,
+                                     defer.maybeDeferred)
+        self.maildir = os.path.join(self.mailroot, "mailbox", "example.com", "bob")
+
+    def delivered(self) -> list[bytes]:
+        """The contents of the files in bob's new/."""
+        new = os.path.join(self.maildir, "new")
+        contents = []
+        for name in sorted(os.listdir(new)):
+            with open(os.path.join(new, name), "rb") as f:
+                contents.append(f.read())
+        return contents
+
+    def test_layout(self) -> None:
+        """
+        The first delivery creates tmp, new and cur; the message lands in new
+        under a unique name carrying time, pid, host name and size; tmp is empty.
+        """
+        self.successResultOf(self.agent.deliver(self.envelope, "bob@example.com", DATA))
+        self.assertEqual(sorted(os.listdir(self.maildir)), ["cur", "new", "tmp"])
+        self.assertEqual(os.listdir(os.path.join(self.maildir, "tmp")), [])
+        self.assertEqual(os.listdir(os.path.join(self.maildir, "cur")), [])
+        [name] = os.listdir(os.path.join(self.maildir, "new"))
+        size = len(self.delivered()[0])
+        self.assertRegex(name, rf"\A1700000000\.M250000P{os.getpid()}Q1R[0-9a-f]+"
+                               rf"\.mx\.example\.com,S={size}\Z")
+
+    def test_headers_and_line_endings(self) -> None:
+        """The message starts with Return-Path and Delivered-To and has LF endings."""
+        self.successResultOf(self.agent.deliver(self.envelope, "bob@example.com", DATA))
+        [content] = self.delivered()
+        self.assertEqual(
+            content,
+            b"Return-Path: <a@example.com>\nDelivered-To: bob@example.com\n"
+            + DATA.replace(b"\r\n", b"\n"),
+        )
+        self.assertNotIn(b"\r", content)
+
+    def test_null_sender(self) -> None:
+        """A bounce (sender <>) gets an empty Return-Path."""
+        self.envelope.sender = ""
+        self.successResultOf(self.agent.deliver(self.envelope, "bob@example.com", DATA))
+        self.assertTrue(self.delivered()[0].startswith(b"Return-Path: <>\n"))
+
+    def test_unique_names(self) -> None:
+        """Two deliveries at the same instant make two files."""
+        for _ in range(2):
+            self.successResultOf(self.agent.deliver(self.envelope, "bob@example.com", DATA))
+        self.assertEqual(len(self.delivered()), 2)
+
+    def test_hostname_escaped(self) -> None:
+        """'/' and ':' in the host name are escaped in file names (Maildir rule)."""
+        agent = MaildirDelivery(self.mailroot, "a/b:c", self.clock, defer.maybeDeferred)
+        self.successResultOf(agent.deliver(self.envelope, "bob@example.com", DATA))
+        [name] = os.listdir(os.path.join(self.maildir, "new"))
+        self.assertIn(r".a\057b\072c,S=", name)
+
+    def test_traversal_refused(self) -> None:
+        """
+        Mailbox names that could reach outside mailbox/<domain>/ are refused
+        with MailboxError and nothing is written anywhere.
+        """
+        for bad in ("../x@localhost", "..@localhost", ".@localhost", ".hidden@localhost",
+                    "a/b@localhost", "a\\b@localhost", "x@..", "x@.", "x@../etc",
+                    "x@a/b", "x\0@localhost", "x@local\0host", "@localhost", "x@",
+                    "nodomain", "x\n@localhost", "../../../tmp/x@localhost"):
+            self.failureResultOf(self.agent.deliver(self.envelope, bad, DATA), MailboxError)
+        self.assertEqual(files_under(self.base), ["mailroot"])
+
+    def test_symlink_outside_refused(self) -> None:
+        """A mailbox folder that is a symlink leading outside is refused."""
+        outside = os.path.join(self.base, "outside")
+        os.makedirs(outside)
+        domain = os.path.join(self.mailroot, "mailbox", "example.com")
+        os.makedirs(domain)
+        os.symlink(outside, os.path.join(domain, "evil"))
+        self.failureResultOf(
+            self.agent.deliver(self.envelope, "evil@example.com", DATA), MailboxError)
+        self.assertEqual(os.listdir(outside), [])
+
+    def test_symlinked_domain_refused(self) -> None:
+        """A domain folder that is a symlink leading outside is refused."""
+        outside = os.path.join(self.base, "outside")
+        os.makedirs(outside)
+        os.makedirs(os.path.join(self.mailroot, "mailbox"))
+        os.symlink(outside, os.path.join(self.mailroot, "mailbox", "example.com"))
+        self.failureResultOf(
+            self.agent.deliver(self.envelope, "bob@example.com", DATA), MailboxError)
+        self.assertEqual(os.listdir(outside), [])
+
+    def test_symlinked_new_refused(self) -> None:
+        """A new/ folder that is a symlink leading outside is refused."""
+        outside = os.path.join(self.base, "outside")
+        os.makedirs(outside)
+        os.makedirs(self.maildir)
+        os.symlink(outside, os.path.join(self.maildir, "new"))
+        self.failureResultOf(
+            self.agent.deliver(self.envelope, "bob@example.com", DATA), MailboxError)
+        self.assertEqual(os.listdir(outside), [])
+
+    def test_header_injection_refused(self) -> None:
+        """A sender carrying a line break is refused; nothing is written."""
+        self.envelope.sender = "a@example.com>\nX-Evil: <yes"
+        self.failureResultOf(
+            self.agent.deliver(self.envelope, "bob@example.com", DATA), MailboxError)
+        self.assertEqual(files_under(self.base), ["mailroot"])
+
+    def test_disk_error(self) -> None:
+        """
+        A disk error comes out as the OSError itself, and no file is left in
+        tmp or new.
+        """
+        os.makedirs(os.path.join(self.maildir, "tmp"))
+        with open(os.path.join(self.maildir, "new"), "wb") as f:
+            f.write(b"a file where new/ should be")
+        self.failureResultOf(
+            self.agent.deliver(self.envelope, "bob@example.com", DATA), NotADirectoryError)
+        self.assertEqual(os.listdir(os.path.join(self.maildir, "tmp")), [])
+
+
+class DropTests(DeliveryTestCase):
+    """L{DropDelivery}."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.agent = DropDelivery(self.mailroot, self.clock, defer.maybeDeferred)
+        self.drop = os.path.join(self.mailroot, "drop")
+
+    def test_format(self) -> None:
+        """
+        One .eml file per message: x-sender, one x-receiver per recipient, then
+        the message, CRLF line endings; no temporary file stays.
+        """
+        self.successResultOf(self.agent.deliver(
+            self.envelope, ["bob@drop.example", "carol@drop.example"], DATA))
+        [name] = os.listdir(self.drop)
+        self.assertTrue(name.startswith("0ABC.") and name.endswith(".eml"), name)
+        with open(os.path.join(self.drop, name), "rb") as f:
+            content = f.read()
+        self.assertEqual(
+            content,
+            b"x-sender: a@example.com\r\nx-receiver: bob@drop.example\r\n"
+            b"x-receiver: carol@drop.example\r\n" + DATA,
+        )
+
+    def test_crlf(self) -> None:
+        """Bare LF line endings in the data become CRLF."""
+        self.successResultOf(self.agent.deliver(
+            self.envelope, ["bob@drop.example"], b"Subject: x\n\nbody\n"))
+        [name] = os.listdir(self.drop)
+        with open(os.path.join(self.drop, name), "rb") as f:
+            self.assertEqual(f.read().split(b"\r\n")[2:], [b"Subject: x", b"", b"body", b""])
+
+    def test_one_file_per_message(self) -> None:
+        """Two messages (even the same one twice) make two files."""
+        for _ in range(2):
+            self.successResultOf(self.agent.deliver(self.envelope, ["b@drop.example"], DATA))
+        self.assertEqual(len(os.listdir(self.drop)), 2)
+
+    def test_header_injection_refused(self) -> None:
+        """A recipient carrying a line break is refused; nothing is written."""
+        self.failureResultOf(self.agent.deliver(
+            self.envelope, ["b@drop.example\r\nx-receiver: evil@example.com"], DATA),
+            MailboxError)
+        self.assertEqual(files_under(self.base), ["mailroot"])
+
+    def test_disk_error(self) -> None:
+        """When drop/ cannot be made, the OSError itself comes out."""
+        with open(self.drop, "wb") as f:
+            f.write(b"a file where drop/ should be")
+        self.failureResultOf(
+            self.agent.deliver(self.envelope, ["b@drop.example"], DATA), OSError)
