@@ -45,6 +45,7 @@ MAX_COMMAND_LINE = 512  # RFC 5321 4.5.3.1.4, CRLF included
 MAX_PARAM_LINE = 512 + 500  # MAIL/RCPT with DSN parameters (RFC 3461 5)
 MAX_AUTH_LINE = 12288  # RFC 4954 4
 MAX_TEXT_LINE = 1000  # RFC 5321 4.5.3.1.6, CRLF included
+MAX_PENDING_INPUT = 64 * 1024  # input held while an answer is pending
 
 _COMMAND = 0
 _DATA = 1
@@ -167,6 +168,7 @@ class SMTPSession(smtp.ESMTP):
 
     session_id = 0
     peer_ip = ""
+    _paused = False
     _hostname = "localhost"
     in_transfer = False
 
@@ -245,6 +247,10 @@ class SMTPSession(smtp.ESMTP):
             return
         self.resetTimeout()
         self._buf += data
+        if self._waiting and len(self._buf) > MAX_PENDING_INPUT:
+            # A client that floods while an answer is pending is held back.
+            self.transport.pauseProducing()
+            self._paused = True
         self._process()
 
     def _process(self) -> None:
@@ -287,6 +293,9 @@ class SMTPSession(smtp.ESMTP):
 
     def _resume(self, _ignored=None) -> None:
         self._waiting = False
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
         if not self._closing:
             self._process()
 
