@@ -1,0 +1,600 @@
+# -*- test-case-name: tests.test_relay -*-
+"""
+The relay transport agent (SPEC 3 [delivery], 6): delivers a queued message to
+its recipients in other domains over SMTP, by MX or by smart host, and reports
+one L{DeliveryStatus} per recipient to the queue manager.
+
+Recipients are grouped by route (their domain's MX hosts, or a smart host); a
+route is one transaction carrying all its recipients. Routes run concurrently
+within the global and per-destination connection limits, and an open
+connection is reused for the next message on the same route.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.internet import error as neterror
+from twisted.internet import ssl
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.logger import Logger
+
+from smtpd.address import split_address
+from smtpd.client import OutboundMessage, RelayClient, SessionError
+from smtpd.config import Config, SmartHost
+from smtpd.envelope import DeliveryStatus, Envelope, Recipient
+from smtpd.mx import DNSError, MXHost, MXResolver, PermanentDNSError, TemporaryDNSError, ip_literal
+
+# Seconds to wait for a TCP connection (at most outbound_timeout).
+CONNECT_TIMEOUT = 30.0
+
+# Seconds an idle connection stays open for the next message on its route.
+IDLE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Route:
+    """
+    Where a group of recipients goes.
+
+    @ivar kind: C{"mx"} (the MX hosts of the domain C{destination}),
+        C{"smart"} (the smart host C{smart_host}) or C{"literal"} (the IP
+        address C{destination}, from an address literal).
+    @ivar port: the TCP port of every host of the route.
+    @ivar tls: the outbound TLS policy.
+    @ivar auth: whether to AUTH with the C{[delivery]} smart host credentials.
+    @ivar fallback: the route to use when this one fails as a whole.
+    """
+
+    kind: str
+    destination: str
+    port: int
+    tls: str
+    smart_host: SmartHost | None = None
+    auth: bool = False
+    fallback: Route | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """One address of one host of a route."""
+
+    name: str
+    address: str
+    port: int
+    preference: int
+
+    @property
+    def remote_mta(self) -> str:
+        """The host as reported in statuses: C{"name [ip]"}."""
+        return f"{self.name} [{self.address}]"
+
+
+class _Limiter:
+    """A counting limit whose waiters are served in order; resizable."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._waiting: deque[Deferred[None]] = deque()
+
+    @property
+    def full(self) -> bool:
+        """Whether an acquire would wait."""
+        return self.used >= self.limit
+
+    @property
+    def waiting(self) -> int:
+        """How many acquires are waiting."""
+        return len(self._waiting)
+
+    def acquire(self) -> Deferred[None]:
+        """A Deferred that fires when a slot is ours."""
+        if self.used < self.limit:
+            self.used += 1
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def release(self) -> None:
+        """Give a slot back."""
+        self.used -= 1
+        self._wake()
+
+    def resize(self, limit: int) -> None:
+        """Change the limit (slots in use beyond it are given back in time)."""
+        self.limit = limit
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting and self.used < self.limit:
+            self.used += 1
+            self._waiting.popleft().callback(None)
+
+
+class _Connection:
+    """An open session as the relay manager tracks it."""
+
+    def __init__(self, client: RelayClient, key: tuple, generation: int):
+        self.client = client
+        self.key = key
+        self.generation = generation
+        self.timer: Any = None
+
+
+class RelayManager:
+    """
+    The transport agent for remote recipients.
+
+    @param config: the validated configuration.
+    @param reactor: provides TCP connections and time.
+    @param mx: the L{MXResolver}.
+    @param local_endpoints: returns the set of C{(ip, port)} this server
+        listens on; a host at one of them is ourselves (a mail loop).
+    @param client_tls: the trust root (L{IOpenSSLTrustRoot}) for
+        C{outbound_tls = verify}; None: the platform's trust store.
+    @param log: a L{Logger}.
+    @param idle_timeout: seconds an idle connection is kept for reuse.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        mx: MXResolver,
+        *,
+        local_endpoints: Callable[[], set[tuple[str, int]]] = lambda: set(),
+        client_tls: Any = None,
+        log: Logger | None = None,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ):
+        self._config = config
+        self._reactor = reactor
+        self._mx = mx
+        self._local_endpoints = local_endpoints
+        self._trust_root = client_tls
+        self._log = log if log is not None else Logger()
+        self._idle_timeout = idle_timeout
+        self._connections = _Limiter(config.delivery.outbound_connections)
+        self._destinations: dict[str, _Limiter] = {}
+        self._idle: dict[tuple, list[_Connection]] = {}
+        self._generation = 0
+        self._stopped = False
+        self._unverified: Any = None
+
+    # ------------------------------------------------------------ public
+
+    def deliver(
+        self, envelope: Envelope, recipients: list[Recipient], data: bytes
+    ) -> Deferred[list[DeliveryStatus]]:
+        """
+        Deliver C{data} from C{envelope.sender} to C{recipients}.
+
+        @return: a Deferred that fires with exactly one status per recipient,
+            in the order given; it never fails.
+        """
+        return Deferred.fromCoroutine(self._deliverSafely(envelope, list(recipients), data))
+
+    def reconfigure(self, config: Config) -> None:
+        """Use C{config} from now on; idle connections made under the old one close."""
+        self._config = config
+        self._mx.hostname = config.server.hostname.lower().rstrip(".")
+        self._connections.resize(config.delivery.outbound_connections)
+        for limiter in self._destinations.values():
+            limiter.resize(config.delivery.outbound_connections_per_domain)
+        self._generation += 1
+        self._closeIdle()
+
+    def stop(self) -> Deferred[None]:
+        """Close the idle connections; connections in use close when done."""
+        self._stopped = True
+        return self._closeIdle()
+
+    # ------------------------------------------------------------ routing
+
+    async def _deliverSafely(
+        self, envelope: Envelope, recipients: list[Recipient], data: bytes
+    ) -> list[DeliveryStatus]:
+        try:
+            return await self._deliver(envelope, recipients, data)
+        except Exception:
+            self._log.failure("relay {queue_id}: delivery failed", queue_id=envelope.id)
+            return [_internalError(r) for r in recipients]
+
+    async def _deliver(
+        self, envelope: Envelope, recipients: list[Recipient], data: bytes
+    ) -> list[DeliveryStatus]:
+        statuses: list[DeliveryStatus | None] = [None] * len(recipients)
+        groups: dict[Route, list[int]] = {}
+        for i, recipient in enumerate(recipients):
+            try:
+                groups.setdefault(self._route(recipient.address), []).append(i)
+            except DNSError as e:
+                statuses[i] = _status(recipient, e, "")
+        sender = self._masquerade(envelope.sender)
+        eight_bit = envelope.body.upper() == "8BITMIME" or not data.isascii()
+        jobs = []
+        for route, indexes in groups.items():
+            message = OutboundMessage(
+                sender=sender,
+                recipients=tuple(recipients[i] for i in indexes),
+                data=data,
+                ret=envelope.ret,
+                envid=envelope.envid,
+                eight_bit=eight_bit,
+            )
+            jobs.append(Deferred.fromCoroutine(self._deliverGroup(envelope.id, route, message)))
+        results = await gatherResults(jobs) if jobs else []
+        for indexes, group in zip(groups.values(), results):
+            for i, status in zip(indexes, group):
+                statuses[i] = status
+        return [s for s in statuses if s is not None]
+
+    def _route(self, address: str) -> Route:
+        """
+        The route for one recipient. Only the part after the last C{@} is the
+        domain: C{%}, C{!} and quoted C{@} in the local part never route.
+        """
+        _, domain = split_address(address)
+        domain = domain.lower().rstrip(".")
+        if not domain:
+            raise PermanentDNSError("5.1.3", f"recipient {address!r} has no domain")
+        delivery = self._config.delivery
+        if domain.startswith("[") and domain.endswith("]"):
+            literal = ip_literal(domain[1:-1])
+            if literal is None:
+                raise PermanentDNSError("5.1.2", f"bad address literal {domain}")
+            return Route("literal", literal, delivery.remote_port, delivery.outbound_tls)
+        settings = self._config.domain(domain)
+        port = delivery.remote_port
+        tls = delivery.outbound_tls
+        if settings is not None and settings.remote_port is not None:
+            port = settings.remote_port
+        if settings is not None and settings.outbound_tls:
+            tls = settings.outbound_tls
+        if settings is not None and settings.smart_host is not None:
+            return self._smartRoute(settings.smart_host, port, tls, auth=False)
+        if delivery.smart_host is None:
+            return Route("mx", domain, port, tls)
+        smart = self._smartRoute(delivery.smart_host, port, tls, bool(delivery.smart_host_user))
+        if not delivery.smart_host_fallback:
+            return smart
+        return Route("mx", domain, port, tls, fallback=smart)
+
+    def _smartRoute(self, smart: SmartHost, port: int, tls: str, auth: bool) -> Route:
+        port = smart.port if smart.port is not None else port
+        return Route("smart", str(smart), port, tls, smart_host=smart, auth=auth)
+
+    def _masquerade(self, sender: str) -> str:
+        """A sender in one of our local or alias domains, as C{masquerade_domain}."""
+        masquerade = self._config.delivery.masquerade_domain
+        if not masquerade or not sender:
+            return sender
+        local, domain = split_address(sender)
+        settings = self._config.domain(domain) if domain else None
+        if settings is not None and settings.type in ("local", "alias"):
+            return f"{local}@{masquerade}"
+        return sender
+
+    # ------------------------------------------------------------ one route
+
+    async def _deliverGroup(
+        self, queue_id: str, route: Route, message: OutboundMessage
+    ) -> list[DeliveryStatus]:
+        try:
+            statuses, failure = await self._deliverRoute(route, message)
+            if failure is not None and route.fallback is not None and _fallsBack(failure):
+                self._log.info(
+                    "relay {queue_id}: {route} failed ({reply}), trying {fallback}",
+                    queue_id=queue_id,
+                    route=route.destination,
+                    reply=failure.reply,
+                    fallback=route.fallback.destination,
+                )
+                statuses, failure = await self._deliverRoute(route.fallback, message)
+            return statuses
+        except Exception:
+            self._log.failure(
+                "relay {queue_id}: delivery via {route} failed", queue_id=queue_id,
+                route=route.destination,
+            )
+            return [_internalError(r) for r in message.recipients]
+
+    async def _deliverRoute(
+        self, route: Route, message: OutboundMessage
+    ) -> tuple[list[DeliveryStatus], DNSError | SessionError | None]:
+        """
+        Try the hosts of C{route} in order until one takes the transaction.
+
+        @return: the statuses, and the failure that applied to the whole route
+            (None when a host answered for each recipient).
+        """
+        key = f"{route.kind}:{route.destination}"
+        limiter = self._destinations.get(key)
+        if limiter is None:
+            limiter = _Limiter(self._config.delivery.outbound_connections_per_domain)
+            self._destinations[key] = limiter
+        await limiter.acquire()
+        try:
+            return await self._tryTargets(route, message)
+        finally:
+            limiter.release()
+            if limiter.used == 0 and not limiter.waiting:
+                self._destinations.pop(key, None)
+
+    async def _tryTargets(
+        self, route: Route, message: OutboundMessage
+    ) -> tuple[list[DeliveryStatus], DNSError | SessionError | None]:
+        try:
+            targets = await self._targets(route)
+        except DNSError as e:
+            return [_status(r, e, "") for r in message.recipients], e
+        failure = SessionError(451, "4.4.1", "451 4.4.1 no host to try")
+        remote = ""
+        for target in targets:
+            try:
+                return await self._deliverTo(route, target, message), None
+            except SessionError as e:
+                self._log.info(
+                    "relay: {remote}: {reply}", remote=target.remote_mta, reply=e.reply
+                )
+                failure, remote = e, target.remote_mta
+        return [_status(r, failure, remote) for r in message.recipients], failure
+
+    async def _targets(self, route: Route) -> list[Target]:
+        """The addresses to try for C{route}, in order, our own ones removed."""
+        if route.kind == "literal":
+            hosts = [MXHost(route.destination, 0, (route.destination,))]
+        elif route.kind == "mx":
+            hosts = await self._mx.lookup(route.destination)
+        else:
+            hosts = await self._smartHosts(route.smart_host)
+        targets = [
+            Target(host.name, address, route.port, host.preference)
+            for host in hosts
+            for address in host.addresses
+        ]
+        return self._withoutLoops(route, targets)
+
+    async def _smartHosts(self, smart: SmartHost) -> list[MXHost]:
+        """
+        The hosts of a smart host: by MX for C{host}, by address only for
+        C{[host]}. A smart host that cannot be found is a configuration
+        problem: the mail waits (4.4.3) rather than bounce.
+        """
+        try:
+            if smart.mx_lookup:
+                return await self._mx.lookup(smart.host)
+            return await self._mx.lookup_host(smart.host)
+        except PermanentDNSError as e:
+            if e.status == "5.4.6":
+                raise
+            raise TemporaryDNSError("4.4.3", f"smart host {smart}: {e.message}") from None
+
+    def _withoutLoops(self, route: Route, targets: list[Target]) -> list[Target]:
+        """
+        SPEC 6: a host at one of our listening endpoints is ourselves; like an
+        MX named as us, only more preferred hosts remain, else it is a loop.
+        """
+        ours = [t.preference for t in targets if self._isLocal(t.address, t.port)]
+        if not ours:
+            return targets
+        kept = [t for t in targets if t.preference < min(ours)]
+        if not kept:
+            raise PermanentDNSError(
+                "5.4.6", f"mail for {route.destination} loops back to myself"
+            )
+        return kept
+
+    def _isLocal(self, address: str, port: int) -> bool:
+        """Whether C{address}:C{port} is one of our listeners."""
+        try:
+            ip = _unmapped(ipaddress.ip_address(address))
+        except ValueError:
+            return False
+        for local_address, local_port in self._local_endpoints():
+            if local_port != port:
+                continue
+            try:
+                local = _unmapped(ipaddress.ip_address(local_address))
+            except ValueError:
+                continue
+            if local == ip or (local.is_unspecified and ip.is_loopback):
+                return True
+        return False
+
+    # ------------------------------------------------------------ one host
+
+    async def _deliverTo(
+        self, route: Route, target: Target, message: OutboundMessage
+    ) -> list[DeliveryStatus]:
+        """One transaction with one host, on a pooled connection if there is one."""
+        connection = await self._connection(route, target)
+        try:
+            return await connection.client.send(message)
+        except SessionError as e:
+            if not e.stale:
+                raise
+        finally:
+            self._release(connection)
+        # The pooled connection had died: once more on a fresh one.
+        connection = await self._connect(route, target)
+        try:
+            return await connection.client.send(message)
+        finally:
+            self._release(connection)
+
+    def _key(self, route: Route, target: Target) -> tuple:
+        user = self._config.delivery.smart_host_user if route.auth else ""
+        name = target.name if route.tls == "verify" else ""
+        return (target.address, target.port, route.tls, name, user)
+
+    async def _connection(self, route: Route, target: Target) -> _Connection:
+        idle = self._idle.get(self._key(route, target), [])
+        while idle:
+            connection = idle.pop()
+            self._unpark(connection)
+            if connection.client.usable:
+                return connection
+            connection.client.quit()
+        return await self._connect(route, target)
+
+    async def _connect(self, route: Route, target: Target) -> _Connection:
+        """A new session with C{target}, greeted and ready (or L{SessionError})."""
+        client = self._client(route, target)
+        if self._connections.full:
+            self._evictIdle()
+        await self._connections.acquire()
+        connection = _Connection(client, self._key(route, target), self._generation)
+        try:
+            await connectProtocol(self._endpoint(target), client)
+        except Exception as e:
+            self._connections.release()
+            raise _connectError(e, target) from None
+        client.whenClosed().addCallback(lambda _: self._closed(connection))
+        await client.ready
+        return connection
+
+    def _client(self, route: Route, target: Target) -> RelayClient:
+        delivery = self._config.delivery
+        try:
+            tls_options = self._tlsOptions(route.tls, target.name)
+        except Exception as e:
+            raise SessionError(
+                451, "4.7.5", f"451 4.7.5 no TLS settings for {target.remote_mta}: {e}"
+            ) from None
+        return RelayClient(
+            helo=self._config.server.hostname,
+            remote_mta=target.remote_mta,
+            clock=self._reactor,
+            timeout=delivery.outbound_timeout,
+            tls=route.tls,
+            tls_options=tls_options,
+            username=delivery.smart_host_user if route.auth else "",
+            password=delivery.smart_host_password if route.auth else "",
+        )
+
+    def _endpoint(self, target: Target) -> Any:
+        timeout = min(self._config.delivery.outbound_timeout, CONNECT_TIMEOUT)
+        kind = TCP6ClientEndpoint if ":" in target.address else TCP4ClientEndpoint
+        return kind(self._reactor, target.address, target.port, timeout=timeout)
+
+    def _tlsOptions(self, policy: str, name: str) -> Any:
+        """
+        C{may}/C{encrypt}: TLS without verification (RFC 7435 opportunistic);
+        C{verify}: the certificate must match the host name (service-identity).
+        """
+        if policy == "none":
+            return None
+        if policy == "verify":
+            trust = self._trust_root if self._trust_root is not None else ssl.platformTrust()
+            return ssl.optionsForClientTLS(name, trustRoot=trust)
+        if self._unverified is None:
+            self._unverified = ssl.CertificateOptions()
+        return self._unverified
+
+    # ------------------------------------------------------------ the pool
+
+    def _release(self, connection: _Connection) -> None:
+        """Keep C{connection} for the next message on its route, or close it."""
+        client = connection.client
+        keep = (
+            not self._stopped
+            and client.usable
+            and client.transactions < self._config.delivery.max_messages_per_connection
+            and connection.generation == self._generation
+            and not self._connections.waiting
+        )
+        if not keep:
+            client.quit()
+            return
+        connection.timer = self._reactor.callLater(self._idle_timeout, self._expire, connection)
+        self._idle.setdefault(connection.key, []).append(connection)
+
+    def _unpark(self, connection: _Connection) -> None:
+        if connection.timer is not None and connection.timer.active():
+            connection.timer.cancel()
+        connection.timer = None
+        idle = self._idle.get(connection.key)
+        if idle is not None:
+            if connection in idle:
+                idle.remove(connection)
+            if not idle:
+                del self._idle[connection.key]
+
+    def _expire(self, connection: _Connection) -> None:
+        connection.timer = None
+        self._unpark(connection)
+        connection.client.quit()
+
+    def _closed(self, connection: _Connection) -> None:
+        self._unpark(connection)
+        self._connections.release()
+
+    def _evictIdle(self) -> None:
+        """Close the longest-idle connection to make room for a new one."""
+        for idle in self._idle.values():
+            if idle:
+                connection = idle[0]
+                self._unpark(connection)
+                connection.client.quit()
+                return
+
+    def _closeIdle(self) -> Deferred[None]:
+        closing = []
+        for idle in list(self._idle.values()):
+            for connection in list(idle):
+                self._unpark(connection)
+                closing.append(connection.client.quit())
+        return gatherResults(closing).addCallback(lambda _: None)
+
+
+def _unmapped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Any:
+    """C{::ffff:a.b.c.d} as C{a.b.c.d}."""
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return mapped if mapped is not None else ip
+
+
+def _status(recipient: Recipient, failure: DNSError | SessionError, remote: str) -> DeliveryStatus:
+    """The status of C{recipient} when C{failure} applied to its whole route."""
+    return DeliveryStatus(
+        address=recipient.address,
+        code=failure.code,
+        status=failure.status,
+        reply=failure.reply,
+        remote_mta=remote,
+    )
+
+
+def _internalError(recipient: Recipient) -> DeliveryStatus:
+    """The status for a recipient whose delivery hit an unexpected error."""
+    return DeliveryStatus(
+        recipient.address, 451, "4.3.0", "451 4.3.0 internal error during delivery"
+    )
+
+
+def _fallsBack(failure: DNSError | SessionError) -> bool:
+    """
+    Whether the smart host is tried after the MX route failed like this: it
+    could not be reached or found, but did not refuse the mail (null MX, 5xx)
+    nor loop.
+    """
+    return failure.code < 500 or failure.status in ("5.1.2", "5.4.4")
+
+
+def _connectError(e: Exception, target: Target) -> SessionError:
+    """A failed TCP connection as a temporary 4.4.1 (RFC 3463: no answer from host)."""
+    if isinstance(e, neterror.ConnectionRefusedError):
+        why = "connection refused"
+    elif isinstance(e, (neterror.TimeoutError, neterror.TCPTimedOutError)):
+        why = "connection timed out"
+    else:
+        why = str(e).strip() or e.__class__.__name__
+    return SessionError(
+        451, "4.4.1", f"451 4.4.1 connect to {target.remote_mta}:{target.port}: {why}"
+    )

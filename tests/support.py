@@ -1,0 +1,576 @@
+# -*- test-case-name: tests.test_relay -*-
+"""
+Shared test fixtures for outbound delivery, over real loopback sockets:
+
+* L{start_dns_server}: an authoritative twisted.names server with in-memory
+  zones (MX, A, AAAA, null MX, NXDOMAIN, SERVFAIL) that counts its queries;
+* L{start_smtp_sink} / L{start_smtp_sinks}: recording SMTP servers whose replies
+  a test scripts per stage and per recipient, on 127.0.0.x sharing one port;
+* L{CertificateAuthority}: a throw-away certificate authority for STARTTLS tests.
+
+Every fixture registers its own cleanup on the test case.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet import ssl
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import DatagramProtocol, Factory
+from twisted.names import authority, dns, server
+from twisted.protocols.basic import LineReceiver
+
+
+# ---------------------------------------------------------------- DNS server
+
+
+def mx(preference: int, name: str, ttl: int = 300) -> dns.Record_MX:
+    """An MX record; C{name} "" makes the null MX of RFC 7505 with preference 0."""
+    return dns.Record_MX(preference, name.encode("ascii"), ttl=ttl)
+
+
+def a(address: str, ttl: int = 300) -> dns.Record_A:
+    """An A record."""
+    return dns.Record_A(address, ttl=ttl)
+
+
+def aaaa(address: str, ttl: int = 300) -> dns.Record_AAAA:
+    """An AAAA record."""
+    return dns.Record_AAAA(address, ttl=ttl)
+
+
+class _MemoryAuthority(authority.FileAuthority):
+    """An authority for one zone whose records the test supplies."""
+
+    def __init__(self, origin: str, records: dict[str, list[Any]]):
+        self._origin = origin.lower()
+        self._zone = records
+        authority.FileAuthority.__init__(self, self._origin)
+
+    def loadFile(self, filename: str) -> None:
+        origin = self._origin.encode("ascii")
+        soa = dns.Record_SOA(
+            mname=b"ns." + origin,
+            rname=b"hostmaster." + origin,
+            serial=1,
+            refresh=300,
+            retry=60,
+            expire=600,
+            minimum=60,
+            ttl=60,
+        )
+        self.soa = (origin, soa)
+        self.records = {origin: [soa]}
+        for name, records in self._zone.items():
+            key = name.lower().rstrip(".").encode("ascii")
+            self.records.setdefault(key, []).extend(records)
+
+
+class _CountingDNSFactory(server.DNSServerFactory):
+    """A DNS server that records every query and answers SERVFAIL for some names."""
+
+    def __init__(self, authorities: list[Any], queries: list, servfail: set[str]):
+        server.DNSServerFactory.__init__(self, authorities=authorities)
+        self.queries = queries
+        self.servfail = servfail
+
+    def handleQuery(self, message: dns.Message, protocol: Any, address: Any) -> Any:
+        query = message.queries[0]
+        name = query.name.name.decode("ascii").lower()
+        self.queries.append((name, dns.QUERY_TYPES.get(query.type, query.type)))
+        if any(name == s or name.endswith("." + s) for s in self.servfail):
+            response = self._responseFromMessage(message=message, rCode=dns.ESERVER)
+            self.sendReply(protocol, response, address)
+            return defer.succeed(None)
+        return server.DNSServerFactory.handleQuery(self, message, protocol, address)
+
+
+class DNSServerAddress(tuple):
+    """
+    C{(host, port)} of a test DNS server; C{.queries} lists every query it
+    received as C{(name, type)}, e.g. C{("example.test", "MX")}.
+    """
+
+    queries: list[tuple[str, str]]
+
+    def query_count(self, rtype: str | None = None) -> int:
+        """How many queries arrived (of one type, e.g. C{"MX"})."""
+        return sum(1 for _, t in self.queries if rtype is None or t == rtype)
+
+
+def start_dns_server(
+    testcase: Any,
+    zones: dict[str, dict[str, list[Any]]],
+    servfail: tuple[str, ...] = (),
+) -> DNSServerAddress:
+    """
+    Run an authoritative DNS server on 127.0.0.1 (UDP and TCP on one port).
+
+    @param zones: C{{origin: {name: [records]}}}, records from L{mx}, L{a},
+        L{aaaa} or L{twisted.names.dns}. A name under an origin that has no
+        records answers NXDOMAIN; a name with records but none of the asked
+        type answers NODATA.
+    @param servfail: names (and their subdomains) answered with SERVFAIL.
+    @return: the address, with the list of queries received.
+    """
+    queries: list[tuple[str, str]] = []
+    authorities = [_MemoryAuthority(origin, records) for origin, records in zones.items()]
+    factory = _CountingDNSFactory(authorities, queries, set(servfail))
+    for _ in range(20):
+        udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+        port = udp.getHost().port
+        try:
+            tcp = reactor.listenTCP(port, factory, interface="127.0.0.1")
+        except CannotListenError:
+            udp.stopListening()
+            continue
+        testcase.addCleanup(udp.stopListening)
+        testcase.addCleanup(tcp.stopListening)
+        address = DNSServerAddress(("127.0.0.1", port))
+        address.queries = queries
+        return address
+    raise RuntimeError("no free port pair for the test DNS server")
+
+
+class _BlackHole(DatagramProtocol):
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        """Never answer."""
+
+
+def start_silent_dns_server(testcase: Any) -> tuple[str, int]:
+    """A UDP port on 127.0.0.1 that swallows DNS queries: every query times out."""
+    port = reactor.listenUDP(0, _BlackHole(), interface="127.0.0.1")
+    testcase.addCleanup(port.stopListening)
+    return ("127.0.0.1", port.getHost().port)
+
+
+# ---------------------------------------------------------------- SMTP sink
+
+
+@dataclass
+class SinkScript:
+    """
+    How a sink answers. Replies are full lines, C{"550 5.1.1 no such user"};
+    C{None} for L{greeting} or L{end_of_data} means never answer.
+
+    @ivar extensions: EHLO keywords beyond SIZE, DSN, STARTTLS and AUTH.
+    @ivar size: advertise C{SIZE n} (0: C{SIZE} without limit; None: not at all).
+    @ivar tls: server TLS options; when set, STARTTLS is offered.
+    @ivar auth: C{{login: password}}; when set, AUTH is offered with
+        L{auth_mechanisms} (PLAIN and LOGIN are implemented).
+    @ivar rcpt: replies to RCPT by address (lower case); others get L{rcpt_ok}.
+    """
+
+    name: str = "sink.test"
+    greeting: str | None = "220 {name} ESMTP sink"
+    ehlo: str | None = None
+    helo: str = "250 {name}"
+    extensions: tuple[str, ...] = ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES")
+    size: int | None = None
+    dsn: bool = False
+    tls: Any = None
+    auth: dict[str, str] | None = None
+    auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
+    mail: str = "250 2.1.0 Ok"
+    rcpt: dict[str, str] = field(default_factory=dict)
+    rcpt_ok: str = "250 2.1.5 Ok"
+    data: str = "354 End data with <CR><LF>.<CR><LF>"
+    rset: str = "250 2.0.0 Ok"
+    end_of_data: str | None = "250 2.0.0 Ok: queued"
+
+
+@dataclass
+class SinkMessage:
+    """
+    One transaction that reached the end of DATA.
+
+    @ivar mail: the MAIL command line as received.
+    @ivar sender: the reverse-path inside the angle brackets.
+    @ivar rcpt: every RCPT command line of the transaction, as received.
+    @ivar recipients: the forward-paths the sink accepted.
+    @ivar raw: the DATA stream as on the wire, final C{.CRLF} included.
+    @ivar data: the message after dot-unstuffing: everything before the final
+        dot line, so it ends with the CRLF that precedes that line.
+    """
+
+    helo: str
+    tls: bool
+    auth: str | None
+    mail: str
+    sender: str
+    rcpt: list[str]
+    recipients: list[str]
+    raw: bytes = b""
+    data: bytes = b""
+
+
+def _path(argument: str) -> str:
+    match = re.match(r"\s*<([^>]*)>", argument)
+    return match.group(1) if match else argument.strip()
+
+
+def unstuff(raw: bytes) -> bytes:
+    """The message carried by a DATA stream (RFC 5321 4.5.2): the final dot line removed."""
+    body = raw[: -len(b".\r\n")]
+    lines = body.split(b"\r\n")
+    return b"\r\n".join(x[1:] if x.startswith(b".") else x for x in lines)
+
+
+class SinkSession(LineReceiver):
+    """One SMTP server session of a L{SmtpSink}."""
+
+    delimiter = b"\r\n"
+    MAX_LENGTH = 100000
+
+    def __init__(self, sink: SmtpSink):
+        self.sink = sink
+        self.script = sink.script
+        self.helo = ""
+        self.tls = False
+        self.auth: str | None = None
+        self.current: SinkMessage | None = None
+        self._raw = b""
+        self._auth_state: tuple[str, ...] | None = None
+        self.greeted = False
+
+    def reply(self, line: str) -> None:
+        self.sendLine(line.format(name=self.script.name).encode("utf-8"))
+
+    def connectionMade(self) -> None:
+        self.sink.connected(self)
+        if self.script.greeting is not None:
+            self.greeted = self.script.greeting.startswith("2")
+            self.reply(self.script.greeting)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.sink.disconnected(self)
+
+    def lineReceived(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        self.sink.commands.append(text)
+        if self._auth_state is not None:
+            return self._auth_step(text)
+        verb, _, argument = text.partition(" ")
+        verb = verb.upper()
+        if verb == "QUIT":
+            self.reply("221 2.0.0 Bye")
+            self.transport.loseConnection()
+            return
+        if not self.greeted:
+            self.reply("503 5.5.1 Not greeted")
+            return
+        handler = getattr(self, "smtp_" + verb, None)
+        if handler is None:
+            self.reply("500 5.5.1 Unknown command")
+            return
+        handler(argument)
+
+    def smtp_EHLO(self, argument: str) -> None:
+        self.helo = argument
+        self.current = None
+        if self.script.ehlo is not None:
+            self.reply(self.script.ehlo)
+            return
+        lines = [self.script.name] + list(self.script.extensions)
+        if self.script.size is not None:
+            lines.append(f"SIZE {self.script.size}" if self.script.size else "SIZE")
+        if self.script.dsn:
+            lines.append("DSN")
+        if self.script.tls is not None and not self.tls:
+            lines.append("STARTTLS")
+        if self.script.auth is not None:
+            lines.append("AUTH " + " ".join(self.script.auth_mechanisms))
+        for line in lines[:-1]:
+            self.reply("250-" + line)
+        self.reply("250 " + lines[-1])
+
+    def smtp_HELO(self, argument: str) -> None:
+        self.helo = argument
+        self.current = None
+        self.reply(self.script.helo)
+
+    def smtp_STARTTLS(self, argument: str) -> None:
+        if self.script.tls is None or self.tls:
+            self.reply("502 5.5.1 No TLS")
+            return
+        self.reply("220 2.0.0 Ready to start TLS")
+        self.transport.startTLS(self.script.tls)
+        self.tls = True
+        self.helo = ""
+        self.current = None
+
+    def smtp_AUTH(self, argument: str) -> None:
+        mechanism, _, initial = argument.partition(" ")
+        mechanism = mechanism.upper()
+        if self.script.auth is None or mechanism not in self.script.auth_mechanisms:
+            self.reply("504 5.5.4 Unrecognized authentication type")
+            return
+        if mechanism == "PLAIN" and initial:
+            return self._check_plain(initial)
+        self._auth_state = (mechanism,)
+        self.reply("334 " if mechanism == "PLAIN" else "334 VXNlcm5hbWU6")
+
+    def _auth_step(self, text: str) -> None:
+        state, self._auth_state = self._auth_state, None
+        if state == ("PLAIN",):
+            return self._check_plain(text)
+        if state == ("LOGIN",):
+            self._auth_state = ("LOGIN", base64.b64decode(text).decode("utf-8"))
+            self.reply("334 UGFzc3dvcmQ6")
+            return
+        self._authenticated(state[1], base64.b64decode(text).decode("utf-8"))
+
+    def _check_plain(self, encoded: str) -> None:
+        _, user, password = base64.b64decode(encoded).decode("utf-8").split("\0")
+        self._authenticated(user, password)
+
+    def _authenticated(self, user: str, password: str) -> None:
+        if self.script.auth.get(user) == password:
+            self.auth = user
+            self.reply("235 2.7.0 Authentication successful")
+        else:
+            self.reply("535 5.7.8 Authentication credentials invalid")
+
+    def smtp_MAIL(self, argument: str) -> None:
+        if not self.helo:
+            self.reply("503 5.5.1 EHLO first")
+            return
+        if not argument.upper().startswith("FROM:"):
+            self.reply("501 5.5.4 Syntax: MAIL FROM:<address>")
+            return
+        if not self.script.mail.startswith("2"):
+            self.reply(self.script.mail)
+            return
+        self.current = SinkMessage(
+            helo=self.helo,
+            tls=self.tls,
+            auth=self.auth,
+            mail="MAIL " + argument,
+            sender=_path(argument[5:]),
+            rcpt=[],
+            recipients=[],
+        )
+        self.reply(self.script.mail)
+
+    def smtp_RCPT(self, argument: str) -> None:
+        if self.current is None:
+            self.reply("503 5.5.1 MAIL first")
+            return
+        address = _path(argument[3:])
+        self.current.rcpt.append("RCPT " + argument)
+        reply = self.script.rcpt.get(address.lower(), self.script.rcpt_ok)
+        if reply.startswith("2"):
+            self.current.recipients.append(address)
+        self.reply(reply)
+
+    def smtp_DATA(self, argument: str) -> None:
+        if self.current is None or not self.current.recipients:
+            self.reply("503 5.5.1 No valid recipients")
+            return
+        self.reply(self.script.data)
+        if self.script.data.startswith("354"):
+            self._raw = b""
+            self.setRawMode()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        self._raw += data
+        if self._raw.startswith(b".\r\n"):
+            end = 3
+        else:
+            end = self._raw.find(b"\r\n.\r\n")
+            if end < 0:
+                return
+            end += 5
+        raw, rest = self._raw[:end], self._raw[end:]
+        self._raw = b""
+        message, self.current = self.current, None
+        message.raw = raw
+        message.data = unstuff(raw)
+        self.sink.messages.append(message)
+        if self.script.end_of_data is not None:
+            self.reply(self.script.end_of_data)
+        self.setLineMode(rest)
+
+    def smtp_RSET(self, argument: str) -> None:
+        self.current = None
+        self.reply(self.script.rset)
+        if self.script.rset.startswith("421"):
+            self.transport.loseConnection()
+
+    def smtp_NOOP(self, argument: str) -> None:
+        self.reply("250 2.0.0 Ok")
+
+
+class SmtpSink:
+    """
+    A recording SMTP server.
+
+    @ivar host: the interface it listens on.
+    @ivar port: its port.
+    @ivar script: the L{SinkScript}; tests may change it between deliveries.
+    @ivar messages: every L{SinkMessage} received, in order.
+    @ivar commands: every command line received (all sessions, in order).
+    @ivar connections: how many TCP connections were accepted.
+    @ivar max_concurrent: the most sessions open at one time.
+    """
+
+    def __init__(self, host: str, script: SinkScript):
+        self.host = host
+        self.port = 0
+        self.script = script
+        self.messages: list[SinkMessage] = []
+        self.commands: list[str] = []
+        self.connections = 0
+        self.max_concurrent = 0
+        self.sessions: list[SinkSession] = []
+        self._closed: list[defer.Deferred] = []
+        self._connection_waiters: list[defer.Deferred] = []
+
+    def connected(self, session: SinkSession) -> None:
+        self.connections += 1
+        self.sessions.append(session)
+        self.max_concurrent = max(self.max_concurrent, len(self.sessions))
+        waiters, self._connection_waiters = self._connection_waiters, []
+        for d in waiters:
+            d.callback(session)
+
+    def disconnected(self, session: SinkSession) -> None:
+        if session in self.sessions:
+            self.sessions.remove(session)
+        if not self.sessions:
+            waiters, self._closed = self._closed, []
+            for d in waiters:
+                d.callback(None)
+
+    def next_connection(self) -> defer.Deferred:
+        """A Deferred that fires with the next session accepted."""
+        d: defer.Deferred = defer.Deferred()
+        self._connection_waiters.append(d)
+        return d
+
+    def all_closed(self) -> defer.Deferred:
+        """A Deferred that fires when no session is open."""
+        if not self.sessions:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._closed.append(d)
+        return d
+
+    def close_all(self) -> defer.Deferred:
+        """Abort every open session; fires when they are gone."""
+        for session in list(self.sessions):
+            session.transport.abortConnection()
+        return self.all_closed()
+
+
+class _SinkFactory(Factory):
+    def __init__(self, sink: SmtpSink):
+        self.sink = sink
+
+    def buildProtocol(self, addr: Any) -> SinkSession:
+        session = SinkSession(self.sink)
+        session.factory = self
+        return session
+
+
+def start_smtp_sink(
+    testcase: Any, interface: str, port: int = 0, script: SinkScript | None = None
+) -> SmtpSink:
+    """
+    Listen with a recording SMTP server on C{interface}:C{port} (0: any port).
+
+    @raise CannotListenError: when the port is taken on that interface.
+    """
+    sink = SmtpSink(interface, script or SinkScript())
+    listening = reactor.listenTCP(port, _SinkFactory(sink), interface=interface)
+    sink.port = listening.getHost().port
+    testcase.addCleanup(sink.close_all)
+    testcase.addCleanup(listening.stopListening)
+    return sink
+
+
+def start_smtp_sinks(
+    testcase: Any, interfaces: list[str], scripts: list[SinkScript | None] | None = None
+) -> list[SmtpSink]:
+    """
+    Recording SMTP servers on several loopback addresses that share one port
+    (as all MX hosts of a route share C{remote_port}); retried on another port
+    when one is taken.
+    """
+    scripts = scripts or [None] * len(interfaces)
+    for _ in range(20):
+        started: list[SmtpSink] = []
+        try:
+            for interface, script in zip(interfaces, scripts):
+                port = started[0].port if started else 0
+                started.append(start_smtp_sink(testcase, interface, port, script))
+        except CannotListenError:
+            continue
+        return started
+    raise RuntimeError(f"no port free on all of {interfaces}")
+
+
+# ---------------------------------------------------------------- TLS
+
+
+class CertificateAuthority:
+    """A certificate authority for tests, issuing certificates for host names."""
+
+    def __init__(self) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self._x509, self._hashes, self._ec, self._oid = x509, hashes, ec, NameOID
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "smtpd test CA")])
+        self.certificate = (
+            self._builder(name, name, self.key.public_key())
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+
+    def _builder(self, subject: Any, issuer: Any, public_key: Any) -> Any:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        return (
+            self._x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(public_key)
+            .serial_number(self._x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+        )
+
+    def trust_root(self) -> Any:
+        """The CA as a Twisted trust root (what C{client_tls} takes)."""
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        pem = self.certificate.public_bytes(Encoding.PEM)
+        return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(pem)])
+
+    def server_options(self, hostname: str) -> Any:
+        """Server TLS options with a certificate for C{hostname} issued by this CA."""
+        from cryptography.hazmat.primitives import serialization
+
+        x509 = self._x509
+        key = self._ec.generate_private_key(self._ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(self._oid.COMMON_NAME, hostname)])
+        cert = (
+            self._builder(subject, self.certificate.subject, key.public_key())
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), False)
+            .sign(self.key, self._hashes.SHA256())
+        )
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ) + cert.public_bytes(serialization.Encoding.PEM)
+        return ssl.PrivateCertificate.loadPEM(pem).options()
