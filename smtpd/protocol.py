@@ -21,7 +21,8 @@ import binascii
 import errno
 import re
 from collections import Counter
-from email.utils import formatdate
+from datetime import datetime, timezone
+from email.utils import format_datetime
 from typing import Callable
 
 from twisted.internet import defer
@@ -677,7 +678,7 @@ class SMTPSession(smtp.ESMTP):
         return (
             f"Received: from {helo} ([{self.peer_ip}])\r\n"
             f"\tby {self._hostname} (smtpd) with {proto} id {queue_id}{rcpt};\r\n"
-            f"\t{formatdate(now, localtime=False)}\r\n"
+            f"\t{format_datetime(datetime.fromtimestamp(now, timezone.utc))}\r\n"
         ).encode("utf-8")
 
     # -- AUTH (RFC 4954) --------------------------------------------------
