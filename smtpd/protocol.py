@@ -491,7 +491,7 @@ class SMTPSession(smtp.ESMTP):
                 raise address.ParameterError("parameters need EHLO", unknown=True)
             params = address.mail_params(rest)
         except address.AddressError as e:
-            return self._reply(501, "5.1.7", f"Bad sender address syntax: {e}")
+            return self._reply(501, "5.5.4", f"Bad sender address syntax: {e}")
         except address.ParameterError as e:
             return self._param_error(e)
         messages = config.messages
@@ -527,7 +527,7 @@ class SMTPSession(smtp.ESMTP):
                 raise address.ParameterError("parameters need EHLO", unknown=True)
             params = address.rcpt_params(rest)
         except address.AddressError as e:
-            return self._reply(501, "5.1.3", f"Bad recipient address syntax: {e}")
+            return self._reply(501, "5.5.4", f"Bad recipient address syntax: {e}")
         except address.ParameterError as e:
             return self._param_error(e)
         if len(self._rcpts) >= config.messages.max_recipients > 0:
