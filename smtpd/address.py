@@ -9,6 +9,7 @@ component after the checks of the delivery agents.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -44,6 +45,16 @@ def is_domain(name: str) -> bool:
     return len(name) <= MAX_DOMAIN and bool(
         _DOMAIN.match(name) or _ADDRESS_LITERAL.match(name)
     )
+
+
+def ip_literal(text: str) -> str | None:
+    """The normalised IP address that C{text} is (C{IPv6:} prefix allowed), or None."""
+    if text.lower().startswith("ipv6:"):
+        text = text[5:]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 def split_address(address: str) -> tuple[str, str]:

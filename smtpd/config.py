@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import cast
 
+from smtpd.address import ip_literal
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -389,16 +391,6 @@ def _host_port(text: str) -> tuple[str, str | None, bool]:
     return host, (port if colon else None), False
 
 
-def _ip_literal(text: str) -> str | None:
-    """The normalised IP address in C{text} (C{IPv6:} prefix allowed), or None."""
-    if text.lower().startswith("ipv6:"):
-        text = text[5:]
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        return None
-
-
 def parse_smart_host(text: str) -> SmartHost | None:
     """
     A smart host: C{host[:port]} (MX lookup for host) or C{[host-or-ip][:port]}
@@ -410,9 +402,9 @@ def parse_smart_host(text: str) -> SmartHost | None:
     host, port_text, bracketed = _host_port(text)
     port = None if port_text is None else parse_port(port_text)
     if bracketed:
-        literal = _ip_literal(host)
+        literal = ip_literal(host)
         return SmartHost(literal or parse_domain_name(host), port, False)
-    if _ip_literal(host) is not None:
+    if ip_literal(host) is not None:
         raise ValueError(f"{host!r}: an IP address goes in brackets, as [{host}]")
     return SmartHost(parse_domain_name(host), port, True)
 
@@ -424,12 +416,12 @@ def parse_dns_servers(text: str) -> tuple[tuple[str, int], ...]:
     """
     servers = []
     for item in parse_list(text):
-        literal = _ip_literal(item)
+        literal = ip_literal(item)
         if literal is not None:
             servers.append((literal, 53))
             continue
         host, port_text, _ = _host_port(item)
-        address = _ip_literal(host)
+        address = ip_literal(host)
         if address is None:
             raise ValueError(f"{host!r} is not an IP address")
         servers.append((address, 53 if port_text is None else parse_port(port_text)))
@@ -522,7 +514,7 @@ def _check_endpoint_value(description: str, name: str, value: str) -> None:
     """Raise ValueError when C{value} is not acceptable for parameter C{name}."""
     checks: dict[str, Callable[[str], bool]] = {
         "port": lambda v: v.isascii() and v.isdigit() and int(v) <= 65535,
-        "interface": lambda v: v == "" or _ip_literal(v) is not None,
+        "interface": lambda v: v == "" or ip_literal(v) is not None,
         "backlog": lambda v: v.isascii() and v.isdigit() and 1 <= int(v) <= 65535,
         "mode": lambda v: re.fullmatch(r"0?[0-7]{1,3}", v) is not None,
         "lockfile": lambda v: v in ("0", "1"),
@@ -1031,7 +1023,7 @@ def _listen_address(endpoint: str) -> tuple[int, str] | None:
     kind, bound = _endpoint_parameters(endpoint)
     if kind == "unix" or int(bound["port"]) == 0:
         return None
-    return int(bound["port"]), _ip_literal(bound.get("interface") or "0.0.0.0") or ""
+    return int(bound["port"]), ip_literal(bound.get("interface") or "0.0.0.0") or ""
 
 
 def _overlap(a: tuple[int, str], b: tuple[int, str]) -> bool:

@@ -8,7 +8,7 @@ message data; never pickled.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 # Recipient states.
 PENDING = "pending"

@@ -9,7 +9,6 @@ status the delivery agents report for the affected recipients.
 
 from __future__ import annotations
 
-import ipaddress
 import random
 import socket
 from collections import OrderedDict
@@ -19,6 +18,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.names import client, dns, error, hosts, resolve
+
+from smtpd.address import ip_literal
 
 # Answers are cached at most this long, whatever their TTL says.
 MAX_CACHE_TTL = 86400.0
@@ -107,16 +108,6 @@ def dns_name(domain: str) -> str:
     if not all(c.isalnum() or c in "-_" for x in labels for c in x):
         raise PermanentDNSError("5.1.2", f"{domain!r} is not a valid domain name")
     return name
-
-
-def ip_literal(text: str) -> str | None:
-    """The normalised IP address that C{text} is (C{IPv6:} prefix allowed), or None."""
-    if text.lower().startswith("ipv6:"):
-        text = text[5:]
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        return None
 
 
 class MXResolver:

@@ -23,11 +23,11 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.logger import Logger
 
-from smtpd.address import split_address
+from smtpd.address import ip_literal, split_address
 from smtpd.client import OutboundMessage, RelayClient, SessionError
 from smtpd.config import Config, SmartHost
 from smtpd.envelope import DeliveryStatus, Envelope, Recipient
-from smtpd.mx import DNSError, MXHost, MXResolver, PermanentDNSError, TemporaryDNSError, ip_literal
+from smtpd.mx import DNSError, MXHost, MXResolver, PermanentDNSError, TemporaryDNSError
 
 # Seconds to wait for a TCP connection (at most outbound_timeout).
 CONNECT_TIMEOUT = 30.0

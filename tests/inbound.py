@@ -17,10 +17,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from smtpd.config import (
-    AccessConfig,
     Config,
     DomainConfig,
-    MessagesConfig,
     ServerConfig,
     TLSConfig,
 )

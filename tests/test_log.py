@@ -1,7 +1,6 @@
 """The activity log: W3C extended and JSON lines."""
 
 import json
-import os
 
 from twisted.internet.task import Clock
 from twisted.trial import unittest

@@ -7,12 +7,10 @@ from __future__ import annotations
 import os
 
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial import unittest
 
 from tests.inbound import RawClient, SMTPServerFixture, connect, make_config
 from smtpd.protocol import SUBMISSION
-from smtpd.users import Users
 
 MESSAGE = b"From: a@example.com\r\nSubject: test\r\n\r\nHello.\r\n"
 

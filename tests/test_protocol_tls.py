@@ -8,14 +8,13 @@ from __future__ import annotations
 import base64
 import os
 
-from twisted.internet import defer, reactor, ssl
+from twisted.internet import reactor, ssl
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
 
 from smtpd import tls, users
 from smtpd.protocol import SMTPS, SUBMISSION
-from tests.inbound import RawClient, SMTPServerFixture, make_config
+from tests.inbound import RawClient, SMTPServerFixture
 from tests.test_protocol import MESSAGE, SessionTestsMixin
 
 
