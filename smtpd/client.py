@@ -29,11 +29,19 @@ TLS_POLICIES = ("none", "may", "encrypt", "verify")
 # Longest reply text kept for a status (a reply may be many lines).
 MAX_REPLY = 900
 
+# The most a host may send as one reply (RFC 5321 4.5.3.1.5: a reply line is at
+# most 512 octets; EHLO replies are the longest in practice, a few dozen lines).
+# Beyond either limit the session fails rather than hold the host's output.
+MAX_REPLY_LINES = 100
+MAX_REPLY_BYTES = 65536
+MAX_REPLY_LINE = 4096
+
 # How much message data is dot-stuffed and written at a time.
 CHUNK_SIZE = 65536
 
 _ENHANCED = re.compile(r"([245])\.\d{1,3}\.\d{1,3}(?=\s|$)")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+_ADDR_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _VERBS = {b"EHLO", b"HELO", b"STARTTLS", b"AUTH", b"MAIL", b"RCPT", b"DATA", b"RSET", b"QUIT"}
 
 
@@ -49,14 +57,29 @@ class SessionError(Exception):
     @ivar reply: a one-line reply text, code first.
     @ivar stale: the failure hit a reused connection before MAIL was
         accepted: the same host may well work on a fresh connection.
+    @ivar final: the host refused the transaction itself (a 5xx to MAIL), or
+        no host could take it as it is: the other hosts of the route are
+        not tried.
+    @ivar tls_failure: TLS itself failed (STARTTLS refused, or the
+        handshake): the same host may work without TLS.
     """
 
-    def __init__(self, code: int, status: str, reply: str, stale: bool = False):
+    def __init__(
+        self,
+        code: int,
+        status: str,
+        reply: str,
+        stale: bool = False,
+        final: bool = False,
+        tls_failure: bool = False,
+    ):
         super().__init__(reply)
         self.code = code
         self.status = status
         self.reply = reply
         self.stale = stale
+        self.final = final
+        self.tls_failure = tls_failure
 
     @property
     def permanent(self) -> bool:
@@ -207,6 +230,7 @@ class RelayClient(smtp.ESMTPClient):
     """
 
     debug = False
+    MAX_LENGTH = MAX_REPLY_LINE
 
     def __init__(
         self,
@@ -244,6 +268,8 @@ class RelayClient(smtp.ESMTPClient):
         self._busy = False
         self._error: SessionError | None = None
         self._closed_waiters: list[Deferred[None]] = []
+        self._reply_lines = 0
+        self._reply_bytes = 0
 
     # ------------------------------------------------------------ state
 
@@ -289,6 +315,49 @@ class RelayClient(smtp.ESMTPClient):
         if verb in _VERBS:
             self._phase = f"reply to {verb.decode()}"
         smtp.ESMTPClient.sendLine(self, line)
+
+    def lineReceived(self, line: bytes) -> None:
+        """
+        Take one reply line. Only a complete reply restarts the timeout, and
+        one reply may not pass L{MAX_REPLY_LINES} lines or L{MAX_REPLY_BYTES}:
+        a hostile host could otherwise hold the session, and our memory,
+        with an endless multi-line reply.
+        """
+        if self._error is not None:
+            return
+        self._reply_lines += 1
+        self._reply_bytes += len(line)
+        if self._reply_lines > MAX_REPLY_LINES or self._reply_bytes > MAX_REPLY_BYTES:
+            self._fail(
+                SessionError(
+                    451,
+                    "4.5.0",
+                    f"451 4.5.0 reply from {self.remote_mta} longer than "
+                    f"{MAX_REPLY_LINES} lines or {MAX_REPLY_BYTES} bytes",
+                ),
+                abort=True,
+            )
+            return
+        if line[:3].isdigit() and (line[3:4] == b"-" or line[:1] == b"0"):
+            # A continuation (or Twisted's "0yz" informational line): kept
+            # without restarting the timeout.
+            if line[:1] != b"0":
+                self.code = int(line[:3])
+                self.resp.append(line[4:])
+            return
+        self._reply_lines = self._reply_bytes = 0
+        smtp.ESMTPClient.lineReceived(self, line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A reply line longer than L{MAX_REPLY_LINE}: a protocol error."""
+        self._fail(
+            SessionError(
+                451,
+                "4.5.0",
+                f"451 4.5.0 reply line from {self.remote_mta} longer than {MAX_REPLY_LINE} bytes",
+            ),
+            abort=True,
+        )
 
     def smtpConnectionFailed(self, code: int, resp: bytes) -> None:
         """The greeting was not 220."""
@@ -336,7 +405,9 @@ class RelayClient(smtp.ESMTPClient):
         try:
             self.transport.startTLS(self.context)
         except Exception as e:
-            self._fail(SessionError(451, "4.7.5", f"451 4.7.5 cannot start TLS: {e}"))
+            self._fail(
+                SessionError(451, "4.7.5", f"451 4.7.5 cannot start TLS: {e}", tls_failure=True)
+            )
             return
         self._tlsMode = True
         self.esmtpState_ehlo(code, resp)
@@ -350,7 +421,9 @@ class RelayClient(smtp.ESMTPClient):
     def esmtpTLSFailed(self, code: int = -1, resp: bytes | None = None) -> None:
         """The host refused STARTTLS."""
         reply = reply_text(code, resp)
-        self._fail(SessionError(451, "4.7.5", f"451 4.7.5 STARTTLS refused: {reply}"))
+        self._fail(
+            SessionError(451, "4.7.5", f"451 4.7.5 STARTTLS refused: {reply}", tls_failure=True)
+        )
 
     def esmtpAUTHRequired(self, code: int = -1, resp: bytes | None = None) -> None:
         """AUTH is required and the host offers neither PLAIN nor LOGIN."""
@@ -454,7 +527,9 @@ class RelayClient(smtp.ESMTPClient):
     def _lostError(self, reason: Failure | None) -> SessionError:
         why = reason.getErrorMessage() if reason is not None else "connection lost"
         if self._tlsMode and not self._established:
-            return SessionError(451, "4.7.5", f"451 4.7.5 TLS negotiation failed: {why}")
+            return SessionError(
+                451, "4.7.5", f"451 4.7.5 TLS negotiation failed: {why}", tls_failure=True
+            )
         return SessionError(
             451, "4.4.2", f"451 4.4.2 lost connection while waiting for {self._phase}"
         )
@@ -500,7 +575,7 @@ class RelayClient(smtp.ESMTPClient):
         except SessionError as e:
             # A reused connection that died before MAIL: try a fresh one.
             stale = reused and (self._error is not None)
-            raise SessionError(e.code, e.status, e.reply, stale=stale) from None
+            raise SessionError(e.code, e.status, e.reply, stale=stale, final=e.final) from None
         results: dict[int, DeliveryStatus] = {}
         try:
             accepted = await self._recipients(message, results)
@@ -527,10 +602,16 @@ class RelayClient(smtp.ESMTPClient):
                 f"the size limit {int(limit)} of the host",
             )
         if not _safe(message.sender):
-            raise SessionError(553, "5.1.7", "553 5.1.7 bad sender address syntax")
+            raise SessionError(553, "5.1.7", "553 5.1.7 bad sender address syntax", final=True)
         code, reply = await self._command(self._mailCommand(message))
+        if code == 421:
+            raise self._stop(code, reply)
         if not 200 <= code < 300:
-            raise self._stop(code, reply) if code == 421 else self._errorFor(code, reply)
+            error = self._errorFor(code, reply)
+            # A 5xx to MAIL refuses this sender or message, whatever host
+            # we try next (as Postfix: only the greeting's 5xx is skipped).
+            error.final = error.permanent
+            raise error
 
     def _stop(self, code: int, reply: str) -> SessionError:
         """A reply that ends the session (421, or a failed RSET)."""
@@ -589,8 +670,10 @@ class RelayClient(smtp.ESMTPClient):
         if "DSN" in self.extensions:
             if recipient.notify:
                 params.append("NOTIFY=" + ",".join(n.upper() for n in recipient.notify))
-            if recipient.orcpt and _safe(recipient.orcpt) and ";" in recipient.orcpt:
-                params.append(f"ORCPT={recipient.orcpt}")
+            kind, semi, original = recipient.orcpt.partition(";")
+            if semi and _ADDR_TYPE.match(kind):
+                # RFC 3461 4.2: the address is xtext on the wire.
+                params.append(f"ORCPT={kind};{xtext(original)}")
         return " ".join([f"RCPT TO:<{recipient.address}>"] + params).encode("ascii")
 
     def _status(

@@ -13,8 +13,9 @@ connection is reused for the next message on the same route.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from twisted.internet import error as neterror
@@ -34,6 +35,67 @@ CONNECT_TIMEOUT = 30.0
 
 # Seconds an idle connection stays open for the next message on its route.
 IDLE_TIMEOUT = 5.0
+
+# How many answers L{LocalAddresses} remembers.
+LOCAL_ADDRESS_CACHE = 1024
+
+# RFC 5737 / RFC 3849 documentation addresses: never assigned to a host, so a
+# system that lets us bind them binds anything (Linux ip_nonlocal_bind).
+_NEVER_LOCAL = {4: "192.0.2.1", 6: "2001:db8::1"}
+
+
+def bindable(address: str) -> bool:
+    """Whether a UDP socket can be bound to C{address}: the system's test for its own."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((address, 0))
+    except OSError:
+        return False
+    return True
+
+
+class LocalAddresses:
+    """
+    Whether an IP address is one of this machine's own, as a callable:
+    C{is_local("192.0.2.7")}. An address is ours when a socket can be bound
+    to it; when the system lets us bind an address that is never assigned
+    (non-local binding is enabled) the test proves nothing and no address
+    counts as ours. Answers are remembered, at most C{limit} of them.
+
+    @param bind: the bind test (L{bindable}).
+    @param limit: how many answers to remember.
+    """
+
+    def __init__(self, bind: Callable[[str], bool] = bindable, limit: int = LOCAL_ADDRESS_CACHE):
+        self._bind = bind
+        self._limit = limit
+        self._answers: dict[str, bool] = {}
+        self._trustworthy: dict[int, bool] = {}
+
+    def __call__(self, address: str) -> bool:
+        """Whether C{address} (an IP address, IPv4 or IPv6) is ours."""
+        try:
+            ip = _unmapped(ipaddress.ip_address(address))
+        except ValueError:
+            return False
+        key = str(ip)
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._trusted(ip.version) and self._bind(key)
+            if len(self._answers) >= self._limit:
+                del self._answers[next(iter(self._answers))]
+            self._answers[key] = answer
+        return answer
+
+    def __len__(self) -> int:
+        """How many answers are remembered."""
+        return len(self._answers)
+
+    def _trusted(self, version: int) -> bool:
+        if version not in self._trustworthy:
+            self._trustworthy[version] = not self._bind(_NEVER_LOCAL[version])
+        return self._trustworthy[version]
 
 
 @dataclass(frozen=True)
@@ -136,6 +198,9 @@ class RelayManager:
     @param mx: the L{MXResolver}.
     @param local_endpoints: returns the set of C{(ip, port)} this server
         listens on; a host at one of them is ourselves (a mail loop).
+    @param is_local_address: whether an IP address is one of this machine's
+        own (a host at it, on the port of a wildcard listener, is ourselves);
+        by default a L{LocalAddresses}.
     @param client_tls: the trust root (L{IOpenSSLTrustRoot}) for
         C{outbound_tls = verify}; None: the platform's trust store.
     @param log: a L{Logger}.
@@ -149,6 +214,7 @@ class RelayManager:
         mx: MXResolver,
         *,
         local_endpoints: Callable[[], set[tuple[str, int]]] = lambda: set(),
+        is_local_address: Callable[[str], bool] | None = None,
         client_tls: Any = None,
         log: Logger | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
@@ -157,6 +223,9 @@ class RelayManager:
         self._reactor = reactor
         self._mx = mx
         self._local_endpoints = local_endpoints
+        self._is_local_address = (
+            is_local_address if is_local_address is not None else LocalAddresses()
+        )
         self._trust_root = client_tls
         self._log = log if log is not None else Logger()
         self._idle_timeout = idle_timeout
@@ -334,17 +403,48 @@ class RelayManager:
             targets = await self._targets(route)
         except DNSError as e:
             return [_status(r, e, "") for r in message.recipients], e
-        failure = SessionError(451, "4.4.1", "451 4.4.1 no host to try")
-        remote = ""
+        temporary: tuple[SessionError, str] | None = None
+        permanent: tuple[SessionError, str] | None = None
         for target in targets:
             try:
-                return await self._deliverTo(route, target, message), None
+                return await self._deliverToHost(route, target, message), None
             except SessionError as e:
                 self._log.info(
                     "relay: {remote}: {reply}", remote=target.remote_mta, reply=e.reply
                 )
-                failure, remote = e, target.remote_mta
+                if e.final:
+                    permanent, temporary = (e, target.remote_mta), None
+                    break
+                if e.permanent:
+                    permanent = (e, target.remote_mta)
+                else:
+                    temporary = (e, target.remote_mta)
+        # SPEC 6: 4xx or no connection moves on, then defers; a 5xx greeting
+        # (Postfix smtp_skip_5xx_greeting) moves on too, and is final only
+        # when every host refused so.
+        failure, remote = temporary or permanent or (
+            SessionError(451, "4.4.1", "451 4.4.1 no host to try"), ""
+        )
         return [_status(r, failure, remote) for r in message.recipients], failure
+
+    async def _deliverToHost(
+        self, route: Route, target: Target, message: OutboundMessage
+    ) -> list[DeliveryStatus]:
+        """
+        One transaction with one host; at C{outbound_tls = may} a host whose
+        TLS fails gets one more try in plain text (as Postfix at level may).
+        """
+        try:
+            return await self._deliverTo(route, target, message)
+        except SessionError as e:
+            if not (e.tls_failure and route.tls == "may"):
+                raise
+            self._log.info(
+                "relay: {remote}: {reply}; trying again without TLS",
+                remote=target.remote_mta,
+                reply=e.reply,
+            )
+        return await self._deliverTo(replace(route, tls="none"), target, message)
 
     async def _targets(self, route: Route) -> list[Target]:
         """The addresses to try for C{route}, in order, our own ones removed."""
@@ -392,11 +492,16 @@ class RelayManager:
         return kept
 
     def _isLocal(self, address: str, port: int) -> bool:
-        """Whether C{address}:C{port} is one of our listeners."""
+        """
+        Whether C{address}:C{port} is one of our listeners: a listener on
+        that address, or a wildcard one (0.0.0.0 for IPv4, :: for both) when
+        the address is loopback or one of this machine's own.
+        """
         try:
             ip = _unmapped(ipaddress.ip_address(address))
         except ValueError:
             return False
+        wildcard = False
         for local_address, local_port in self._local_endpoints():
             if local_port != port:
                 continue
@@ -404,9 +509,11 @@ class RelayManager:
                 local = _unmapped(ipaddress.ip_address(local_address))
             except ValueError:
                 continue
-            if local == ip or (local.is_unspecified and ip.is_loopback):
+            if local == ip:
                 return True
-        return False
+            if local.is_unspecified and (local.version == 6 or ip.version == 4):
+                wildcard = True
+        return wildcard and (ip.is_loopback or self._is_local_address(str(ip)))
 
     # ------------------------------------------------------------ one host
 

@@ -6,7 +6,8 @@ Shared test fixtures for outbound delivery, over real loopback sockets:
   zones (MX, A, AAAA, null MX, NXDOMAIN, SERVFAIL) that counts its queries;
 * L{start_smtp_sink} / L{start_smtp_sinks}: recording SMTP servers whose replies
   a test scripts per stage and per recipient, on 127.0.0.x sharing one port;
-* L{CertificateAuthority}: a throw-away certificate authority for STARTTLS tests.
+* L{CertificateAuthority}: a throw-away certificate authority for STARTTLS tests;
+  L{broken_tls_options}: a STARTTLS whose handshake always fails.
 
 Every fixture registers its own cleanup on the test case.
 """
@@ -517,6 +518,14 @@ def start_smtp_sinks(
 
 
 # ---------------------------------------------------------------- TLS
+
+
+def broken_tls_options() -> Any:
+    """
+    Server TLS options whose handshake always fails: no certificate, so no
+    cipher suite to share with any client (a peer with broken TLS set-up).
+    """
+    return ssl.CertificateOptions()
 
 
 class CertificateAuthority:

@@ -8,10 +8,14 @@ from __future__ import annotations
 from twisted.internet import reactor, ssl
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
+from smtpd import address
 from smtpd.client import (
     CHUNK_SIZE,
+    MAX_REPLY_LINE,
+    MAX_REPLY_LINES,
     DotStuffer,
     OutboundMessage,
     RelayClient,
@@ -21,7 +25,12 @@ from smtpd.client import (
     xtext,
 )
 from smtpd.envelope import Recipient
-from tests.support import CertificateAuthority, SinkScript, start_smtp_sink
+from tests.support import (
+    CertificateAuthority,
+    SinkScript,
+    broken_tls_options,
+    start_smtp_sink,
+)
 
 MESSAGE = (
     b"From: a@ours.test\r\nTo: b@example.test\r\nSubject: dots\r\n\r\n"
@@ -215,6 +224,21 @@ class ClientTests(unittest.TestCase):
             self.fail("MAIL refusal not reported")
         self.assertTrue(client.usable)
 
+    async def test_mail_refused_permanently(self) -> None:
+        """
+        A 5xx to MAIL is final: no other host of the route is to be tried; a
+        4xx to MAIL is not.
+        """
+        sink = self.sink(mail="550 5.7.1 we do not like you")
+        client = await self.connect(sink)
+        with self.assertRaises(SessionError) as caught:
+            await client.send(self.message())
+        self.assertEqual((caught.exception.code, caught.exception.final), (550, True))
+        sink.script.mail = "451 4.3.0 try again"
+        with self.assertRaises(SessionError) as caught:
+            await client.send(self.message())
+        self.assertEqual((caught.exception.code, caught.exception.final), (451, False))
+
     async def test_greeting_refused(self) -> None:
         """A 4xx or 5xx greeting fails the session with that reply."""
         e = await self.refused(self.sink(greeting="421 4.3.2 busy"))
@@ -269,6 +293,27 @@ class ClientTests(unittest.TestCase):
              "MAIL FROM:<a@ours.test>"],
         )
         self.assertEqual(sink.messages[2].data, b"\xc3\xa9\r\n")
+
+    async def test_orcpt_xtext(self) -> None:
+        """
+        ORCPT is xtext on the wire (RFC 3461 4.2): an original recipient
+        with "+" or a space is encoded, never sent raw nor dropped, and our
+        own parser reads back what was accepted.
+        """
+        given = ["rfc822;u+2Btag@example.test", 'rfc822;"john+20smith"@example.test']
+        recipients = []
+        for i, text in enumerate(given):
+            params = address.rcpt_params("NOTIFY=FAILURE ORCPT=" + text)
+            recipients.append(Recipient(f"r{i}@example.test", params.notify, params.orcpt))
+        self.assertEqual(recipients[1].orcpt, 'rfc822;"john smith"@example.test')
+        sink = self.sink(dsn=True)
+        await (await self.connect(sink)).send(self.message(*recipients))
+        sent = [line.split("ORCPT=", 1)[1] for line in sink.messages[0].rcpt]
+        self.assertEqual(sent, given)
+        self.assertEqual(
+            [address.rcpt_params("ORCPT=" + value).orcpt for value in sent],
+            [r.orcpt for r in recipients],
+        )
 
     async def test_dsn_parameters(self) -> None:
         """RET, ENVID, NOTIFY and ORCPT are passed only to a host that offers DSN."""
@@ -337,6 +382,53 @@ class ClientTests(unittest.TestCase):
             self.assertIn("timeout while waiting for initial greeting", e.reply)
         else:
             self.fail("no timeout")
+
+    async def test_endless_multiline_reply(self) -> None:
+        """
+        A host that sends thousands of "220-" continuation lines fails the
+        session with 451 4.5.0 naming the host once one reply passes the
+        limit; the lines are not all kept.
+        """
+        line = "220-" + "x" * 1000 + "\r\n"
+        sink = self.sink(greeting=line * 5000 + "220 sink.test at last")
+        e = await self.refused(sink, clock=Clock())
+        self.assertEqual((e.code, e.status), (451, "4.5.0"))
+        self.assertIn("sink.test [127.0.0.2]", e.reply)
+        self.assertIn("reply from", e.reply)
+
+    async def test_reply_line_too_long(self) -> None:
+        """A reply line longer than MAX_REPLY_LINE is a protocol error (451 4.5.0)."""
+        sink = self.sink(greeting="220 " + "x" * (MAX_REPLY_LINE + 10))
+        e = await self.refused(sink, clock=Clock())
+        self.assertEqual((e.code, e.status), (451, "4.5.0"))
+        self.assertIn("reply line from sink.test [127.0.0.2]", e.reply)
+
+    async def test_long_ehlo_reply(self) -> None:
+        """An EHLO reply just under the line limit is read whole."""
+        keywords = tuple(f"X-EXT{i}" for i in range(MAX_REPLY_LINES - 5))
+        sink = self.sink(extensions=keywords, size=0)
+        client = await self.connect(sink)
+        self.assertIn("X-EXT0", client.extensions)
+        self.assertIn("SIZE", client.extensions)
+        [status] = await client.send(self.message())
+        self.assertEqual(status.code, 250)
+
+    async def test_tls_handshake_failure(self) -> None:
+        """
+        A host whose STARTTLS handshake fails: 451 4.7.5, marked as a TLS
+        failure (a plain-text session may still work), nothing sent.
+        """
+        sink = self.sink(tls=broken_tls_options())
+        e = await self.refused(sink, tls="may", tls_options=ssl.CertificateOptions())
+        self.assertEqual((e.code, e.status, e.tls_failure), (451, "4.7.5", True))
+        self.assertEqual(sink.commands, ["EHLO relay.ours.test", "STARTTLS"])
+
+    async def test_starttls_refused(self) -> None:
+        """A refused STARTTLS is a TLS failure too (4.7.5)."""
+        sink = self.sink(extensions=("STARTTLS",))  # offered, then refused with 502
+        e = await self.refused(sink, tls="may", tls_options=ssl.CertificateOptions())
+        self.assertEqual((e.status, e.tls_failure), ("4.7.5", True))
+        self.assertIn("502 5.5.1", e.reply)
 
     async def test_tls_may(self) -> None:
         """Policy C{may} starts TLS when offered, unverified, and EHLOs again."""
@@ -433,3 +525,42 @@ class ClientTests(unittest.TestCase):
         e = await self.refused(sink, username="relay", password="s3cret")
         self.assertEqual(e.status, "4.7.0")
         self.assertFalse(any(c.startswith("MAIL") for c in sink.commands))
+
+
+class ReplyTimeoutTests(unittest.TestCase):
+    """L{RelayClient}'s timeout over a L{StringTransport}, with a L{Clock}."""
+
+    def test_continuation_lines_do_not_extend(self) -> None:
+        """
+        A reply that never ends still times out: continuation lines do not
+        restart the timeout, only a complete reply does.
+        """
+        clock = Clock()
+        client = RelayClient("relay.ours.test", "slow.test [127.0.0.2]", clock, 60)
+        client.makeConnection(StringTransport())
+        failures: list = []
+        client.ready.addErrback(failures.append)
+        client.dataReceived(b"220-slow.test still talking\r\n")
+        clock.advance(30)
+        client.dataReceived(b"220-slow.test still talking\r\n")
+        clock.advance(29)
+        self.assertEqual(failures, [])
+        clock.advance(1)
+        [failure] = failures
+        failure.trap(SessionError)
+        error = failure.value
+        self.assertEqual((error.code, error.status), (451, "4.4.2"))
+        self.assertIn("initial greeting", error.reply)
+
+    def test_complete_reply_restarts(self) -> None:
+        """After a complete reply the next one gets the whole timeout again."""
+        clock = Clock()
+        transport = StringTransport()
+        client = RelayClient("relay.ours.test", "slow.test [127.0.0.2]", clock, 60)
+        client.makeConnection(transport)
+        clock.advance(59)
+        client.dataReceived(b"220 slow.test ready\r\n")
+        self.assertEqual(transport.value(), b"EHLO relay.ours.test\r\n")
+        clock.advance(59)
+        client.dataReceived(b"250 slow.test\r\n")
+        self.assertIs(self.successResultOf(client.ready), client)

@@ -6,21 +6,24 @@ server.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
 from smtpd import tls
 from smtpd.config import Config, DeliveryConfig, DomainConfig, ServerConfig, SmartHost
 from smtpd.envelope import DeliveryStatus, Envelope, Recipient
 from smtpd.mx import MXResolver, make_resolver
-from smtpd.relay import RelayManager
+from smtpd.relay import LocalAddresses, RelayManager, bindable
 from tests.support import (
     CertificateAuthority,
     SinkScript,
     a,
+    broken_tls_options,
     mx,
     start_dns_server,
     start_smtp_sinks,
@@ -42,6 +45,10 @@ ZONES = {
         "smart.test": [mx(10, "relay.smart.test")],
         "relay.smart.test": [a("127.0.0.5")],
         "relay.test": [a("127.0.0.5")],
+        # An address of this machine by another name (TEST-NET-2: the tests
+        # declare it ours and never connect to it).
+        "mine.test": [mx(10, "mx.mine.test")],
+        "mx.mine.test": [a("198.51.100.25")],
     },
 }
 
@@ -64,7 +71,8 @@ class RelayTests(unittest.TestCase):
         self.port = started[0].port
         return dict(zip(names, started))
 
-    def relay(self, *, domains=(), hostname="smtp.ours.test", local=frozenset(), **kw):
+    def relay(self, *, domains=(), hostname="smtp.ours.test", local=frozenset(),
+              network=reactor, **kw):
         delivery = {"remote_port": self.port, "outbound_tls": "none"}
         delivery.update(kw.pop("delivery", {}))
         config = Config(
@@ -75,7 +83,7 @@ class RelayTests(unittest.TestCase):
             domains=tuple(domains),
         )
         resolver = MXResolver(make_resolver([self.dns], reactor), reactor, hostname)
-        relay = RelayManager(config, reactor, resolver, local_endpoints=lambda: set(local),
+        relay = RelayManager(config, network, resolver, local_endpoints=lambda: set(local),
                              **kw)
         self.addCleanup(relay.stop)
         return relay
@@ -140,6 +148,51 @@ class RelayTests(unittest.TestCase):
         statuses = await self.send(self.relay(), "b@example.test", "c@example.test")
         self.assertEqual(self.codes(statuses), [(550, "5.7.1")] * 2)
         self.assertEqual(statuses[0].reply, "550 5.7.1 we do not like you")
+
+    async def test_mail_refused_is_final(self) -> None:
+        """
+        A 5xx to MAIL from the best MX is final for the route (as Postfix):
+        the next MX is not tried, and the sender gets that 5xx, whether the
+        backup is up or down (not the backup's connection error).
+        """
+        refuse = SinkScript(mail="550 5.7.1 we do not like you")
+        for backup in (True, False):
+            sinks = self.sinks(MX1=refuse, MX2=None) if backup else self.sinks(MX1=refuse)
+            statuses = await self.send(self.relay(), "b@example.test", "c@example.test")
+            self.assertEqual(self.codes(statuses), [(550, "5.7.1")] * 2)
+            self.assertEqual(statuses[0].reply, "550 5.7.1 we do not like you")
+            self.assertEqual(statuses[0].remote_mta, "mx1.example.test [127.0.0.2]")
+            if backup:
+                self.assertEqual(sinks["MX2"].connections, 0)
+
+    async def test_5xx_greeting_skips(self) -> None:
+        """
+        A 5xx greeting, or 5xx to both EHLO and HELO, moves on to the next MX
+        (Postfix smtp_skip_5xx_greeting).
+        """
+        for script in (SinkScript(greeting="554 5.7.1 go away"),
+                       SinkScript(ehlo="550 5.7.1 no", helo="550 5.7.1 no")):
+            sinks = self.sinks(MX1=script, MX2=None)
+            [status] = await self.send(self.relay(), "b@example.test")
+            self.assertEqual((status.code, status.remote_mta),
+                             (250, "mx2.example.test [127.0.0.3]"))
+            self.assertEqual(len(sinks["MX2"].messages), 1)
+
+    async def test_5xx_greetings_everywhere(self) -> None:
+        """
+        When every MX refuses with a 5xx greeting the recipients fail
+        permanently with the last one; when one more host could not be
+        reached the mail is deferred instead.
+        """
+        self.sinks(MX1=SinkScript(greeting="554 5.7.1 go away"),
+                   MX2=SinkScript(greeting="554 5.3.2 not today"))
+        [status] = await self.send(self.relay(), "b@example.test")
+        self.assertEqual((status.code, status.status, status.reply, status.remote_mta),
+                         (554, "5.3.2", "554 5.3.2 not today", "mx2.example.test [127.0.0.3]"))
+        self.sinks(MX2=SinkScript(greeting="554 5.3.2 not today"))
+        [status] = await self.send(self.relay(), "b@example.test")
+        self.assertEqual((status.code, status.status), (451, "4.4.1"))
+        self.assertEqual(status.remote_mta, "mx1.example.test [127.0.0.2]")
 
     async def test_size_limit(self) -> None:
         """
@@ -416,6 +469,23 @@ class RelayTests(unittest.TestCase):
         [status] = await self.send(relay, "x@same.test")
         self.assertEqual((status.code, status.status), (554, "5.4.6"))
 
+    async def test_loop_own_address(self) -> None:
+        """
+        Listening on 0.0.0.0:P, an MX at another (non-loopback) address of
+        this machine, port P, is ourselves too: 554 5.4.6, and no
+        connection is attempted.
+        """
+        self.sinks(SPARE=None)
+        network = MemoryReactorClock()  # records connection attempts, makes none
+        mine = "198.51.100.25"
+        relay = self.relay(local={("0.0.0.0", self.port)}, network=network,
+                           is_local_address=lambda ip: ip == mine)
+        [status] = await self.send(relay, "x@mine.test")
+        self.assertEqual((status.code, status.status), (554, "5.4.6"))
+        self.assertEqual(network.tcpClients, [])
+
+    test_loop_own_address.timeout = 10  # type: ignore[attr-defined]
+
     async def test_loop_by_hostname(self) -> None:
         """An MX named as our hostname is a loop, 554 5.4.6."""
         self.sinks(MX1=None)
@@ -466,6 +536,29 @@ class RelayTests(unittest.TestCase):
         self.assertEqual([sinks["MX1"].messages[0].tls, sinks["OTHER"].messages[0].tls],
                          [True, False])
 
+    async def test_tls_may_plaintext_fallback(self) -> None:
+        """
+        outbound_tls = may: a host whose TLS handshake fails gets the mail in
+        plain text on a second connection (as Postfix at level may).
+        """
+        sinks = self.sinks(OTHER=SinkScript(tls=broken_tls_options()))
+        relay = self.relay(delivery={"outbound_tls": "may"})
+        [status] = await self.send(relay, "d@other.test")
+        self.assertEqual((status.code, status.remote_mta), (250, "mx.other.test [127.0.0.4]"))
+        self.assertEqual([m.tls for m in sinks["OTHER"].messages], [False])
+        self.assertEqual(sinks["OTHER"].connections, 2)
+        self.assertEqual(sinks["OTHER"].commands.count("STARTTLS"), 1)
+
+    async def test_tls_required_no_fallback(self) -> None:
+        """outbound_tls = encrypt or verify never falls back to plain text: 4.7.5."""
+        ca = CertificateAuthority()
+        for policy in ("encrypt", "verify"):
+            sinks = self.sinks(OTHER=SinkScript(tls=broken_tls_options()))
+            relay = self.relay(delivery={"outbound_tls": policy}, client_tls=ca.trust_root())
+            [status] = await self.send(relay, "d@other.test")
+            self.assertEqual((status.code, status.status), (451, "4.7.5"))
+            self.assertEqual((sinks["OTHER"].connections, sinks["OTHER"].messages), (1, []))
+
     async def test_tls_verify(self) -> None:
         """outbound_tls = verify checks the certificate against the MX host name."""
         ca = CertificateAuthority()
@@ -494,3 +587,44 @@ class RelayTests(unittest.TestCase):
         sinks = self.sinks(MX1=None)
         self.assertEqual(await self.send(self.relay()), [])
         self.assertEqual(sinks["MX1"].connections, 0)
+
+
+class LocalAddressesTests(unittest.TestCase):
+    """L{LocalAddresses}: is an IP address one of this machine's own."""
+
+    def test_own_and_foreign(self) -> None:
+        """
+        Loopback addresses are ours (all of 127/8 on Linux), also written as
+        IPv4-mapped IPv6; a TEST-NET address and a non-address are not.
+        """
+        local = LocalAddresses()
+        self.assertTrue(local("127.0.0.1"))
+        self.assertTrue(local("::ffff:127.0.0.1"))
+        self.assertEqual(local("127.0.0.5"), sys.platform.startswith("linux"))
+        self.assertFalse(local("192.0.2.1"))
+        self.assertFalse(local("mx.example.test"))
+
+    def test_answers_remembered_bounded(self) -> None:
+        """Each address is tested once, and at most C{limit} answers are kept."""
+        calls: list[str] = []
+
+        def bind(address: str) -> bool:
+            calls.append(address)
+            return bindable(address)
+
+        local = LocalAddresses(bind, limit=2)
+        for _ in range(3):
+            self.assertTrue(local("127.0.0.1"))
+        self.assertEqual(calls, ["192.0.2.1", "127.0.0.1"])
+        for address in ("192.0.2.7", "192.0.2.8", "192.0.2.9"):
+            self.assertFalse(local(address))
+        self.assertEqual(len(local), 2)
+
+    def test_nonlocal_bind(self) -> None:
+        """
+        Where any address can be bound (Linux ip_nonlocal_bind) the test
+        proves nothing: no address counts as ours.
+        """
+        local = LocalAddresses(lambda address: True)
+        self.assertFalse(local("198.51.100.25"))
+        self.assertFalse(local("127.0.0.1"))
