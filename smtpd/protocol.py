@@ -60,12 +60,27 @@ _HELO_SAFE = re.compile(r"[^A-Za-z0-9.\-:\[\]_]")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+_date_cache: list = [None, ""]
+
+
+def _header_date(now: float) -> str:
+    """The RFC 5322 date of C{now} in UTC, made once per second."""
+    second = int(now)
+    if _date_cache[0] != second:
+        _date_cache[:] = [second, format_datetime(datetime.fromtimestamp(second, timezone.utc))]
+    return _date_cache[1]
+
+
 class Inbound:
     """
     What every inbound session shares: configuration, accounts, the queue, the
     live sessions and their counters. One per server process; C{config} and
     C{users} may be swapped at run time (reload) and sessions see the new ones
     at their next command.
+
+    @param accept: C{accept(envelope, data) -> Deferred} making a received
+        message durable before its 250 (the queue manager's, which may deliver
+        it at once); L{None} (the default) for C{queue.store}.
     """
 
     def __init__(
@@ -77,10 +92,12 @@ class Inbound:
         run_blocking: Callable[..., defer.Deferred],
         tls_options=None,
         command_log=None,
+        accept: Callable[[Envelope, bytes], defer.Deferred] | None = None,
     ):
         self.config = config
         self.users = users
         self.queue = queue
+        self.accept = accept
         self.clock = clock
         self.run_blocking = run_blocking
         self.tls_options = tls_options
@@ -169,8 +186,10 @@ class SMTPSession(smtp.ESMTP):
 
     session_id = 0
     peer_ip = ""
-    _paused = False
+    _read_paused = False
+    _unsent = False
     _hostname = "localhost"
+    _server_address: tuple[str, int | str] | None = None
     in_transfer = False
 
     def __init__(self, inbound: Inbound, kind: str):
@@ -202,16 +221,17 @@ class SMTPSession(smtp.ESMTP):
 
     def connectionMade(self):
         """Greet, or refuse with 421 (limits) or 554 (access control)."""
-        peer = self.transport.getPeer()
+        peer, host = self.transport.getPeer(), self.transport.getHost()
         self.peer_ip = getattr(peer, "host", "") or str(peer)
+        self._server_address = (getattr(host, "host", ""), getattr(host, "port", ""))
+        # Stop reading from a client that does not read its replies.
+        self.transport.registerProducer(self, True)
         config = self.inbound.config
         self._hostname = config.server.hostname
         refusal = self.inbound.register(self)
         if refusal is not None:
             self._send(f"421 {refusal}\r\n")
-            self.transport.loseConnection()
-            self._closing = True
-            return
+            return self._close()
         self._registered = True
         self.setTimeout(config.server.connection_timeout or None)
         if not policy.may_connect(config, self.peer_ip):
@@ -237,8 +257,13 @@ class SMTPSession(smtp.ESMTP):
         """Close this session with a C{421} reply saying C{why}."""
         if not self._closing:
             self._send(f"421 {why}\r\n")
-            self._closing = True
-            self.transport.loseConnection()
+            self._close()
+
+    def _close(self) -> None:
+        """Close after the replies written so far (TLS waits for our producer to go)."""
+        self._closing = True
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     # -- input ------------------------------------------------------------
 
@@ -248,14 +273,42 @@ class SMTPSession(smtp.ESMTP):
             return
         self.resetTimeout()
         self._buf += data
-        if self._waiting and len(self._buf) > MAX_PENDING_INPUT:
-            # A client that floods while an answer is pending is held back.
-            self.transport.pauseProducing()
-            self._paused = True
+        self._reading()
         self._process()
 
+    def _reading(self) -> None:
+        """
+        Stop reading from a client whose input piles up: while an answer is
+        pending, or while it does not read its replies (then we take no more
+        commands), at most L{MAX_PENDING_INPUT} bytes are held.
+        """
+        held = (self._waiting or self._unsent) and len(self._buf) > MAX_PENDING_INPUT
+        if held != self._read_paused and not self._closing:
+            self._read_paused = held
+            if held:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
+
+    # IPushProducer, registered on our own transport: Twisted pauses us when
+    # the replies we wrote are not being read (and during a TLS handshake).
+
+    def pauseProducing(self) -> None:
+        """Our replies pile up unsent: take no more commands for now."""
+        self._unsent = True
+
+    def resumeProducing(self) -> None:
+        """Our replies went out: take commands again."""
+        self._unsent = False
+        self._process()
+        self._reading()
+
+    def stopProducing(self) -> None:
+        """The connection is going away."""
+        self._closing = True
+
     def _process(self) -> None:
-        while self._buf and not self._waiting and not self._closing:
+        while self._buf and not (self._waiting or self._unsent or self._closing):
             if self._mode == _DATA:
                 self._data_received()
             elif not self._take_line():
@@ -294,11 +347,9 @@ class SMTPSession(smtp.ESMTP):
 
     def _resume(self, _ignored=None) -> None:
         self._waiting = False
-        if self._paused:
-            self._paused = False
-            self.transport.resumeProducing()
         if not self._closing:
             self._process()
+            self._reading()
 
     def _internal_error(self, failure: Failure) -> None:
         log.failure(
@@ -428,8 +479,7 @@ class SMTPSession(smtp.ESMTP):
     def smtp_QUIT(self, arg: str):
         """RFC 5321 4.1.1.10."""
         self._reply(221, "2.0.0", "Bye")
-        self._closing = True
-        self.transport.loseConnection()
+        self._close()
 
     def smtp_VRFY(self, arg: str):
         """RFC 5321 3.5.3: no address harvesting, but no refusal either."""
@@ -593,8 +643,6 @@ class SMTPSession(smtp.ESMTP):
             return self._data_refused(
                 552, "5.3.4", "Message size exceeds fixed maximum message size"
             )
-        if len(raw) > MAX_TEXT_LINE and max(map(len, raw.split(b"\n"))) > MAX_TEXT_LINE - 1:
-            return self._data_refused(500, "5.5.2", "Error: line too long in message data")
         if raw.count(b"\n") != raw.count(b"\r\n") or raw.count(b"\r") != raw.count(b"\n"):
             # Bare CR or LF: the stuff of SMTP smuggling.
             if messages.bare_newlines == "reject":
@@ -603,6 +651,9 @@ class SMTPSession(smtp.ESMTP):
                 )
             raw = bytearray(_NEWLINE.sub(b"\r\n", raw))
         message = raw.replace(b"\r\n.", b"\r\n")[2:]
+        # RFC 5321 4.5.3.1.6: 998 octets a line, not counting a stuffed dot.
+        if len(message) > MAX_TEXT_LINE - 2 and max(map(len, message.split(b"\n"))) > MAX_TEXT_LINE - 1:
+            return self._data_refused(500, "5.5.2", "Error: line too long in message data")
         if messages.max_message_size and len(message) > messages.max_message_size:
             return self._data_refused(
                 552, "5.3.4", "Message size exceeds fixed maximum message size"
@@ -643,7 +694,7 @@ class SMTPSession(smtp.ESMTP):
             body=params.body,
         )
         self._reset()
-        d = queue.store(envelope, data)
+        d = (inbound.accept or queue.store)(envelope, data)
         d.addCallbacks(self._stored, self._store_failed, (envelope, len(message)))
         d.addBoth(self._transfer_done)
         return d
@@ -678,7 +729,7 @@ class SMTPSession(smtp.ESMTP):
         return (
             f"Received: from {helo} ([{self.peer_ip}])\r\n"
             f"\tby {self._hostname} (smtpd) with {proto} id {queue_id}{rcpt};\r\n"
-            f"\t{format_datetime(datetime.fromtimestamp(now, timezone.utc))}\r\n"
+            f"\t{_header_date(now)}\r\n"
         ).encode("utf-8")
 
     # -- AUTH (RFC 4954) --------------------------------------------------
@@ -761,6 +812,11 @@ class SMTPSession(smtp.ESMTP):
     def user(self) -> str | None:
         """The authenticated login, if any."""
         return self._user
+
+    @property
+    def server_address(self) -> tuple[str, int | str]:
+        """The (ip, port) the client connected to, kept from the connection's start."""
+        return self._server_address or ("", "")
 
     @property
     def helo(self) -> str | None:
