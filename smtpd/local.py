@@ -13,17 +13,23 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import secrets
+import stat
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.python.failure import Failure
 
 from smtpd.envelope import Envelope
-from smtpd.queue import fsync_directory, temp_name, valid_queue_id, write_file
+from smtpd.queue import FolderSync, fsync_directory, temp_name, valid_queue_id, write_file
 
-_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+def line_ends(data: bytes, end: bytes) -> bytes:
+    """C{data} with every line ending (CRLF, bare CR, bare LF) made C{end}."""
+    joined = end.join(data.splitlines())
+    return joined + end if data[-1:] in (b"\r", b"\n") else joined
 
 
 class MailboxError(Exception):
@@ -61,6 +67,16 @@ def _header_value(value: str, what: str) -> bytes:
 
 
 def _inside(path: str, folder: str) -> bool:
+    """
+    Whether C{path}, an entry of C{folder} (with a name checked by
+    L{split_mailbox}), leads to a place inside C{folder}. A real folder (or
+    nothing yet) there does; a symlink must resolve to a place inside.
+    """
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            return True
+    except FileNotFoundError:
+        return True
     path, folder = os.path.realpath(path), os.path.realpath(folder)
     return os.path.commonpath([path, folder]) == folder and path != folder
 
@@ -84,26 +100,54 @@ class MaildirDelivery:
     on first delivery, by the Maildir rules: a unique name in C{tmp/}, fsync,
     rename into C{new/}, fsync C{new/}.
 
+    Deliveries go to disk in batches, each one call of C{run_blocking} with
+    one fsync per C{new/} folder for all its messages (group commit). While
+    the disk keeps up (under C{slow_disk} seconds per message), one batch is
+    written at a time and deliveries requested meanwhile wait for the next:
+    fewer thread hand-offs, folder fsyncs and threads contending for the same
+    folders, which is what limits a fast disk. On a slower disk the waiting
+    deliveries are spread over up to C{max_batches} batches at once, so that
+    their fsyncs overlap.
+
+    A Maildir's folders are created and checked against symlinks leading out
+    of C{mailroot/mailbox/} at its first delivery in this process; later
+    deliveries trust that check (a Maildir removed meanwhile is made again).
+
     @param mailroot: the mailroot folder.
     @param hostname: this server's name, part of every file name.
     @param clock: an C{IReactorTime}.
     @param run_blocking: C{f(callable, *args) -> Deferred} for disk work.
+    @param max_batches: how many batches may be written at once on a slow
+        disk (at most the threads C{run_blocking} has).
+    @param slow_disk: the time per message, in seconds, from which the disk
+        counts as slow.
     """
 
     def __init__(self, mailroot: str, hostname: str, clock: Any,
-                 run_blocking: Callable[..., Deferred]):
+                 run_blocking: Callable[..., Deferred], max_batches: int = 8,
+                 slow_disk: float = 0.002):
         self.root = os.path.join(os.path.abspath(mailroot), "mailbox")
         # Maildir: "/" and ":" in the host name are written as octal escapes.
         self._hostname = hostname.replace("/", r"\057").replace(":", r"\072")
         self._clock = clock
         self._run = run_blocking
+        self._max_batches = max(1, max_batches)
+        self._slow_disk = slow_disk
+        # Seconds per message of recent batches (moving average).
+        self._disk_time = 0.0
         self._counter = itertools.count(1)
+        # Checked Maildir folder -> the group commit of its new/ folder.
+        self._checked: dict[str, FolderSync] = {}
+        self._checking = threading.Lock()
+        self._waiting: list[tuple[tuple, Deferred]] = []
+        self._batches = 0
 
-    def deliver(self, envelope: Envelope, mailbox: str, data: bytes) -> Deferred[None]:
+    def deliver(self, envelope: Envelope, mailbox: str, data: bytes) -> Deferred[str]:
         """
         Deliver C{data} (CRLF, from the queue) to C{mailbox}
         (C{localpart@domain}, alias-mapped), with C{Return-Path:} and
-        C{Delivered-To:} prepended and LF line endings.
+        C{Delivered-To:} prepended and LF line endings. Fires with the path of
+        the new file (for L{remove}).
 
         Fails with L{MailboxError} for an unsafe mailbox, L{OSError} on disk
         errors; nothing is left in C{tmp/} or C{new/} on failure.
@@ -114,8 +158,17 @@ class MaildirDelivery:
                       + b">\nDelivered-To: " + _header_value(mailbox.lower(), "mailbox") + b"\n")
         except MailboxError as e:
             return self._run(_raise, e)
-        name = self._unique_name()
-        return self._run(self._deliver_blocking, domain, localpart, name, header, data)
+        done: Deferred[str] = Deferred()
+        self._waiting.append(((domain, localpart, self._unique_name(), header, data), done))
+        self._write_waiting()
+        return done
+
+    def remove(self, path: str) -> Deferred[None]:
+        """
+        Take back a message L{deliver} put at C{path} (a delivery that must
+        not count), durably. A file already gone is fine.
+        """
+        return self._run(self._remove_blocking, path)
 
     def _unique_name(self) -> str:
         now = self._clock.seconds()
@@ -129,8 +182,87 @@ class MaildirDelivery:
         localpart, domain = split_mailbox(mailbox)
         return os.path.join(self.root, domain, localpart)
 
-    def _deliver_blocking(self, domain: str, localpart: str, name: str,
-                          header: bytes, data: bytes) -> None:
+    # -- batches (reactor thread)
+
+    def _write_waiting(self) -> None:
+        """Hand the waiting deliveries to the disk, in as many batches as allowed."""
+        free = self._max_batches - self._batches
+        if not self._waiting or free <= 0:
+            return
+        if self._disk_time < self._slow_disk:
+            if self._batches:
+                return  # the next batch starts when this one ends
+            batches = [self._waiting]
+        else:
+            n = min(free, len(self._waiting))
+            batches = [self._waiting[i::n] for i in range(n)]
+        self._waiting = []
+        started = self._clock.seconds()
+        for batch in batches:
+            self._batches += 1
+            d = maybeDeferred(self._run, self._deliver_batch, [job for job, _ in batch])
+            d.addBoth(self._batch_written, [waiter for _, waiter in batch], started)
+
+    def _batch_written(self, results, waiters: list[Deferred], started: float) -> None:
+        self._batches -= 1
+        per_message = (self._clock.seconds() - started) / len(waiters)
+        self._disk_time += (per_message - self._disk_time) / 8
+        if isinstance(results, Failure):
+            results = [(False, results)] * len(waiters)
+        for waiter, (ok, value) in zip(waiters, results):
+            if ok:
+                waiter.callback(value)
+            else:
+                waiter.errback(value)
+        self._write_waiting()
+
+    # -- disk work (thread pool)
+
+    def _deliver_batch(self, jobs: list[tuple]) -> list[tuple[bool, Any]]:
+        """
+        Write each job's file into C{new/}, then fsync each C{new/} folder
+        once; per job C{(True, path)} or C{(False, Failure)}.
+        """
+        results: list[tuple[bool, Any]] = []
+        placed: dict[FolderSync, list[int]] = {}
+        for job in jobs:
+            try:
+                new, path = self._place(*job)
+            except Exception:
+                results.append((False, Failure()))
+            else:
+                placed.setdefault(new, []).append(len(results))
+                results.append((True, path))
+        for new, indexes in placed.items():
+            try:
+                new.sync()
+            except Exception:
+                failure = Failure()
+                for i in indexes:
+                    _unlink_quietly(results[i][1])
+                    results[i] = (False, failure)
+        return results
+
+    def _place(self, domain: str, localpart: str, name: str,
+               header: bytes, data: bytes) -> tuple[FolderSync, str]:
+        """Write one message into C{new/} of its Maildir (not yet fsync'd there)."""
+        folder = os.path.join(self.root, domain, localpart)
+        content = header + line_ends(data, b"\n")
+        new = self._checked.get(folder)
+        if new is not None:
+            try:
+                return new, _write_into(folder, name, content)
+            except FileNotFoundError:
+                # The Maildir was removed after its check: check it again.
+                self._checked.pop(folder, None)
+        new = self._check(domain, localpart)
+        return new, _write_into(folder, name, content)
+
+    def _check(self, domain: str, localpart: str) -> FolderSync:
+        """
+        Create the Maildir of C{localpart@domain} when missing and make sure no
+        symlink on the way leads outside; the group commit of its C{new/}.
+        """
         domain_folder = os.path.join(self.root, domain)
         folder = os.path.join(domain_folder, localpart)
         # A symlink planted anywhere on the way must not lead outside.
@@ -140,20 +272,45 @@ class MaildirDelivery:
             _make_folder(os.path.join(folder, sub))
             if not _inside(os.path.join(folder, sub), folder):
                 raise MailboxError(f"{sub}/ of mailbox {localpart}@{domain} leads outside it")
-        content = header + _LINE_END.sub(b"\n", data)
-        tmp = os.path.join(folder, "tmp", name)
-        write_file(tmp, content)
-        final = os.path.join(folder, "new", f"{name},S={len(content)}")
+        with self._checking:
+            return self._checked.setdefault(folder, FolderSync(os.path.join(folder, "new")))
+
+    def _remove_blocking(self, path: str) -> None:
+        path = os.path.abspath(path)
+        if os.path.commonpath([path, self.root]) != self.root:
+            raise MailboxError(f"{path!r} is not a delivered message")
         try:
-            os.rename(tmp, final)
-            fsync_directory(os.path.join(folder, "new"))
-        except BaseException:
-            for path in (tmp, final):
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
-            raise
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        new = self._checked.get(os.path.dirname(os.path.dirname(path)))
+        if new is not None:
+            new.sync()
+        else:
+            fsync_directory(os.path.dirname(path))
+
+
+def _write_into(folder: str, name: str, content: bytes) -> str:
+    """
+    Write C{content} to Maildir C{folder} as C{tmp/name}, fsync it, rename it
+    into C{new/}; its path there. Nothing stays behind on failure.
+    """
+    tmp = os.path.join(folder, "tmp", name)
+    write_file(tmp, content)
+    final = os.path.join(folder, "new", f"{name},S={len(content)}")
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return final
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 class DropDelivery:
@@ -170,6 +327,7 @@ class DropDelivery:
         self.folder = os.path.join(os.path.abspath(mailroot), "drop")
         self._clock = clock
         self._run = run_blocking
+        self._sync = FolderSync(self.folder)
 
     def deliver(self, envelope: Envelope, recipients: Sequence[str],
                 data: bytes) -> Deferred[None]:
@@ -185,7 +343,7 @@ class DropDelivery:
             return self._run(_raise, e)
         stem = envelope.id if valid_queue_id(envelope.id) else "message"
         name = f"{stem}.{int(self._clock.seconds()):X}{secrets.token_hex(4).upper()}.eml"
-        content = b"".join(lines) + _LINE_END.sub(b"\r\n", data)
+        content = b"".join(lines) + line_ends(data, b"\r\n")
         return self._run(self._drop_blocking, name, content)
 
     def _drop_blocking(self, name: str, content: bytes) -> None:
@@ -195,7 +353,7 @@ class DropDelivery:
         write_file(tmp, content)
         try:
             os.rename(tmp, path)
-            fsync_directory(self.folder)
+            self._sync.sync()
         except BaseException:
             for p in (tmp, path):
                 try:

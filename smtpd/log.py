@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import IO
+import weakref
+from typing import BinaryIO
 
 from twisted.logger import Logger
 
@@ -32,6 +33,22 @@ def _w3c(value: object) -> str:
     return text.replace(" ", "+")
 
 
+def _server_address(session) -> tuple[str, int | str]:
+    """
+    The (ip, port) a session's client connected to: the session's own
+    C{server_address} when it keeps one, else asked of its transport;
+    ("", "") when there is none (any more).
+    """
+    try:
+        address = getattr(session, "server_address", None)
+        if address is not None:
+            return address
+        host = session.transport.getHost() if session.transport else None
+    except (AttributeError, OSError):
+        return "", ""
+    return getattr(host, "host", ""), getattr(host, "port", "")
+
+
 class ActivityLog:
     """
     Writes activity lines to a file, or to twistd's log when C{path} is "-".
@@ -44,14 +61,31 @@ class ActivityLog:
         self.fmt = fmt
         self.path = path
         self.clock = clock
-        self.hostname = hostname
-        self._file: IO[str] | None = None
+        self._file: BinaryIO | None = None
         self._header_written = False
+        # The W3C date and time of the current second.
+        self._second: int | None = None
+        self._stamp = ""
+        self.hostname = hostname
+
+    @property
+    def hostname(self) -> str:
+        """This server's name (C{s-computername}); may be changed on reload."""
+        return self._hostname
+
+    @hostname.setter
+    def hostname(self, value: str) -> None:
+        self._hostname = value
+        self._host = _w3c(value)
+        # Session -> its W3C fields that do not change (c-ip; s-computername
+        # to x-session), kept while the session lives.
+        self._sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def open(self) -> None:
         """Open the log file (append); nothing to do for twistd's log."""
         if self.path != "-" and self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")
+            # Unbuffered: each line is one write(2), on disk (cache) at once.
+            self._file = open(self.path, "ab", buffering=0)
             self._header_written = self._file.tell() > 0
 
     def close(self) -> None:
@@ -62,20 +96,40 @@ class ActivityLog:
 
     def command(self, session, verb: str, argument: str, code: int) -> None:
         """One SMTP command of an inbound session and the reply code it got."""
-        host = session.transport.getHost() if session.transport else None
+        if self.fmt != "json":
+            self._command_w3c(session, verb, argument, code)
+            return
+        server_ip, server_port = _server_address(session)
         self._emit(
             {
                 "event": "command",
                 "client": session.peer_ip,
                 "user": session.user or "",
-                "server_ip": getattr(host, "host", ""),
-                "server_port": getattr(host, "port", ""),
+                "server_ip": server_ip,
+                "server_port": server_port,
                 "session": session.session_id,
                 "command": verb,
                 "argument": argument,
                 "status": code,
             }
         )
+
+    def _command_w3c(self, session, verb: str, argument: str, code: int) -> None:
+        """L{command} in W3C format: the fields fixed for a session are made once."""
+        try:
+            client, server = self._sessions[session]
+        except (KeyError, TypeError):
+            server_ip, server_port = _server_address(session)
+            client = _w3c(session.peer_ip)
+            server = " ".join((self._host, _w3c(server_ip), _w3c(server_port),
+                               _w3c(session.session_id)))
+            try:
+                self._sessions[session] = (client, server)
+            except TypeError:
+                pass  # not weakly referenceable: made again each time
+        stamp = self._w3c_stamp(self.clock.seconds())
+        self._write_w3c(" ".join((stamp, client, _w3c(session.user), server, _w3c(verb),
+                                  _w3c(argument), _w3c(code))), stamp)
 
     def delivery(
         self,
@@ -112,30 +166,41 @@ class ActivityLog:
         if self.fmt == "json":
             record = {"time": round(now, 3), **record}
             line = json.dumps(record, separators=(",", ":"))
+            self._write(line)
         else:
-            line = self._w3c_line(now, record)
+            stamp = self._w3c_stamp(now)
+            self._write_w3c(self._w3c_line(stamp, record), stamp)
+
+    def _write(self, line: str) -> None:
         if self._file is None:
             _log.info("{line}", line=line)
-            return
-        self._file.write(line + "\n")
-        self._file.flush()
+        else:
+            self._file.write(line.encode("utf-8") + b"\n")
 
-    def _w3c_line(self, now: float, r: dict) -> str:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now))
+    def _write_w3c(self, line: str, stamp: str) -> None:
+        """Write a W3C line, after the header when the file is new."""
         if self._file is not None and not self._header_written:
             self._header_written = True
-            self._file.write(
-                f"#Software: smtpd\n#Version: 1.0\n#Date: {stamp}\n#Fields: {_FIELDS}\n"
-            )
-        fields = (
-            r["client"],
-            r["user"],
-            self.hostname,
-            r["server_ip"],
-            r["server_port"],
-            r["session"],
-            r["command"],
-            r["argument"],
-            r["status"],
-        )
-        return stamp + " " + " ".join(_w3c(f) for f in fields)
+            self._write(f"#Software: smtpd\n#Version: 1.0\n#Date: {stamp}\n#Fields: {_FIELDS}")
+        self._write(line)
+
+    def _w3c_stamp(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+        return self._stamp
+
+    def _w3c_line(self, stamp: str, r: dict) -> str:
+        return " ".join((
+            stamp,
+            _w3c(r["client"]),
+            _w3c(r["user"]),
+            self._host,
+            _w3c(r["server_ip"]),
+            _w3c(r["server_port"]),
+            _w3c(r["session"]),
+            _w3c(r["command"]),
+            _w3c(r["argument"]),
+            _w3c(r["status"]),
+        ))

@@ -19,8 +19,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from smtpd.bounce import DELAYED, DELIVERED, FAILED, RELAYED, BounceBuilder, has_8bit
 from smtpd.config import Config
@@ -76,7 +77,8 @@ class QueueManager(Service):
     @param queue: the L{smtpd.queue.Queue}; the only state shared with the
         rest of the server.
     @param clock: an C{IReactorTime}.
-    @param local: the Maildir agent (C{deliver(envelope, mailbox, data)}).
+    @param local: the Maildir agent (C{deliver(envelope, mailbox, data)}
+        firing with the new file's path, C{remove(path)} taking it back).
     @param drop: the drop-folder agent (C{deliver(envelope, addresses, data)}).
     @param relay: the RelayManager (C{deliver(envelope, recipients, data)}
         firing with one L{DeliveryStatus} per recipient).
@@ -192,6 +194,91 @@ class QueueManager(Service):
         self._states[envelope.id] = envelope.state if envelope.state == DEFERRED else QUEUED
         self._schedule(envelope.id, self.clock.seconds())
         self._arm()
+
+    # -- messages just accepted
+
+    def accept(self, envelope: Envelope, data: bytes) -> Deferred[None]:
+        """
+        Take charge of a message an inbound session has just received: fires
+        once it is durable, fails like L{smtpd.queue.Queue.store} when it
+        cannot be made so.
+
+        When every recipient is a local mailbox and none asked for a success
+        DSN, the message is written to those Maildirs at once, with the
+        durability of the queue, and never queued. Otherwise, or when any
+        Maildir write fails (the copies already written are taken back, so
+        nothing is delivered twice), it is stored in the queue and delivered
+        from there.
+        """
+        mailboxes = self._all_local(envelope)
+        if mailboxes is None:
+            return self.queue.store(envelope, data)
+        return Deferred.fromCoroutine(self._accept_local(envelope, mailboxes, data))
+
+    async def _accept_local(
+        self, envelope: Envelope, mailboxes: dict[str, list[Recipient]], data: bytes
+    ) -> None:
+        if not await self._deliver_at_once(envelope, mailboxes, data):
+            await self.queue.store(envelope, data)
+
+    def _all_local(self, envelope: Envelope) -> dict[str, list[Recipient]] | None:
+        """
+        The recipients per Maildir when all of them can be delivered at once
+        (local mailboxes, no success DSN wanted); else L{None}.
+        """
+        if not self.running or envelope.state != QUEUED:
+            return None
+        mailboxes: dict[str, list[Recipient]] = {}
+        for recipient in envelope.recipients:
+            if recipient.state != PENDING or wants(recipient, "SUCCESS"):
+                return None
+            try:
+                destination = route(self.config, self.users, recipient.address)
+            except Exception:
+                return None  # the queue path reports it
+            if destination is None or destination.kind != LOCAL:
+                return None
+            mailboxes.setdefault(destination.mailbox, []).append(recipient)
+        return mailboxes or None
+
+    async def _deliver_at_once(
+        self, envelope: Envelope, mailboxes: dict[str, list[Recipient]], data: bytes
+    ) -> bool:
+        """Write every Maildir copy, or none; whether every one was written."""
+        if len(mailboxes) == 1:
+            [mailbox] = mailboxes
+            try:
+                results = [(True, await self.local.deliver(envelope, mailbox, data))]
+            except Exception:
+                results = [(False, Failure())]
+        else:
+            results = await DeferredList(
+                [maybeDeferred(self.local.deliver, envelope, m, data) for m in mailboxes],
+                consumeErrors=True,
+            )
+        written = [path for ok, path in results if ok]
+        if len(written) == len(results):
+            self.counters["received"] += 1
+            now = self.clock.seconds()
+            for mailbox, recipients in mailboxes.items():
+                for r in recipients:
+                    status = DeliveryStatus(r.address, 250, "2.0.0",
+                                            f"delivered to maildir of {mailbox}")
+                    self._apply(envelope, r, status, LOCAL, now)
+            return True
+        for ok, failure in results:
+            if not ok:
+                self._errors.info("Maildir delivery of {queue_id} at once failed ({error}); "
+                                  "queueing it", queue_id=envelope.id,
+                                  error=failure.getErrorMessage())
+        for path in written:
+            try:
+                await maybeDeferred(self.local.remove, path)
+            except Exception:
+                self._errors.failure("Cannot take back {path} of {queue_id}; "
+                                     "it may be delivered twice",
+                                     path=path, queue_id=envelope.id)
+        return False
 
     # -- scheduling
 

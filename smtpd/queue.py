@@ -52,6 +52,41 @@ def fsync_directory(path: str) -> None:
         os.close(fd)
 
 
+class FolderSync:
+    """
+    fsync of one folder shared by concurrent threads (group commit): many
+    renames into a folder become durable with one fsync.
+
+    Each caller takes a ticket after its renames. A folder fsync that
+    I{starts} after a ticket was taken covers that caller's renames, so a
+    caller whose ticket is already covered by a finished fsync returns
+    without one; callers that arrive during an fsync share the next one.
+
+    @param fsync: makes the entries of a folder durable (L{fsync_directory}).
+    """
+
+    def __init__(self, path: str, fsync: Callable[[str], None] = fsync_directory):
+        self.path = path
+        self._fsync = fsync
+        self._ticket_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._requested = 0
+        self._synced = 0
+
+    def sync(self) -> None:
+        """Return once every change made to the folder before the call is durable."""
+        with self._ticket_lock:
+            self._requested += 1
+            ticket = self._requested
+        with self._sync_lock:
+            if self._synced >= ticket:
+                return
+            with self._ticket_lock:
+                covered = self._requested
+            self._fsync(self.path)
+            self._synced = covered
+
+
 def write_file(path: str, data: bytes, mode: int = 0o600) -> None:
     """
     Write C{data} to a new file C{path} (which must not exist) and fsync it.
@@ -181,11 +216,7 @@ class Queue:
         self._clock = clock
         self._run = run_blocking
         self._observers: list[Callable[[Envelope], object]] = []
-        # Group commit of the folder fsync: see _sync_directory.
-        self._ticket_lock = threading.Lock()
-        self._sync_lock = threading.Lock()
-        self._requested = 0
-        self._synced = 0
+        self._folder_sync = FolderSync(self.directory)
 
     # -- naming
 
@@ -286,23 +317,8 @@ class Queue:
             fsync_directory(os.path.dirname(self.directory))
 
     def _sync_directory(self) -> None:
-        """
-        fsync the queue folder, shared by concurrent callers (group commit).
-
-        Each caller takes a ticket after its renames. A folder fsync that
-        I{starts} after a ticket was taken covers that caller's renames, so a
-        caller whose ticket is already covered by a finished fsync returns.
-        """
-        with self._ticket_lock:
-            self._requested += 1
-            ticket = self._requested
-        with self._sync_lock:
-            if self._synced >= ticket:
-                return
-            with self._ticket_lock:
-                covered = self._requested
-            fsync_directory(self.directory)
-            self._synced = covered
+        """fsync the queue folder, shared by concurrent callers (group commit)."""
+        self._folder_sync.sync()
 
     # -- reading
 
