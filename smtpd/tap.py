@@ -21,6 +21,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
 
 from smtpd import tls
 from smtpd.bounce import BounceBuilder
@@ -48,6 +49,7 @@ MAILROOT_FOLDERS = ("queue", "mailbox", "drop", "badmail")
 # free for the queue.
 THREAD_POOL_SIZE = 16
 MAILDIR_BATCHES = THREAD_POOL_SIZE // 2
+AUTH_THREADS = 2
 
 
 class Options(usage.Options):
@@ -118,6 +120,39 @@ class Listener(service.Service):
         return (getattr(host, "host", ""), getattr(host, "port", 0))
 
 
+class ThreadPoolService(service.Service):
+    """A thread pool of its own, started and stopped with the server."""
+
+    def __init__(self, size: int, name: str):
+        self.pool = ThreadPool(minthreads=0, maxthreads=size, name=name)
+
+    def runner(self, reactor):
+        """C{run_blocking(f, *args)} for this pool: a Deferred of the result."""
+        return lambda f, *a, **kw: deferToThreadPool(reactor, self.pool, f, *a, **kw)
+
+    def startService(self):
+        """Start the threads."""
+        service.Service.startService(self)
+        self.pool.start()
+
+    def stopService(self):
+        """Stop the threads (work under way finishes first)."""
+        service.Service.stopService(self)
+        self.pool.stop()
+
+
+class RelayService(service.Service):
+    """Closes the relay's pooled outbound connections on stop."""
+
+    def __init__(self, relay: RelayManager):
+        self.relay = relay
+
+    def stopService(self):
+        """Close idle outbound connections."""
+        service.Service.stopService(self)
+        return self.relay.stop()
+
+
 class InboundService(service.Service):
     """Owns the inbound sessions: on stop, lets DATA finish, then closes them."""
 
@@ -168,10 +203,14 @@ def build(config: Config, reactor) -> service.MultiService:
     activity = ActivityLog(
         config.logging.format, config.logging.path, reactor, config.server.hostname
     )
-    inbound = Inbound(
-        config, users, queue, reactor, run_blocking, tls_options, activity
-    )
     top = service.MultiService()
+    # Password checks (bcrypt, ~0.3 s each) get threads of their own, so a
+    # flood of AUTH attempts cannot delay the fsyncs that answer "250".
+    auth_pool = ThreadPoolService(AUTH_THREADS, "smtpd-auth")
+    auth_pool.setServiceParent(top)
+    inbound = Inbound(
+        config, users, queue, reactor, auth_pool.runner(reactor), tls_options, activity
+    )
     listeners = []
     for kind, endpoints in (
         (LISTEN, config.server.listen),
@@ -208,6 +247,7 @@ def build(config: Config, reactor) -> service.MultiService:
     # Sessions hand messages to the queue manager, which may deliver them at once.
     inbound.accept = qmgr.accept
     qmgr.setServiceParent(top)
+    RelayService(relay).setServiceParent(top)
     InboundService(inbound, activity).setServiceParent(top)
     for listener in listeners:
         listener.setServiceParent(top)

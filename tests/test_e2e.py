@@ -190,3 +190,34 @@ class EndToEndTests(unittest.TestCase):
         await sleep(0.2)
         self.assertTrue(self.queue_empty())
         self.assertEqual(sink.connections, 1)
+
+
+class AuthPoolTests(unittest.TestCase):
+    """Password checks run in the server's own auth thread pool."""
+
+    async def test_auth_through_built_server(self):
+        """AUTH PLAIN against etc/users works in the assembled server."""
+        import base64
+
+        from smtpd import users
+
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(root, "etc"))
+        users.add(os.path.join(root, "etc", "users"), "bob@localhost", "secret", rounds=4)
+        path = os.path.join(root, "etc", "smtpd.ini")
+        with open(path, "w") as f:
+            f.write(
+                "[server]\nlisten = tcp:0:interface=127.0.0.1\n"
+                "[auth]\nallow_plaintext = yes\n[domain:localhost]\ntype = local\n"
+            )
+        top = build(load_config(path), reactor)
+        top.startService()
+        self.addCleanup(top.stopService)
+        [listener] = [s for s in top if isinstance(s, Listener)]
+        client = await connect(self, listener.address()[1])
+        await client.command(b"EHLO c\r\n")
+        token = base64.b64encode(b"\0bob@localhost\0secret")
+        self.assertEqual(
+            await client.command(b"AUTH PLAIN " + token + b"\r\n"),
+            "235 2.7.0 Authentication successful",
+        )
