@@ -360,3 +360,15 @@ def make_resolver(dns_servers: tuple[tuple[str, int], ...] | list, reactor: Any)
     else:
         theResolver = client.Resolver(resolv=b"/etc/resolv.conf", reactor=reactor)
     return resolve.ResolverChain([hosts.Resolver(b"/etc/hosts"), theResolver])
+
+
+def close_resolver(resolver: Any) -> None:
+    """
+    Stop what a resolver from L{make_resolver} keeps doing in the background:
+    re-reading /etc/resolv.conf every minute (Twisted keeps the timer in
+    C{_parseCall}).
+    """
+    for each in getattr(resolver, "resolvers", [resolver]):
+        call = getattr(each, "_parseCall", None)
+        if call is not None and call.active():
+            call.cancel()

@@ -28,7 +28,7 @@ from smtpd.bounce import BounceBuilder
 from smtpd.config import Config, ConfigError, load_config
 from smtpd.local import DropDelivery, MaildirDelivery
 from smtpd.log import ActivityLog
-from smtpd.mx import MXResolver, make_resolver
+from smtpd.mx import MXResolver, close_resolver, make_resolver
 from smtpd.protocol import LISTEN, SMTPS, SUBMISSION, Inbound
 from smtpd.qmgr import QueueManager
 from smtpd.queue import Queue
@@ -142,14 +142,16 @@ class ThreadPoolService(service.Service):
 
 
 class RelayService(service.Service):
-    """Closes the relay's pooled outbound connections on stop."""
+    """On stop: closes the relay's pooled connections and the DNS resolver."""
 
-    def __init__(self, relay: RelayManager):
+    def __init__(self, relay: RelayManager, resolver):
         self.relay = relay
+        self.resolver = resolver
 
     def stopService(self):
-        """Close idle outbound connections."""
+        """Close idle outbound connections; stop re-reading resolv.conf."""
         service.Service.stopService(self)
+        close_resolver(self.resolver)
         return self.relay.stop()
 
 
@@ -226,11 +228,8 @@ def build(config: Config, reactor) -> service.MultiService:
     def local_endpoints() -> set[tuple[str, int]]:
         return {a for a in (l.address() for l in listeners) if a is not None}
 
-    mx = MXResolver(
-        make_resolver(config.delivery.dns_servers, reactor),
-        reactor,
-        config.server.hostname,
-    )
+    resolver = make_resolver(config.delivery.dns_servers, reactor)
+    mx = MXResolver(resolver, reactor, config.server.hostname)
     relay = RelayManager(config, reactor, mx, local_endpoints=local_endpoints)
     qmgr = QueueManager(
         config,
@@ -247,7 +246,7 @@ def build(config: Config, reactor) -> service.MultiService:
     # Sessions hand messages to the queue manager, which may deliver them at once.
     inbound.accept = qmgr.accept
     qmgr.setServiceParent(top)
-    RelayService(relay).setServiceParent(top)
+    RelayService(relay, resolver).setServiceParent(top)
     InboundService(inbound, activity).setServiceParent(top)
     for listener in listeners:
         listener.setServiceParent(top)
