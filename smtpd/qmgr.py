@@ -832,6 +832,9 @@ class QueueManager(Service):
                 self._forget(queue_id)
                 return
             if not await self._bounce(envelope, pending, data):
+                # Not deleted: the entry goes back on the schedule as it was.
+                self._schedule(queue_id, envelope.next_attempt)
+                self._arm()
                 raise RuntimeError(f"cannot queue the NDR for {queue_id}; not deleted")
         await self.queue.remove(queue_id)
         self._forget(queue_id)

@@ -804,6 +804,18 @@ class AdminTests(QueueManagerMixin, unittest.TestCase):
         self.assertEqual(report_field(report, "Status"), "5.0.0")
         self.assertEqual(self.entries(), {})
 
+    def test_delete_with_bounce_failing(self) -> None:
+        """When the NDR cannot be queued, delete() fails and the entry stays scheduled."""
+        from twisted.internet.defer import fail
+
+        queue_id = self.deferred_entry()
+        self.patch(self.queue, "store", lambda *a: fail(OSError(28, "No space left on device")))
+        self.failureResultOf(self.qmgr.delete(queue_id, bounce=True), RuntimeError)
+        self.assertIn(queue_id, self.entries())
+        self.clock.advance(DAY)
+        self.assertGreater(len(self.relay.for_entry(queue_id)), 1)
+        self.assertTrue(self.flushLoggedErrors(OSError))
+
     def test_unknown_id(self) -> None:
         """Admin calls name an unknown id with KeyError."""
         self.qmgr.startService()
