@@ -685,6 +685,7 @@ class RelayClient(smtp.ESMTPClient):
             status=status or enhanced_status(code, reply),
             reply=reply,
             remote_mta=self.remote_mta,
+            tls=self.secure,
         )
 
     def _command(self, line: bytes) -> Deferred[tuple[int, str]]:

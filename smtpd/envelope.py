@@ -116,6 +116,7 @@ class DeliveryStatus:
     @ivar status: the RFC 3463 enhanced status (C{"5.1.1"}).
     @ivar reply: the reply text or diagnostic, one line.
     @ivar remote_mta: the host that answered (C{"mx.example.com [192.0.2.1]"}), or "".
+    @ivar tls: whether the session with C{remote_mta} was encrypted.
     """
 
     address: str
@@ -123,6 +124,7 @@ class DeliveryStatus:
     status: str
     reply: str
     remote_mta: str = ""
+    tls: bool = False
 
     @property
     def delivered(self) -> bool:

@@ -563,16 +563,16 @@ class QueueManager(Service):
         else:
             self.counters["deferred"] += 1
         relay = status.remote_mta or {LOCAL: "local", DROP: "drop"}.get(kind, "none")
-        self._log_result(envelope, recipient, relay, status.code, status.status, now)
+        self._log_result(envelope, recipient, relay, status.code, status.status, now, status.tls)
 
     def _log_result(
         self, envelope: Envelope, recipient: Recipient, relay: str,
-        code: int, status: str, now: float,
+        code: int, status: str, now: float, tls: bool = False,
     ) -> None:
         """The delivery log line for one recipient (SPEC 7)."""
         delay = max(0.0, now - envelope.arrival)
         if hasattr(self.log, "delivery"):
-            self.log.delivery(envelope.id, recipient.address, relay, code, status, delay)
+            self.log.delivery(envelope.id, recipient.address, relay, code, status, delay, tls)
             return
         fields = {
             "queue_id": envelope.id, "recipient": recipient.address, "relay": relay,

@@ -436,8 +436,9 @@ class ClientTests(unittest.TestCase):
         sink = self.sink(tls=ca.server_options("other.name.test"))
         client = await self.connect(sink, tls="may", tls_options=ssl.CertificateOptions())
         self.assertTrue(client.secure)
-        await client.send(self.message())
+        statuses = await client.send(self.message())
         self.assertTrue(sink.messages[0].tls)
+        self.assertTrue(all(s.tls for s in statuses), statuses)
         self.assertEqual(sink.commands[:3], ["EHLO relay.ours.test", "STARTTLS",
                                              "EHLO relay.ours.test"])
 
@@ -445,8 +446,9 @@ class ClientTests(unittest.TestCase):
         """Policy C{may} goes on in plain text when STARTTLS is not offered."""
         sink = self.sink()
         client = await self.connect(sink, tls="may", tls_options=ssl.CertificateOptions())
-        await client.send(self.message())
+        statuses = await client.send(self.message())
         self.assertFalse(sink.messages[0].tls)
+        self.assertFalse(any(s.tls for s in statuses), statuses)
 
     async def test_tls_none(self) -> None:
         """Policy C{none} never starts TLS."""
