@@ -15,7 +15,6 @@ import resource
 import sys
 
 from twisted.application import service
-from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger

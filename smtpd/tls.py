@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import tempfile
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -19,6 +18,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 from OpenSSL.crypto import X509, PKey
 from twisted.internet.ssl import CertificateOptions, TLSVersion
+
+from smtpd.queue import fsync_directory, replace_file
 
 VALIDITY = datetime.timedelta(days=3650)
 BACKDATE = datetime.timedelta(days=1)
@@ -105,33 +106,13 @@ def _self_signed(
 
 def _write_atomically(path: str, data: bytes, mode: int) -> None:
     """
-    Write C{data} to C{path} with permissions C{mode}: a temporary file in the
-    same folder, fsync'd, renamed into place, then the folder fsync'd.
+    Write C{data} to C{path} with permissions C{mode}, durably: the queue's
+    temporary file, fsync and rename, then the folder fsync'd.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pem")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    _fsync_folder(folder)
-
-
-def _fsync_folder(folder: str) -> None:
-    """Make a rename in C{folder} durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    replace_file(path, data, mode)
+    fsync_directory(folder)
 
 
 def _read_file(path: str, what: str) -> bytes:
