@@ -21,7 +21,8 @@ from typing import Any, Callable
 from twisted.internet import error as neterror
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from smtpd.address import ip_literal, split_address
@@ -559,7 +560,7 @@ class RelayManager:
         await self._connections.acquire()
         connection = _Connection(client, self._key(route, target), self._generation)
         try:
-            await connectProtocol(self._endpoint(target), client)
+            await self._endpoint(target).connect(_QuietFactory(client))
         except Exception as e:
             self._connections.release()
             raise _connectError(e, target) from None
@@ -705,3 +706,16 @@ def _connectError(e: Exception, target: Target) -> SessionError:
     return SessionError(
         451, "4.4.1", f"451 4.4.1 connect to {target.remote_mta}:{target.port}: {why}"
     )
+
+
+class _QuietFactory(Factory):
+    """Hands one prepared client to one connection, without log lines of its own."""
+
+    noisy = False
+
+    def __init__(self, client):
+        self.client = client
+
+    def buildProtocol(self, addr):
+        """The prepared client."""
+        return self.client
