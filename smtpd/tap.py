@@ -22,17 +22,18 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
-from smtpd import tls
-from smtpd.bounce import BounceBuilder
+from smtpd.util import tls
+from smtpd.queue.bounce import BounceBuilder
 from smtpd.config import Config, ConfigError, load_config
-from smtpd.local import DropDelivery, MaildirDelivery
-from smtpd.log import ActivityLog
-from smtpd.mx import MXResolver, close_resolver, make_resolver
-from smtpd.protocol import LISTEN, SMTPS, SUBMISSION, Inbound
-from smtpd.qmgr import QueueManager
-from smtpd.queue import Queue
-from smtpd.relay import RelayManager
-from smtpd.users import Users, UsersError
+from smtpd.delivery.drop import DropDelivery
+from smtpd.delivery.maildir import MaildirDelivery
+from smtpd.util.activity import ActivityLog
+from smtpd.delivery.mx import MXResolver, close_resolver, make_resolver
+from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION, Inbound
+from smtpd.queue.manager import QueueManager
+from smtpd.queue.store import Queue
+from smtpd.delivery.relay import RelayManager
+from smtpd.directory.accounts import Users, UsersError
 
 log = Logger()
 

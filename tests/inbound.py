@@ -22,9 +22,9 @@ from smtpd.config import (
     ServerConfig,
     TLSConfig,
 )
-from smtpd.protocol import LISTEN, SMTPS, Inbound
-from smtpd.queue import Queue
-from smtpd.users import Users
+from smtpd.inbound.session import LISTEN, SMTPS, Inbound
+from smtpd.queue.store import Queue
+from smtpd.directory.accounts import Users
 
 
 def run_blocking(f, *args, **kwargs):

@@ -2,7 +2,7 @@
 
 from twisted.trial import unittest
 
-from smtpd import address
+from smtpd.mail import address
 
 
 class PathTests(unittest.TestCase):

@@ -12,8 +12,8 @@ import re
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from smtpd.bounce import BounceBuilder, clean, format_age, rfc5322_date, split_headers
-from smtpd.envelope import Envelope, Recipient
+from smtpd.queue.bounce import BounceBuilder, clean, format_age, rfc5322_date, split_headers
+from smtpd.mail.envelope import Envelope, Recipient
 
 NOW = 1732938000.0  # Sat, 30 Nov 2024 03:40:00 +0000
 

@@ -11,8 +11,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from smtpd import address
-from smtpd.client import (
+from smtpd.mail import address
+from smtpd.delivery.client import (
     CHUNK_SIZE,
     MAX_REPLY_LINE,
     MAX_REPLY_LINES,
@@ -24,7 +24,7 @@ from smtpd.client import (
     enhanced_status,
     xtext,
 )
-from smtpd.envelope import Recipient
+from smtpd.mail.envelope import Recipient
 from tests.support import (
     CertificateAuthority,
     SinkScript,

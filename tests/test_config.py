@@ -15,8 +15,6 @@ import textwrap
 from twisted.trial import unittest
 
 from smtpd.config import (
-    _DOMAIN_SCHEMA,
-    _SCHEMA,
     AuthConfig,
     Config,
     ConfigError,
@@ -26,17 +24,18 @@ from smtpd.config import (
     SmartHost,
     TLSConfig,
     load_config,
+)
+from smtpd.config.endpoints import parse_endpoint, parse_endpoints, parse_plain_tcp_endpoints
+from smtpd.config.schema import DOMAIN_SCHEMA, SCHEMA
+from smtpd.config.values import (
     parse_address,
     parse_bool,
     parse_dns_servers,
     parse_domain_pattern,
     parse_duration,
-    parse_endpoint,
-    parse_endpoints,
     parse_hostname,
     parse_list,
     parse_networks,
-    parse_plain_tcp_endpoints,
     parse_size,
     parse_smart_host,
 )
@@ -115,7 +114,7 @@ class ShippedConfigTests(ConfigTestCase):
             interpolation=None, inline_comment_prefixes=(";", "#")
         )
         parser.read(SHIPPED, encoding="utf-8")
-        for section, (_, keys) in _SCHEMA.items():
+        for section, (_, keys) in SCHEMA.items():
             self.assertEqual(sorted(parser[section]), sorted(keys), section)
         self.assertEqual(list(parser["domain:localhost"]), ["type"])
 
@@ -126,20 +125,20 @@ class ShippedConfigTests(ConfigTestCase):
         """
         with open(SHIPPED, encoding="utf-8") as f:
             text = f.read()
-        for _, keys in _SCHEMA.values():
+        for _, keys in SCHEMA.values():
             for key in keys.values():
                 if key.iis:
                     self.assertIn(key.iis, text)
-        for word in [*_DOMAIN_SCHEMA, "type = alias", "type = drop", "type = remote"]:
+        for word in [*DOMAIN_SCHEMA, "type = alias", "type = drop", "type = remote"]:
             self.assertIn(word, text)
         self.assertIn("not available yet", text)
 
     def test_schema_matches_dataclasses(self) -> None:
         """The schema knows exactly the fields of each section's dataclass."""
-        for cls, keys in _SCHEMA.values():
+        for cls, keys in SCHEMA.values():
             self.assertEqual(list(keys), [f.name for f in dataclasses.fields(cls)])
         domain_fields = [f.name for f in dataclasses.fields(DomainConfig)]
-        self.assertEqual(["name", *_DOMAIN_SCHEMA], domain_fields)
+        self.assertEqual(["name", *DOMAIN_SCHEMA], domain_fields)
 
     def test_empty_file(self) -> None:
         """An empty file is a valid pure relay: every default, no domain."""

@@ -13,10 +13,10 @@ from twisted.internet.task import Clock
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
-from smtpd import ctl
-from smtpd.envelope import DEFERRED, Envelope, Recipient
-from smtpd.queue import Queue
-from smtpd.users import Users
+from smtpd.admin import ctl
+from smtpd.mail.envelope import DEFERRED, Envelope, Recipient
+from smtpd.queue.store import Queue
+from smtpd.directory.accounts import Users
 
 CONFIG = """\
 [domain:example.com]

@@ -199,7 +199,7 @@ class AuthPoolTests(unittest.TestCase):
         """AUTH PLAIN against etc/users works in the assembled server."""
         import base64
 
-        from smtpd import users
+        from smtpd.directory import accounts as users
 
         root = os.path.abspath(self.mktemp())
         os.makedirs(os.path.join(root, "etc"))

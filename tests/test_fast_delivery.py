@@ -18,15 +18,18 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThreadPool
 from twisted.trial import unittest
 
-from smtpd.bounce import BounceBuilder
+from smtpd.queue.bounce import BounceBuilder
 from smtpd.config import Config, DeliveryConfig, DomainConfig, ServerConfig
-from smtpd.envelope import Envelope, Recipient
-from smtpd.local import DropDelivery, MailboxError, MaildirDelivery, line_ends
-from smtpd.log import ActivityLog
-from smtpd.qmgr import QueueManager
-from smtpd.queue import FolderSync, Queue
+from smtpd.mail.envelope import Envelope, Recipient
+from smtpd.delivery.drop import DropDelivery
+from smtpd.delivery.maildir import MailboxError, MaildirDelivery
+from smtpd.mail.lineends import line_ends
+from smtpd.util.activity import ActivityLog
+from smtpd.queue.manager import QueueManager
+from smtpd.queue.store import Queue
+from smtpd.util.durable import FolderSync
 from smtpd.tap import raise_file_limit
-from smtpd.users import Users
+from smtpd.directory.accounts import Users
 from tests.inbound import SMTPServerFixture, connect, make_config
 
 HOST = "mx.example.net"

@@ -10,8 +10,9 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from smtpd.envelope import Envelope, Recipient
-from smtpd.local import DropDelivery, MailboxError, MaildirDelivery
+from smtpd.mail.envelope import Envelope, Recipient
+from smtpd.delivery.drop import DropDelivery
+from smtpd.delivery.maildir import MailboxError, MaildirDelivery
 
 DATA = b"From: a@example.com\r\nTo: bob@example.com\r\nSubject: hi\r\n\r\nline one\r\nline two\r\n"
 

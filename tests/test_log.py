@@ -5,7 +5,7 @@ import json
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from smtpd.log import ActivityLog
+from smtpd.util.activity import ActivityLog
 
 
 class FakeSession:

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.names import dns
 from twisted.trial import unittest
 
-from smtpd.mx import MXHost, MXResolver, PermanentDNSError, TemporaryDNSError, make_resolver
+from smtpd.delivery.mx import MXHost, MXResolver, PermanentDNSError, TemporaryDNSError, make_resolver
 from tests.support import a, aaaa, mx, start_dns_server, start_silent_dns_server
 
 ZONE = {

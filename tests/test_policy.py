@@ -4,7 +4,8 @@ import ipaddress
 
 from twisted.trial import unittest
 
-from smtpd import policy
+from smtpd.directory import routing
+from smtpd.inbound import policy
 from smtpd.config import AccessConfig, Config, DomainConfig
 
 
@@ -31,31 +32,31 @@ class RouteTests(unittest.TestCase):
     def test_local_and_alias(self):
         """Accounts of a local domain, and the same accounts through an alias."""
         c = config()
-        self.assertEqual(policy.route(c, USERS, "Bob@local.test").mailbox, "bob@local.test")
-        self.assertEqual(policy.route(c, USERS, "bob@alias.test").mailbox, "bob@local.test")
-        self.assertIsNone(policy.route(c, USERS, "eve@local.test"))
-        self.assertIsNone(policy.route(c, USERS, "eve@alias.test"))
+        self.assertEqual(routing.route(c, USERS, "Bob@local.test").mailbox, "bob@local.test")
+        self.assertEqual(routing.route(c, USERS, "bob@alias.test").mailbox, "bob@local.test")
+        self.assertIsNone(routing.route(c, USERS, "eve@local.test"))
+        self.assertIsNone(routing.route(c, USERS, "eve@alias.test"))
 
     def test_postmaster(self):
         """postmaster exists at every local and alias domain, and bare."""
         c = config()
-        self.assertEqual(policy.route(c, USERS, "POSTMASTER@alias.test").mailbox, "postmaster@local.test")
-        self.assertEqual(policy.route(c, USERS, "postmaster").mailbox, "postmaster@local.test")
+        self.assertEqual(routing.route(c, USERS, "POSTMASTER@alias.test").mailbox, "postmaster@local.test")
+        self.assertEqual(routing.route(c, USERS, "postmaster").mailbox, "postmaster@local.test")
 
     def test_tricks_stay_local(self):
         """%, ! and quoted @ in a local part never make a remote destination."""
         c = config()
         for trick in ("a%evil.test@local.test", "evil.test!a@local.test", '"a@evil.test"@local.test'):
-            self.assertIsNone(policy.route(c, USERS, trick))
+            self.assertIsNone(routing.route(c, USERS, trick))
 
     def test_kinds(self):
         """drop, wildcard remote, and unknown domains."""
         c = config()
-        self.assertEqual(policy.route(c, USERS, "x@drop.test").kind, policy.DROP)
-        d = policy.route(c, USERS, "x@mx.backup.test")
-        self.assertEqual((d.kind, d.section.relay), (policy.REMOTE, True))
-        d = policy.route(c, USERS, "x@elsewhere.test")
-        self.assertEqual((d.kind, d.section), (policy.REMOTE, None))
+        self.assertEqual(routing.route(c, USERS, "x@drop.test").kind, routing.DROP)
+        d = routing.route(c, USERS, "x@mx.backup.test")
+        self.assertEqual((d.kind, d.section.relay), (routing.REMOTE, True))
+        d = routing.route(c, USERS, "x@elsewhere.test")
+        self.assertEqual((d.kind, d.section), (routing.REMOTE, None))
 
 
 class RelayTests(unittest.TestCase):
@@ -64,12 +65,12 @@ class RelayTests(unittest.TestCase):
     def test_relay_rule(self):
         """Relay clients, authenticated sessions, backup-MX domains; no one else."""
         c = config(relay=(ipaddress.ip_network("10.0.0.0/8"),))
-        remote = policy.route(c, USERS, "x@elsewhere.test")
+        remote = routing.route(c, USERS, "x@elsewhere.test")
         self.assertTrue(policy.may_relay(c, "10.1.2.3", False, remote))
         self.assertTrue(policy.may_relay(c, "::ffff:10.1.2.3", False, remote))
         self.assertFalse(policy.may_relay(c, "192.0.2.1", False, remote))
         self.assertTrue(policy.may_relay(c, "192.0.2.1", True, remote))
-        backup = policy.route(c, USERS, "x@mx.backup.test")
+        backup = routing.route(c, USERS, "x@mx.backup.test")
         self.assertTrue(policy.may_relay(c, "192.0.2.1", False, backup))
         c2 = config(relay=(), relay_authenticated=False)
         self.assertFalse(policy.may_relay(c2, "192.0.2.1", True, remote))

@@ -10,7 +10,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from tests.inbound import RawClient, SMTPServerFixture, connect, make_config
-from smtpd.protocol import SUBMISSION
+from smtpd.inbound.session import SUBMISSION
 
 MESSAGE = b"From: a@example.com\r\nSubject: test\r\n\r\nHello.\r\n"
 

@@ -14,10 +14,10 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.trial import unittest
 
-from smtpd.log import ActivityLog
-from smtpd.protocol import Inbound
-from smtpd.queue import Queue
-from smtpd.users import Users
+from smtpd.util.activity import ActivityLog
+from smtpd.inbound.session import Inbound
+from smtpd.queue.store import Queue
+from smtpd.directory.accounts import Users
 from tests.inbound import SMTPServerFixture, connect, make_config
 
 

@@ -12,8 +12,9 @@ from twisted.internet import reactor, ssl
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial import unittest
 
-from smtpd import tls, users
-from smtpd.protocol import SMTPS, SUBMISSION
+from smtpd.util import tls
+from smtpd.directory import accounts as users
+from smtpd.inbound.session import SMTPS, SUBMISSION
 from tests.inbound import RawClient, SMTPServerFixture
 from tests.test_protocol import MESSAGE, SessionTestsMixin
 

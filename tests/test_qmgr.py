@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from smtpd.bounce import BounceBuilder
+from smtpd.queue.bounce import BounceBuilder
 from smtpd.config import (
     Config,
     DeliveryConfig,
@@ -24,12 +24,13 @@ from smtpd.config import (
     MessagesConfig,
     ServerConfig,
 )
-from smtpd.envelope import DeliveryStatus, Envelope, Recipient
-from smtpd.local import DropDelivery, MaildirDelivery
-from smtpd.log import ActivityLog
-from smtpd.qmgr import QueueManager, reply_line
-from smtpd.queue import Queue
-from smtpd.users import Users
+from smtpd.mail.envelope import DeliveryStatus, Envelope, Recipient
+from smtpd.delivery.drop import DropDelivery
+from smtpd.delivery.maildir import MaildirDelivery
+from smtpd.util.activity import ActivityLog
+from smtpd.queue.manager import QueueManager, reply_line
+from smtpd.queue.store import Queue
+from smtpd.directory.accounts import Users
 
 T0 = 1_700_000_000.0
 HOST = "mx.example.net"

@@ -14,8 +14,9 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThreadPool
 from twisted.trial import unittest
 
-from smtpd.envelope import DEFERRED, FAILED, Envelope, Recipient
-from smtpd.queue import Queue, valid_queue_id
+from smtpd.mail.envelope import DEFERRED, FAILED, Envelope, Recipient
+from smtpd.mail.envelope import valid_queue_id
+from smtpd.queue.store import Queue
 
 DATA = b"From: a@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
 

@@ -14,11 +14,11 @@ from twisted.internet.defer import gatherResults
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
-from smtpd import tls
+from smtpd.util import tls
 from smtpd.config import Config, DeliveryConfig, DomainConfig, ServerConfig, SmartHost
-from smtpd.envelope import DeliveryStatus, Envelope, Recipient
-from smtpd.mx import MXResolver, make_resolver
-from smtpd.relay import LocalAddresses, RelayManager, bindable
+from smtpd.mail.envelope import DeliveryStatus, Envelope, Recipient
+from smtpd.delivery.mx import MXResolver, make_resolver
+from smtpd.delivery.relay import LocalAddresses, RelayManager, bindable
 from tests.support import (
     CertificateAuthority,
     SinkScript,

@@ -15,7 +15,7 @@ from twisted.internet import defer, error, protocol
 from twisted.internet.ssl import Certificate, CertificateOptions, optionsForClientTLS
 from twisted.trial import unittest
 
-from smtpd.tls import TLSError, ensure_certificate, server_tls_options
+from smtpd.util.tls import TLSError, ensure_certificate, server_tls_options
 
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 HOSTNAME = "mail.example.test"

@@ -11,8 +11,8 @@ import time
 import bcrypt
 from twisted.trial import unittest
 
-from smtpd import users
-from smtpd.users import Users, UsersError
+from smtpd.directory import accounts as users
+from smtpd.directory.accounts import Users, UsersError
 
 FAST = 4  # bcrypt rounds for tests
 

@@ -8,7 +8,11 @@ message data; never pickled.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
+
+# A queue id: safe as a file name stem (no path tricks).
+_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,127}\Z")
 
 # Recipient states.
 PENDING = "pending"
@@ -135,3 +139,8 @@ class DeliveryStatus:
     def permanent(self) -> bool:
         """A failure that no retry will cure."""
         return self.code >= 500
+
+
+def valid_queue_id(queue_id: str) -> bool:
+    """Whether C{queue_id} is safe as a file name stem (no path tricks)."""
+    return isinstance(queue_id, str) and _ID.match(queue_id) is not None

@@ -19,7 +19,7 @@ from OpenSSL import SSL
 from OpenSSL.crypto import X509, PKey
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 
-from smtpd.queue import fsync_directory, replace_file
+from smtpd.util.durable import fsync_directory, replace_file
 
 VALIDITY = datetime.timedelta(days=3650)
 BACKDATE = datetime.timedelta(days=1)

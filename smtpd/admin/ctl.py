@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from twisted.internet import defer
 
 from smtpd.config import Config, ConfigError, load_config
-from smtpd.envelope import Envelope
-from smtpd.queue import Queue
-from smtpd.users import Users, UsersError, add, normalize_address, remove
+from smtpd.mail.envelope import Envelope
+from smtpd.queue.store import Queue
+from smtpd.directory.accounts import Users, UsersError, add, normalize_address, remove
 
 DEFAULT_CONFIG = os.path.join("etc", "smtpd.ini")
 

@@ -19,7 +19,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.names import client, dns, error, hosts, resolve
 
-from smtpd.address import ip_literal
+from smtpd.mail.address import ip_literal
 
 # Answers are cached at most this long, whatever their TTL says.
 MAX_CACHE_TTL = 86400.0

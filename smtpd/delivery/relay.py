@@ -25,11 +25,11 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from smtpd.address import ip_literal, split_address
-from smtpd.client import OutboundMessage, RelayClient, SessionError
+from smtpd.mail.address import ip_literal, split_address
+from smtpd.delivery.client import OutboundMessage, RelayClient, SessionError
 from smtpd.config import Config, SmartHost
-from smtpd.envelope import DeliveryStatus, Envelope, Recipient
-from smtpd.mx import DNSError, MXHost, MXResolver, PermanentDNSError, TemporaryDNSError
+from smtpd.mail.envelope import DeliveryStatus, Envelope, Recipient
+from smtpd.delivery.mx import DNSError, MXHost, MXResolver, PermanentDNSError, TemporaryDNSError
 
 # Seconds to wait for a TCP connection (at most outbound_timeout).
 CONNECT_TIMEOUT = 30.0

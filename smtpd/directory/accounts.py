@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 import bcrypt
 
-from smtpd.queue import fsync_directory, replace_file
+from smtpd.util.durable import fsync_directory, replace_file
 
 # RFC 5321 atext without "/" (a local part is also a Maildir folder name).
 _ATEXT = re.compile(r"[A-Za-z0-9!#$%&'*+\-=?^_`{|}~]+\Z")

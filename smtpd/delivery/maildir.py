@@ -16,20 +16,21 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
-from smtpd.envelope import Envelope
-from smtpd.queue import FolderSync, fsync_directory, temp_name, valid_queue_id, write_file
-
-
-def line_ends(data: bytes, end: bytes) -> bytes:
-    """C{data} with every line ending (CRLF, bare CR, bare LF) made C{end}."""
-    joined = end.join(data.splitlines())
-    return joined + end if data[-1:] in (b"\r", b"\n") else joined
+from smtpd.mail.envelope import Envelope
+from smtpd.mail.lineends import line_ends
+from smtpd.util.durable import (
+    FolderSync,
+    fsync_directory,
+    make_folder,
+    unlink_quietly,
+    write_file,
+)
 
 
 class MailboxError(Exception):
@@ -59,7 +60,7 @@ def split_mailbox(mailbox: str) -> tuple[str, str]:
     return localpart, domain
 
 
-def _header_value(value: str, what: str) -> bytes:
+def header_value(value: str, what: str) -> bytes:
     # Header injection: an address must never carry a line break into the file.
     if any(c in value for c in "\r\n\0"):
         raise MailboxError(f"{what} {value!r} contains a line break or NUL")
@@ -79,19 +80,6 @@ def _inside(path: str, folder: str) -> bool:
         return True
     path, folder = os.path.realpath(path), os.path.realpath(folder)
     return os.path.commonpath([path, folder]) == folder and path != folder
-
-
-def _make_folder(path: str) -> None:
-    """Create folder C{path} (and missing parents) durably; no-op when it exists."""
-    if os.path.isdir(path):
-        return
-    parent = os.path.dirname(path)
-    _make_folder(parent)
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        return
-    fsync_directory(parent)
 
 
 class MaildirDelivery:
@@ -154,10 +142,10 @@ class MaildirDelivery:
         """
         try:
             localpart, domain = split_mailbox(mailbox)
-            header = (b"Return-Path: <" + _header_value(envelope.sender, "sender")
-                      + b">\nDelivered-To: " + _header_value(mailbox.lower(), "mailbox") + b"\n")
+            header = (b"Return-Path: <" + header_value(envelope.sender, "sender")
+                      + b">\nDelivered-To: " + header_value(mailbox.lower(), "mailbox") + b"\n")
         except MailboxError as e:
-            return self._run(_raise, e)
+            return self._run(raise_error, e)
         done: Deferred[str] = Deferred()
         self._waiting.append(((domain, localpart, self._unique_name(), header, data), done))
         self._write_waiting()
@@ -239,7 +227,7 @@ class MaildirDelivery:
             except Exception:
                 failure = Failure()
                 for i in indexes:
-                    _unlink_quietly(results[i][1])
+                    unlink_quietly(results[i][1])
                     results[i] = (False, failure)
         return results
 
@@ -269,7 +257,7 @@ class MaildirDelivery:
         if not (_inside(domain_folder, self.root) and _inside(folder, domain_folder)):
             raise MailboxError(f"mailbox {localpart}@{domain} resolves outside {domain_folder}")
         for sub in ("tmp", "new", "cur"):
-            _make_folder(os.path.join(folder, sub))
+            make_folder(os.path.join(folder, sub))
             if not _inside(os.path.join(folder, sub), folder):
                 raise MailboxError(f"{sub}/ of mailbox {localpart}@{domain} leads outside it")
         with self._checking:
@@ -301,67 +289,10 @@ def _write_into(folder: str, name: str, content: bytes) -> str:
     try:
         os.rename(tmp, final)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
     return final
 
 
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-class DropDelivery:
-    """
-    Writes one C{.eml} file per message into C{mailroot/drop/} (IIS Drop
-    format): C{x-sender:} and C{x-receiver:} lines, then the message, CRLF.
-
-    @param mailroot: the mailroot folder.
-    @param clock: an C{IReactorTime}.
-    @param run_blocking: C{f(callable, *args) -> Deferred} for disk work.
-    """
-
-    def __init__(self, mailroot: str, clock: Any, run_blocking: Callable[..., Deferred]):
-        self.folder = os.path.join(os.path.abspath(mailroot), "drop")
-        self._clock = clock
-        self._run = run_blocking
-        self._sync = FolderSync(self.folder)
-
-    def deliver(self, envelope: Envelope, recipients: Sequence[str],
-                data: bytes) -> Deferred[None]:
-        """
-        Drop C{data} for C{recipients} as one file. Fails with L{MailboxError}
-        for an address carrying a line break, L{OSError} on disk errors.
-        """
-        try:
-            lines = [b"x-sender: " + _header_value(envelope.sender, "sender") + b"\r\n"]
-            lines += [b"x-receiver: " + _header_value(r, "recipient") + b"\r\n"
-                      for r in recipients]
-        except MailboxError as e:
-            return self._run(_raise, e)
-        stem = envelope.id if valid_queue_id(envelope.id) else "message"
-        name = f"{stem}.{int(self._clock.seconds()):X}{secrets.token_hex(4).upper()}.eml"
-        content = b"".join(lines) + line_ends(data, b"\r\n")
-        return self._run(self._drop_blocking, name, content)
-
-    def _drop_blocking(self, name: str, content: bytes) -> None:
-        _make_folder(self.folder)
-        path = os.path.join(self.folder, name)
-        tmp = temp_name(path)
-        write_file(tmp, content)
-        try:
-            os.rename(tmp, path)
-            self._sync.sync()
-        except BaseException:
-            for p in (tmp, path):
-                try:
-                    os.unlink(p)
-                except OSError:
-                    pass
-            raise
-
-
-def _raise(error: Exception) -> None:
+def raise_error(error: Exception) -> None:
     raise error

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,115 +22,23 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from smtpd.envelope import Envelope
+from smtpd.mail.envelope import Envelope, valid_queue_id
+from smtpd.util.durable import (
+    TEMP_SUFFIX,
+    FolderSync,
+    fsync_directory,
+    replace_file,
+    unlink_quietly,
+)
 
-_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,127}\Z")
-_TEMP_SUFFIX = ".tmp"
 
 log = Logger()
-
-
-def valid_queue_id(queue_id: str) -> bool:
-    """Whether C{queue_id} is safe as a file name stem (no path tricks)."""
-    return isinstance(queue_id, str) and _ID.match(queue_id) is not None
 
 
 def _check_id(queue_id: str) -> str:
     if not valid_queue_id(queue_id):
         raise ValueError(f"invalid queue id {queue_id!r}")
     return queue_id
-
-
-def fsync_directory(path: str) -> None:
-    """Make the entries of folder C{path} (creations, renames, removals) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class FolderSync:
-    """
-    fsync of one folder shared by concurrent threads (group commit): many
-    renames into a folder become durable with one fsync.
-
-    Each caller takes a ticket after its renames. A folder fsync that
-    I{starts} after a ticket was taken covers that caller's renames, so a
-    caller whose ticket is already covered by a finished fsync returns
-    without one; callers that arrive during an fsync share the next one.
-
-    @param fsync: makes the entries of a folder durable (L{fsync_directory}).
-    """
-
-    def __init__(self, path: str, fsync: Callable[[str], None] = fsync_directory):
-        self.path = path
-        self._fsync = fsync
-        self._ticket_lock = threading.Lock()
-        self._sync_lock = threading.Lock()
-        self._requested = 0
-        self._synced = 0
-
-    def sync(self) -> None:
-        """Return once every change made to the folder before the call is durable."""
-        with self._ticket_lock:
-            self._requested += 1
-            ticket = self._requested
-        with self._sync_lock:
-            if self._synced >= ticket:
-                return
-            with self._ticket_lock:
-                covered = self._requested
-            self._fsync(self.path)
-            self._synced = covered
-
-
-def write_file(path: str, data: bytes, mode: int = 0o600) -> None:
-    """
-    Write C{data} to a new file C{path} (which must not exist) and fsync it.
-    On failure the partial file is removed and the L{OSError} re-raised.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        _unlink_quietly(path)
-        raise
-    os.close(fd)
-
-
-def temp_name(path: str) -> str:
-    """
-    A fresh temporary name beside C{path}: C{dir/.name.<random>.tmp} (hidden,
-    never taken for an entry, unique so concurrent writers never collide).
-    """
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.{secrets.token_hex(4)}{_TEMP_SUFFIX}")
-
-
-def replace_file(path: str, data: bytes, mode: int = 0o600) -> None:
-    """
-    Atomically give C{path} the content C{data}: temporary file, fsync, rename.
-    The caller fsyncs the folder. Nothing half-written stays on failure.
-    """
-    tmp = temp_name(path)
-    write_file(tmp, data, mode)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _one_line(text: str) -> str:
@@ -280,7 +186,7 @@ class Queue:
             self._sync_directory()
         except BaseException:
             for path in reversed(placed):
-                _unlink_quietly(path)
+                unlink_quietly(path)
             raise
 
     def update(self, envelope: Envelope) -> Deferred[None]:
@@ -351,11 +257,11 @@ class Queue:
         entries = []
         for name in names:
             stem, ext = os.path.splitext(name)
-            if cleanup and name.startswith(".") and name.endswith(_TEMP_SUFFIX):
-                _unlink_quietly(os.path.join(self.directory, name))
+            if cleanup and name.startswith(".") and name.endswith(TEMP_SUFFIX):
+                unlink_quietly(os.path.join(self.directory, name))
             elif cleanup and ext == ".eml" and stem + ".json" not in names:
                 if valid_queue_id(stem):
-                    _unlink_quietly(os.path.join(self.directory, name))
+                    unlink_quietly(os.path.join(self.directory, name))
             elif ext == ".json" and valid_queue_id(stem):
                 envelope = self._scan_entry(stem, stem + ".eml" in names, cleanup)
                 if envelope is not None:

@@ -22,7 +22,7 @@ from twisted.mail.interfaces import IClientAuthentication
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from smtpd.envelope import DeliveryStatus, Recipient
+from smtpd.mail.envelope import DeliveryStatus, Recipient
 
 TLS_POLICIES = ("none", "may", "encrypt", "verify")
 

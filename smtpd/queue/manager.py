@@ -23,9 +23,9 @@ from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeD
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from smtpd.bounce import DELAYED, DELIVERED, FAILED, RELAYED, BounceBuilder, has_8bit
+from smtpd.queue.bounce import DELAYED, DELIVERED, FAILED, RELAYED, BounceBuilder, has_8bit
 from smtpd.config import Config
-from smtpd.envelope import (
+from smtpd.mail.envelope import (
     DEFERRED,
     HELD,
     PENDING,
@@ -34,10 +34,10 @@ from smtpd.envelope import (
     Envelope,
     Recipient,
 )
-from smtpd.envelope import DELIVERED as RCPT_DELIVERED
-from smtpd.envelope import FAILED as RCPT_FAILED
-from smtpd.local import MailboxError
-from smtpd.policy import DROP, LOCAL, REMOTE, route
+from smtpd.mail.envelope import DELIVERED as RCPT_DELIVERED
+from smtpd.mail.envelope import FAILED as RCPT_FAILED
+from smtpd.delivery.maildir import MailboxError
+from smtpd.directory.routing import DROP, LOCAL, REMOTE, route
 
 # Envelope.client of the reports we generate: not counted as "received".
 LOCAL_CLIENT = "local"

@@ -1,19 +1,17 @@
 # -*- test-case-name: tests.test_policy -*-
 """
-Who may do what: where a recipient address goes, who may relay, who may connect.
-
-These are pure functions of the configuration and the accounts, shared by the
-inbound session (to accept or refuse at RCPT) and the queue manager (to pick a
+Where a recipient address goes: a local Maildir, the drop folder, or another
+host. One pure function of the configuration and the accounts, shared by the
+inbound session (to accept or refuse at RCPT) and the queue (to pick a
 delivery agent), so both always agree.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
-from smtpd.address import split_address
-from smtpd.config import Config, DomainConfig, Network
+from smtpd.config import Config, DomainConfig
+from smtpd.mail.address import split_address
 
 LOCAL = "local"
 DROP = "drop"
@@ -63,35 +61,3 @@ def route(config: Config, users, address: str) -> Destination | None:
     if mailbox in users or local.lower() == "postmaster":
         return Destination(LOCAL, domain, mailbox, section)
     return None
-
-
-def in_networks(ip: str, networks: tuple[Network, ...]) -> bool:
-    """Whether the textual address C{ip} lies in any of C{networks}."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    return any(addr in net for net in networks)
-
-
-def may_connect(config: Config, ip: str) -> bool:
-    """C{[access]}: allowed and not denied (deny wins)."""
-    access = config.access
-    return in_networks(ip, access.allow) and not in_networks(ip, access.deny)
-
-
-def may_relay(config: Config, ip: str, authenticated: bool, dest: Destination) -> bool:
-    """
-    The relay rule (SPEC 5): a non-local recipient is accepted only from a relay
-    client, an authenticated session (when C{relay_authenticated}), or for a
-    remote domain configured with C{relay = yes} (backup MX).
-    """
-    if dest.kind != REMOTE:
-        return True
-    if dest.section is not None and dest.section.relay:
-        return True
-    if authenticated and config.access.relay_authenticated:
-        return True
-    return in_networks(ip, config.access.relay)

@@ -32,8 +32,10 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 
-from smtpd import address, policy
-from smtpd.envelope import Envelope, Recipient
+from smtpd.directory.routing import route
+from smtpd.inbound import policy
+from smtpd.mail import address
+from smtpd.mail.envelope import Envelope, Recipient
 
 log = Logger()
 
@@ -582,7 +584,7 @@ class SMTPSession(smtp.ESMTP):
             return self._param_error(e)
         if len(self._rcpts) >= config.messages.max_recipients > 0:
             return self._reply(452, "4.5.3", "Error: too many recipients")
-        dest = policy.route(config, self.inbound.users, rcpt)
+        dest = route(config, self.inbound.users, rcpt)
         if dest is None:
             return self._reply(550, "5.1.1", f"<{rcpt}>: User unknown")
         if not policy.may_relay(config, self.peer_ip, self._user is not None, dest):

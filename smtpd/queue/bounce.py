@@ -17,7 +17,7 @@ import secrets
 from datetime import datetime, timezone
 from email.utils import format_datetime
 
-from smtpd.envelope import Envelope, Recipient
+from smtpd.mail.envelope import Envelope, Recipient
 
 FAILED = "failed"
 DELAYED = "delayed"

@@ -1,0 +1,208 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The validated configuration: one frozen dataclass per section of
+C{etc/smtpd.ini}, the whole L{Config}, and L{ConfigError}.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class SmartHost:
+    """
+    A relay host: C{host[:port]} is looked up by MX, C{[host-or-ip][:port]} is not.
+    """
+
+    host: str
+    port: int | None
+    mx_lookup: bool
+
+    def __str__(self) -> str:
+        name = self.host if self.mx_lookup else f"[{self.host}]"
+        return name if self.port is None else f"{name}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """[server]: the virtual server's identity, listeners and connection limits."""
+
+    hostname: str = "localhost"
+    listen: tuple[str, ...] = ("tcp:2525:interface=127.0.0.1",)
+    submission: tuple[str, ...] = ()
+    smtps: tuple[str, ...] = ()
+    mailroot: str = "mailroot"
+    max_connections: int = 2000
+    max_connections_per_ip: int = 100
+    connection_timeout: float = 600.0
+    banner: str = "ESMTP"
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """[tls]: the certificate for STARTTLS and implicit TLS."""
+
+    certificate: str = "etc/tls/smtpd.pem"
+    key: str = "etc/tls/smtpd.key"
+    require: bool = False
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """[auth]: accounts and SMTP AUTH."""
+
+    users: str = "etc/users"
+    mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
+    allow_plaintext: bool = False
+    anonymous: bool = True
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    """[access]: who may connect, who may relay, how many errors are tolerated."""
+
+    allow: tuple[Network, ...] = (
+        ipaddress.ip_network("0.0.0.0/0"),
+        ipaddress.ip_network("::/0"),
+    )
+    deny: tuple[Network, ...] = ()
+    relay: tuple[Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    relay_authenticated: bool = True
+    max_errors: int = 10
+    auth_failures: int = 3
+
+
+@dataclass(frozen=True)
+class MessagesConfig:
+    """[messages]: limits on what one message and one session may carry."""
+
+    max_message_size: int = 2048 * 1024
+    max_session_size: int = 10 * 1024 * 1024
+    max_recipients: int = 100
+    max_hop_count: int = 100
+    ndr_copy_to: str = ""
+    bare_newlines: str = "reject"
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """[delivery]: how mail for other domains leaves this server."""
+
+    retry: tuple[float, ...] = (900.0, 1800.0, 3600.0, 14400.0)
+    delay_notification: float = 43200.0
+    expiration: float = 172800.0
+    smart_host: SmartHost | None = None
+    smart_host_fallback: bool = False
+    smart_host_user: str = ""
+    smart_host_password: str = ""
+    outbound_tls: str = "may"
+    outbound_connections: int = 1000
+    outbound_connections_per_domain: int = 100
+    max_messages_per_connection: int = 20
+    outbound_timeout: float = 600.0
+    remote_port: int = 25
+    masquerade_domain: str = ""
+    dns_servers: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    """
+    One [domain:NAME] section. C{name} is lower case and may start with C{*.}
+    (a wildcard, for remote domains). Per-domain overrides are L{None} when unset.
+    """
+
+    name: str
+    type: str = "local"
+    alias_of: str = ""
+    relay: bool = False
+    smart_host: SmartHost | None = None
+    outbound_tls: str | None = None
+    remote_port: int | None = None
+
+
+@dataclass(frozen=True)
+class ManholeConfig:
+    """[manhole]: the administration shell inside the live process."""
+
+    telnet: str = ""
+    ssh: str = ""
+    users: str = "etc/manhole.passwd"
+    ssh_key_dir: str = "etc/ssh"
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """[logging]: where the per-command and per-delivery log lines go."""
+
+    path: str = "-"
+    format: str = "w3c"
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    A whole validated configuration. Paths in every section are absolute,
+    resolved against C{root}, the parent of the folder that holds the file.
+    """
+
+    path: str
+    root: str
+    server: ServerConfig = field(default_factory=ServerConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)
+    messages: MessagesConfig = field(default_factory=MessagesConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    domains: tuple[DomainConfig, ...] = ()
+    manhole: ManholeConfig = field(default_factory=ManholeConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def domain(self, name: str) -> DomainConfig | None:
+        """
+        The section that governs domain C{name}: an exact match first, then the
+        longest matching wildcard (C{*.example.com} matches C{a.example.com} and
+        C{b.a.example.com}, not C{example.com}).
+        """
+        name = name.lower().rstrip(".")
+        best = None
+        for d in self.domains:
+            if d.name == name:
+                return d
+            if d.name.startswith("*.") and name.endswith(d.name[1:]):
+                if best is None or len(d.name) > len(best.name):
+                    best = d
+        return best
+
+    @property
+    def local_domains(self) -> tuple[DomainConfig, ...]:
+        """The domains whose mailboxes live here (type local), in file order."""
+        return tuple(d for d in self.domains if d.type == "local")
+
+    @property
+    def default_domain(self) -> str:
+        """The first local domain: where postmaster and bare local parts go."""
+        local = self.local_domains
+        return local[0].name if local else self.server.hostname
+
+
+class ConfigError(Exception):
+    """
+    A configuration that cannot be used. C{problems} holds one line per problem,
+    each naming the file, the section, the key, the bad value and what is
+    accepted; C{str()} joins them with newlines.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)

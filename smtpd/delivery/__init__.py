@@ -1,0 +1,1 @@
+"""Delivery agents: Maildir, drop folder, relay by MX or smart host."""

@@ -1,0 +1,1 @@
+"""Who the recipients are and where their mail goes: accounts and routing."""

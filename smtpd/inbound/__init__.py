@@ -1,0 +1,1 @@
+"""Mail arriving over SMTP: listeners, sessions, access policy."""

@@ -1,0 +1,1 @@
+"""What a message is: envelopes, addresses, line endings."""

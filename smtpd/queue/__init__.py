@@ -1,0 +1,1 @@
+"""The durable queue, its manager (scheduling, retries) and delivery reports."""

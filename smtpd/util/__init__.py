@@ -1,0 +1,1 @@
+"""Helpers every part shares: durable writes, TLS certificates, the activity log."""
