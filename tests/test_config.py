@@ -42,7 +42,7 @@ from smtpd.config.values import (
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(REPOSITORY, "etc", "smtpd.ini")
-SECTIONS = "server, tls, auth, access, messages, delivery, manhole, logging, domain:NAME"
+SECTIONS = "server, tls, auth, access, messages, delivery, checks, manhole, logging, domain:NAME"
 
 
 class ConfigTestCase(unittest.TestCase):
@@ -116,7 +116,7 @@ class ShippedConfigTests(ConfigTestCase):
         parser.read(SHIPPED, encoding="utf-8")
         for section, (_, keys) in SCHEMA.items():
             self.assertEqual(sorted(parser[section]), sorted(keys), section)
-        self.assertEqual(list(parser["domain:localhost"]), ["type"])
+        self.assertEqual(list(parser["domain:localhost"]), ["type", "dkim"])
 
     def test_documents_iis_names_and_domain_types(self) -> None:
         """
@@ -523,7 +523,7 @@ class ProblemLineTests(ConfigTestCase):
         """A key of another domain type is an error listing the type's keys."""
         self.assertEqual(
             self.problem("[domain:example.com]\ntype = local\nrelay = yes\n"),
-            "[domain:example.com] relay: unknown key for type local; known keys: type",
+            "[domain:example.com] relay: unknown key for type local; known keys: type, dkim",
         )
         self.assertEqual(
             self.problem("[domain:example.com]\ntype = remote\nalias_of = x.example\n"),
@@ -536,7 +536,7 @@ class ProblemLineTests(ConfigTestCase):
         self.assertEqual(
             self.problem("[domain:example.com]\nmailbox = x\n"),
             "[domain:example.com] mailbox: unknown key; known keys: type, alias_of, "
-            "relay, smart_host, outbound_tls, remote_port",
+            "relay, smart_host, outbound_tls, remote_port, dkim",
         )
 
     def test_bad_domain_name(self) -> None:

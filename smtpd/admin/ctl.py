@@ -7,6 +7,7 @@ C{smtpctl}: the offline administration command (SPEC 2).
     smtpctl [--config PATH] user del ADDR
     smtpctl [--config PATH] user list
     smtpctl [--config PATH] queue list
+    smtpctl [--config PATH] dkim keygen DOMAIN [--selector S] [--algorithm A]
 
 Every failure is one or more lines on stderr and exit status 1, never a
 traceback; usage errors exit 2.
@@ -24,6 +25,17 @@ from collections.abc import Sequence
 from twisted.internet import defer
 
 from smtpd.config import Config, ConfigError, load_config
+from smtpd.config.dkimkeys import is_selector
+from smtpd.config.values import parse_domain_name
+from smtpd.mailauth.keys import (
+    ALGORITHMS,
+    ED25519_SHA256,
+    RSA_SHA256,
+    generate_key,
+    key_from_pem,
+    zone_entry,
+)
+from smtpd.util.durable import fsync_directory, make_folder, write_file
 from smtpd.mail.envelope import Envelope
 from smtpd.queue.store import Queue
 from smtpd.directory.accounts import Users, UsersError, add, normalize_address, remove
@@ -58,6 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     queue = commands.add_parser("queue", help="inspect the queue")
     queue_commands = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
     queue_commands.add_parser("list", help="list the queued messages")
+    dkim = commands.add_parser("dkim", help="DKIM signing keys")
+    dkim_commands = dkim.add_subparsers(dest="action", required=True, metavar="ACTION")
+    keygen = dkim_commands.add_parser(
+        "keygen", help="make a signing key for DOMAIN and print the DNS record to publish")
+    keygen.add_argument("domain", metavar="DOMAIN")
+    keygen.add_argument("--selector", help="the selector (default: s1 for RSA, e1 for Ed25519)")
+    keygen.add_argument("--algorithm", choices=ALGORITHMS, default=RSA_SHA256,
+                        help=f"the key type (default: {RSA_SHA256})")
     return parser
 
 
@@ -175,6 +195,41 @@ def queue_list(options: argparse.Namespace) -> None:
         print(_printable(line), file=sys.stdout)
 
 
+_KEY_SUFFIX = {RSA_SHA256: "rsa", ED25519_SHA256: "ed25519"}
+_DEFAULT_SELECTOR = {RSA_SHA256: "s1", ED25519_SHA256: "e1"}
+
+
+def dkim_keygen(options: argparse.Namespace) -> None:
+    """
+    Write a new private key to etc/dkim/DOMAIN.rsa (or .ed25519) under the
+    deployment root, mode 0600, never over an existing file; print the TXT
+    record to publish and the config line that uses the key.
+    """
+    try:
+        domain = parse_domain_name(options.domain)
+    except ValueError as e:
+        raise CommandError(f"smtpctl: {_printable(options.domain)}: {e}; expected a domain name") from e
+    algorithm = options.algorithm
+    selector = options.selector or _DEFAULT_SELECTOR[algorithm]
+    if not is_selector(selector):
+        raise CommandError(f"smtpctl: {_printable(selector)}: not a selector; expected DNS labels")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(options.config)))
+    relative = os.path.join("etc", "dkim", f"{domain}.{_KEY_SUFFIX[algorithm]}")
+    path = os.path.join(root, relative)
+    if os.path.exists(path):
+        raise CommandError(f"smtpctl: {path}: exists; remove it or choose another key")
+    pem = generate_key(algorithm)
+    make_folder(os.path.dirname(path))
+    write_file(path, pem, 0o600)
+    fsync_directory(os.path.dirname(path))
+    key = key_from_pem(selector, pem)
+    print(f"wrote {path} ({algorithm}, mode 0600)")
+    print("publish this DNS record:")
+    print(zone_entry(selector, domain, key.record))
+    print(f"then add to [domain:{domain}] in {options.config}:")
+    print(f"dkim = {selector}:{relative}")
+
+
 def _printable(line: str) -> str:
     # Addresses and replies come from the network: no terminal escapes.
     return "".join(c if c.isprintable() else "?" for c in line)
@@ -186,6 +241,7 @@ _COMMANDS = {
     ("user", "del"): user_del,
     ("user", "list"): user_list,
     ("queue", "list"): queue_list,
+    ("dkim", "keygen"): dkim_keygen,
 }
 
 

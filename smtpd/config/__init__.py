@@ -7,6 +7,7 @@ schema of every section and key, into one frozen dataclass per section.
     values     parsers of single values (durations, sizes, networks, ...)
     endpoints  Twisted endpoint strings, checked without opening them
     schema     every section and key: parser, accepted values, IIS name
+    dkimkeys   the C{[domain:NAME] dkim} pairs, key files checked
     load       L{load_config}: read, validate, collect every problem
 """
 
@@ -14,9 +15,11 @@ from smtpd.config.load import load_config
 from smtpd.config.model import (
     AccessConfig,
     AuthConfig,
+    ChecksConfig,
     Config,
     ConfigError,
     DeliveryConfig,
+    DKIMSelector,
     DomainConfig,
     LoggingConfig,
     ManholeConfig,
@@ -30,9 +33,11 @@ from smtpd.config.model import (
 __all__ = [
     "AccessConfig",
     "AuthConfig",
+    "ChecksConfig",
     "Config",
     "ConfigError",
     "DeliveryConfig",
+    "DKIMSelector",
     "DomainConfig",
     "LoggingConfig",
     "ManholeConfig",

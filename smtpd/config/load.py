@@ -149,6 +149,7 @@ def _section(
 def _domain(
     section: str,
     items: dict[str, str],
+    root: str,
     problems: _Problems,
 ) -> DomainConfig | None:
     """One [domain:NAME] section, or L{None} when its name or type is bad."""
@@ -160,7 +161,7 @@ def _domain(
             "name such as example.com, or *.example.com for type remote"
         )
         name = None
-    values = _parse_keys(section, items, DOMAIN_SCHEMA, "", problems)
+    values = _parse_keys(section, items, DOMAIN_SCHEMA, root, problems)
     kind = values.get("type", "local" if "type" not in items else None)
     if kind is None or name is None:
         return None
@@ -291,7 +292,7 @@ def load_config(path: str) -> Config:
             sections[name], bad_keys = _section(name, items, root, problems)
             bad |= {(name, k) for k in bad_keys}
         elif name.startswith(DOMAIN_PREFIX):
-            domain = _domain(name, items, problems)
+            domain = _domain(name, items, root, problems)
             if domain is not None:
                 domains.append((name, domain))
         else:

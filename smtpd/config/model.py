@@ -113,6 +113,21 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class DKIMSelector:
+    """
+    One signing key of a domain (C{[domain:NAME] dkim}).
+
+    @ivar selector: the DNS name under C{_domainkey} (C{s1}).
+    @ivar path: the PEM private key file, absolute.
+    @ivar algorithm: C{rsa-sha256} or C{ed25519-sha256}, from the key type.
+    """
+
+    selector: str
+    path: str
+    algorithm: str
+
+
+@dataclass(frozen=True)
 class DomainConfig:
     """
     One [domain:NAME] section. C{name} is lower case and may start with C{*.}
@@ -126,6 +141,21 @@ class DomainConfig:
     smart_host: SmartHost | None = None
     outbound_tls: str | None = None
     remote_port: int | None = None
+    dkim: tuple[DKIMSelector, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChecksConfig:
+    """
+    [checks]: SPF, DKIM and DMARC on mail from clients neither authenticated
+    nor in the relay list: C{off}, C{tag} (Authentication-Results only) or
+    C{enforce}. An empty C{authserv_id} means [server] hostname.
+    """
+
+    spf: str = "tag"
+    dkim: str = "tag"
+    dmarc: str = "tag"
+    authserv_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -162,6 +192,7 @@ class Config:
     messages: MessagesConfig = field(default_factory=MessagesConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     domains: tuple[DomainConfig, ...] = ()
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
     manhole: ManholeConfig = field(default_factory=ManholeConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -185,6 +216,11 @@ class Config:
     def local_domains(self) -> tuple[DomainConfig, ...]:
         """The domains whose mailboxes live here (type local), in file order."""
         return tuple(d for d in self.domains if d.type == "local")
+
+    @property
+    def authserv_id(self) -> str:
+        """The authserv-id of our Authentication-Results fields (RFC 8601 2.5)."""
+        return self.checks.authserv_id or self.server.hostname
 
     @property
     def default_domain(self) -> str:

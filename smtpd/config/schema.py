@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from smtpd.config.dkimkeys import EXPECTED as _DKIM_TEXT
+from smtpd.config.dkimkeys import parse_dkim
 from smtpd.config.endpoints import parse_endpoints, parse_plain_tcp_endpoints
 from smtpd.config.model import (
     AccessConfig,
     AuthConfig,
+    ChecksConfig,
     DeliveryConfig,
     LoggingConfig,
     ManholeConfig,
@@ -135,6 +138,8 @@ _ENDPOINTS_TEXT = (
 _SMART_HOST_TEXT = "empty, host[:port] (MX lookup) or [host-or-ip][:port]"
 _PORT_TEXT = "a port number from 1 to 65535"
 _OUTBOUND_TLS = ("none", "may", "encrypt", "verify")
+_CHECK_MODES = ("off", "tag", "enforce")
+_CHECK_TEXT = "off, tag (Authentication-Results only) or enforce"
 
 
 def _at_least(minimum: int) -> str:
@@ -253,6 +258,18 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
             ),
         },
     ),
+    "checks": (
+        ChecksConfig,
+        {
+            "spf": _key(choice(*_CHECK_MODES), _CHECK_TEXT),
+            "dkim": _key(choice(*_CHECK_MODES), _CHECK_TEXT),
+            "dmarc": _key(choice(*_CHECK_MODES), _CHECK_TEXT),
+            "authserv_id": _key(
+                lambda t: parse_hostname(t) if t.strip() else "",
+                "empty ([server] hostname) or a name such as mx.example.com",
+            ),
+        },
+    ),
     "manhole": (
         ManholeConfig,
         {
@@ -279,10 +296,11 @@ DOMAIN_SCHEMA: dict[str, Key] = {
     "smart_host": _key(parse_smart_host, _SMART_HOST_TEXT),
     "outbound_tls": _key(choice(*_OUTBOUND_TLS), "none, may, encrypt or verify"),
     "remote_port": _key(parse_port, _PORT_TEXT),
+    "dkim": Key(parse_dkim, _DKIM_TEXT, path=True),
 }
 DOMAIN_KEYS = {
-    "local": ("type",),
-    "alias": ("type", "alias_of"),
+    "local": ("type", "dkim"),
+    "alias": ("type", "alias_of", "dkim"),
     "drop": ("type",),
     "remote": ("type", "relay", "smart_host", "outbound_tls", "remote_port"),
 }

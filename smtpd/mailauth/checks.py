@@ -97,6 +97,15 @@ class InboundChecks:
         self.dkim = DKIMVerifier(lookup, run_blocking)
         self.dmarc = DMARCEvaluator(lookup, suffixes or PublicSuffixList())
 
+    @classmethod
+    def from_config(
+        cls, config: Any, resolver: Any, reactor: Any, run_blocking: Callable[..., Deferred]
+    ) -> InboundChecks:
+        """The checks of C{config}'s [checks] section (reads the public suffix list: call at start)."""
+        checks = config.checks
+        modes = CheckModes(config.authserv_id, checks.spf, checks.dkim, checks.dmarc)
+        return cls(modes, resolver, reactor, run_blocking)
+
     @property
     def enabled(self) -> bool:
         """Whether any check is on."""
