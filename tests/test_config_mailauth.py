@@ -73,6 +73,20 @@ class DKIMKeyTests(ConfigTestCase):
                         line)
 
 
+    def test_arc_seal(self) -> None:
+        """[checks] arc_seal takes one RSA pair; arc_domain defaults to the default domain."""
+        path = self.write("[domain:example.com]\n[checks]\narc_seal = arc1:etc/dkim/rsa\n", self.root)
+        config = load_config(path)
+        self.assertEqual(config.checks.arc_seal,
+                         DKIMSelector("arc1", os.path.join(self.root, "etc/dkim/rsa"), RSA_SHA256))
+        self.assertEqual(config.arc_domain, "example.com")
+
+    def test_arc_seal_rsa_only(self) -> None:
+        """An Ed25519 sealing key is refused: ARC allows rsa-sha256 only."""
+        line = self.problem_in_root("[checks]\narc_seal = e1:etc/dkim/ed\n")
+        self.assertIn("is not an RSA key", line)
+
+
 class ChecksSectionTests(ConfigTestCase):
     """The C{[checks]} section."""
 

@@ -49,6 +49,21 @@ def parse_dkim(text: str, root: str) -> tuple[DKIMSelector, ...]:
     return tuple(pairs)
 
 
+ARC_EXPECTED = "empty, or one selector:keyfile pair with a PEM RSA private key"
+
+
+def parse_arc_seal(text: str, root: str) -> DKIMSelector | None:
+    """The ARC sealing key: one pair, RSA (RFC 8617 3.3 allows rsa-sha256 only)."""
+    pairs = parse_dkim(text, root)
+    if not pairs:
+        return None
+    if len(pairs) > 1:
+        raise ValueError("more than one pair")
+    if pairs[0].algorithm != "rsa-sha256":
+        raise ValueError(f"{pairs[0].path} is not an RSA key")
+    return pairs[0]
+
+
 def key_file_algorithm(path: str) -> str:
     """The DKIM algorithm of the PEM private key in C{path}; ValueError says what is wrong."""
     try:

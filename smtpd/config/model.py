@@ -149,13 +149,17 @@ class ChecksConfig:
     """
     [checks]: SPF, DKIM and DMARC on mail from clients neither authenticated
     nor in the relay list: C{off}, C{tag} (Authentication-Results only) or
-    C{enforce}. An empty C{authserv_id} means [server] hostname.
+    C{enforce}. An empty C{authserv_id} means [server] hostname. C{arc_seal}
+    (an RSA key) makes this a forwarding host that seals (RFC 8617) as
+    C{arc_domain} (empty: the default domain).
     """
 
     spf: str = "tag"
     dkim: str = "tag"
     dmarc: str = "tag"
     authserv_id: str = ""
+    arc_seal: DKIMSelector | None = None
+    arc_domain: str = ""
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,11 @@ class Config:
     def authserv_id(self) -> str:
         """The authserv-id of our Authentication-Results fields (RFC 8601 2.5)."""
         return self.checks.authserv_id or self.server.hostname
+
+    @property
+    def arc_domain(self) -> str:
+        """The C{d=} of our ARC seals."""
+        return self.checks.arc_domain or self.default_domain
 
     @property
     def default_domain(self) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from smtpd.config.dkimkeys import EXPECTED as _DKIM_TEXT
-from smtpd.config.dkimkeys import parse_dkim
+from smtpd.config.dkimkeys import ARC_EXPECTED, parse_arc_seal, parse_dkim
 from smtpd.config.endpoints import parse_endpoints, parse_plain_tcp_endpoints
 from smtpd.config.model import (
     AccessConfig,
@@ -268,6 +268,11 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
                 lambda t: parse_hostname(t) if t.strip() else "",
                 "empty ([server] hostname) or a name such as mx.example.com",
             ),
+            "arc_seal": Key(parse_arc_seal, ARC_EXPECTED),
+            "arc_domain": _key(
+                lambda t: parse_domain_name(t) if t.strip() else "",
+                "empty (the default domain) or a domain name such as example.com",
+            ),
         },
     ),
     "manhole": (
@@ -296,7 +301,7 @@ DOMAIN_SCHEMA: dict[str, Key] = {
     "smart_host": _key(parse_smart_host, _SMART_HOST_TEXT),
     "outbound_tls": _key(choice(*_OUTBOUND_TLS), "none, may, encrypt or verify"),
     "remote_port": _key(parse_port, _PORT_TEXT),
-    "dkim": Key(parse_dkim, _DKIM_TEXT, path=True),
+    "dkim": Key(parse_dkim, _DKIM_TEXT),
 }
 DOMAIN_KEYS = {
     "local": ("type", "dkim"),

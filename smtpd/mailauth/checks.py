@@ -17,6 +17,7 @@ from typing import Any
 from publicsuffixlist import PublicSuffixList
 from twisted.internet.defer import Deferred
 
+from smtpd.mailauth.arc import ARCResult, ARCVerifier
 from smtpd.mailauth.dkimcheck import DKIMResult, DKIMVerifier
 from smtpd.mailauth.dmarc import DMARCEvaluator, DMARCResult
 from smtpd.mailauth.headers import from_domain, split_message
@@ -49,6 +50,7 @@ class Verdict:
     @ivar spf: the SPF results (HELO, then MAIL FROM when not null), [] when off.
     @ivar dkim: one result per signature; L{None} when DKIM is off.
     @ivar dmarc: the DMARC result, or L{None} when off.
+    @ivar arc: the ARC chain status (verified whenever DKIM is on), or L{None}.
     @ivar header: the Authentication-Results field to prepend (CRLF-terminated).
     @ivar extra: further fields to prepend (L{QUARANTINE_FIELD}), or C{b""}.
     @ivar reply: C{(code, "x.y.z text")} to answer instead of accepting the
@@ -58,6 +60,7 @@ class Verdict:
     spf: tuple[SPFResult, ...] = ()
     dkim: tuple[DKIMResult, ...] | None = None
     dmarc: DMARCResult | None = None
+    arc: ARCResult | None = None
     header: bytes = b""
     extra: bytes = b""
     reply: tuple[int, str] | None = None
@@ -95,6 +98,7 @@ class InboundChecks:
         lookup = DNSLookup(resolver)
         self.spf = SPFChecker(lookup, reactor, run_blocking)
         self.dkim = DKIMVerifier(lookup, run_blocking)
+        self.arc = ARCVerifier(lookup, run_blocking)
         self.dmarc = DMARCEvaluator(lookup, suffixes or PublicSuffixList())
 
     @classmethod
@@ -132,13 +136,15 @@ class InboundChecks:
         if modes.dmarc != OFF:
             header, _ = split_message(message)
             dmarc = await self.dmarc.evaluate(from_domain(header), spf[-1], dkim or ())
+        arc = await self.arc.verify(message) if modes.dkim != OFF else None
         shown_spf = spf if modes.spf != OFF else []
         shown_dkim = dkim if modes.dkim != OFF else None
         return Verdict(
             spf=tuple(shown_spf),
             dkim=shown_dkim,
             dmarc=dmarc,
-            header=build_header(modes.authserv_id, shown_spf, shown_dkim, dmarc),
+            arc=arc,
+            header=build_header(modes.authserv_id, shown_spf, shown_dkim, dmarc, arc),
             extra=self._extra(dmarc),
             reply=self._reply(spf[-1] if spf else None, dkim, dmarc),
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from smtpd.mailauth.arc import ARCResult
 from smtpd.mailauth.dkimcheck import DKIMResult
 from smtpd.mailauth.dmarc import DMARCResult
 from smtpd.mailauth.headers import header_fields
@@ -61,11 +62,18 @@ def dmarc_entry(result: DMARCResult) -> str:
     return entry
 
 
+def arc_entry(result: ARCResult) -> str:
+    """C{arc=RESULT (i=N)}: what dkimpy's sealer reads as the chain status."""
+    note = f"i={result.instances}" if result.result == "pass" else result.reason
+    return f"arc={result.result}{_comment(note)}"
+
+
 def build_header(
     authserv_id: str,
     spf: Sequence[SPFResult],
     dkim: Sequence[DKIMResult] | None,
     dmarc: DMARCResult | None,
+    arc: ARCResult | None = None,
 ) -> bytes:
     """
     The whole field, folded one method per line, CRLF-terminated. C{dkim}
@@ -77,6 +85,8 @@ def build_header(
             "dkim=none (no signature)")
     if dmarc is not None:
         entries.append(dmarc_entry(dmarc))
+    if arc is not None:
+        entries.append(arc_entry(arc))
     if not entries:
         entries = ["none"]
     body = ";\r\n\t".join([authserv_id, *entries])
