@@ -76,10 +76,17 @@ class _MemoryAuthority(authority.FileAuthority):
 class _CountingDNSFactory(server.DNSServerFactory):
     """A DNS server that records every query and answers SERVFAIL for some names."""
 
-    def __init__(self, authorities: list[Any], queries: list, servfail: set[str]):
+    def __init__(self, authorities: list[Any], queries: list, servfail: set[str],
+                 authenticated: bool = False):
         server.DNSServerFactory.__init__(self, authorities=authorities)
         self.queries = queries
         self.servfail = servfail
+        self.authenticated = authenticated
+
+    def sendReply(self, protocol: Any, message: dns.Message, address: Any) -> None:
+        """Send C{message}, with the AD bit when this server plays a validating resolver."""
+        message.authenticData = self.authenticated
+        server.DNSServerFactory.sendReply(self, protocol, message, address)
 
     def handleQuery(self, message: dns.Message, protocol: Any, address: Any) -> Any:
         query = message.queries[0]
@@ -109,6 +116,7 @@ def start_dns_server(
     testcase: Any,
     zones: dict[str, dict[str, list[Any]]],
     servfail: tuple[str, ...] = (),
+    authenticated: bool = False,
 ) -> DNSServerAddress:
     """
     Run an authoritative DNS server on 127.0.0.1 (UDP and TCP on one port).
@@ -118,11 +126,13 @@ def start_dns_server(
         records answers NXDOMAIN; a name with records but none of the asked
         type answers NODATA.
     @param servfail: names (and their subdomains) answered with SERVFAIL.
+    @param authenticated: set the AD bit in every answer, as a validating
+        resolver does for DNSSEC-secure data (for DANE).
     @return: the address, with the list of queries received.
     """
     queries: list[tuple[str, str]] = []
     authorities = [_MemoryAuthority(origin, records) for origin, records in zones.items()]
-    factory = _CountingDNSFactory(authorities, queries, set(servfail))
+    factory = _CountingDNSFactory(authorities, queries, set(servfail), authenticated)
     for _ in range(20):
         udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
         port = udp.getHost().port
