@@ -16,7 +16,7 @@ from smtpd.mailauth.checks import ENFORCE, OFF, QUARANTINE_FIELD, TAG, CheckMode
 from smtpd.mailauth.keys import ED25519_SHA256, RSA_SHA256, generate_key, key_from_pem, txt_strings
 from smtpd.mailauth.results import authserv_id_of, remove_forged
 from smtpd.mailauth.signing import sign_message
-from tests.support import a, start_dns_server
+from tests.support import a, start_dns_server, start_silent_dns_server
 
 AUTHSERV = "mx.ours.test"
 CLIENT = "127.0.0.1"
@@ -144,6 +144,18 @@ class SPFTests(ChecksTestCase):
         self.assertEqual(verdict.reply[0], 451)
         self.assertTrue(verdict.reply[1].startswith("4.7.0 "))
         self.assertIn(("tempfail.test", "TXT"), self.dns.queries)
+
+    @defer.inlineCallbacks
+    def test_temperror_timeout(self):
+        """A DNS server that never answers gives temperror, not a hang; enforce answers 451."""
+        silent = start_silent_dns_server(self)
+        resolver = client.Resolver(servers=[silent], reactor=reactor)
+        checks = InboundChecks(CheckModes(AUTHSERV, spf=ENFORCE, dkim=OFF, dmarc=OFF),
+                               resolver, reactor, deferToThread, timeout=(1,))
+        verdict = yield defer.Deferred.fromCoroutine(
+            checks.check(CLIENT, "mail.example.com", "ann@example.com", message()))
+        self.assertIn("spf=temperror", verdict.header.decode())
+        self.assertEqual(verdict.reply[0], 451)
 
     @defer.inlineCallbacks
     def test_null_sender_checks_helo(self):

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from publicsuffixlist import PublicSuffixList
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, succeed
 
 from smtpd.mailauth.arc import ARCResult, ARCVerifier
 from smtpd.mailauth.dkimcheck import DKIMResult, DKIMVerifier
 from smtpd.mailauth.dmarc import DMARCEvaluator, DMARCResult
 from smtpd.mailauth.headers import from_domain, split_message
-from smtpd.mailauth.lookup import DNSLookup
+from smtpd.mailauth.lookup import DEFAULT_TIMEOUT, DNSLookup
 from smtpd.mailauth.results import build_header, remove_forged
 from smtpd.mailauth.senderpolicy import SPFChecker, SPFResult
 
@@ -75,6 +75,14 @@ class Verdict:
         return self.header + self.extra + cleaned + b"\r\n" + body
 
 
+def _maybe(wanted: bool, coroutine: Any) -> Deferred:
+    """A Deferred of C{coroutine} when C{wanted}, else of L{None} (the coroutine closed unrun)."""
+    if wanted:
+        return Deferred.fromCoroutine(coroutine)
+    coroutine.close()
+    return succeed(None)
+
+
 class InboundChecks:
     """
     Runs SPF, DKIM and DMARC for one message.
@@ -84,6 +92,7 @@ class InboundChecks:
     @param reactor: the reactor (SPF's thread hands its queries to it).
     @param run_blocking: C{f(callable, *args) -> Deferred} on a thread pool.
     @param suffixes: the public suffix list; built (a file read) when not given.
+    @param timeout: the per-attempt DNS timeouts (seconds).
     """
 
     def __init__(
@@ -93,9 +102,10 @@ class InboundChecks:
         reactor: Any,
         run_blocking: Callable[..., Deferred],
         suffixes: PublicSuffixList | None = None,
+        timeout: tuple[int, ...] = DEFAULT_TIMEOUT,
     ) -> None:
         self.modes = modes
-        lookup = DNSLookup(resolver)
+        lookup = DNSLookup(resolver, timeout)
         self.spf = SPFChecker(lookup, reactor, run_blocking)
         self.dkim = DKIMVerifier(lookup, run_blocking)
         self.arc = ARCVerifier(lookup, run_blocking)
@@ -124,19 +134,21 @@ class InboundChecks:
         if not self.enabled:
             return Verdict()
         need_inputs = modes.dmarc != OFF
-        spf: list[SPFResult] = []
-        if modes.spf != OFF or need_inputs:
-            spf.append(await self.spf.check_helo(ip, helo))
-            if sender:
-                spf.append(await self.spf.check_mail_from(ip, sender, helo))
-        dkim = None
-        if modes.dkim != OFF or need_inputs:
-            dkim = tuple(await self.dkim.verify(message))
+        run_spf = modes.spf != OFF or need_inputs
+        run_dkim = modes.dkim != OFF or need_inputs
+        # The lookups of the methods do not depend on each other: run them together.
+        helo_result, from_result, dkim_results, arc = await gatherResults([
+            _maybe(run_spf, self.spf.check_helo(ip, helo)),
+            _maybe(run_spf and bool(sender), self.spf.check_mail_from(ip, sender, helo)),
+            _maybe(run_dkim, self.dkim.verify(message)),
+            _maybe(modes.dkim != OFF, self.arc.verify(message)),
+        ], consumeErrors=True).addErrback(lambda f: f.value.subFailure.raiseException())
+        spf = [r for r in (helo_result, from_result) if r is not None]
+        dkim = tuple(dkim_results) if dkim_results is not None else None
         dmarc = None
         if modes.dmarc != OFF:
             header, _ = split_message(message)
             dmarc = await self.dmarc.evaluate(from_domain(header), spf[-1], dkim or ())
-        arc = await self.arc.verify(message) if modes.dkim != OFF else None
         shown_spf = spf if modes.spf != OFF else []
         shown_dkim = dkim if modes.dkim != OFF else None
         return Verdict(

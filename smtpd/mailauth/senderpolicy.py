@@ -13,6 +13,7 @@ everything else and the reactor never blocks.
 from __future__ import annotations
 
 import ipaddress
+import queue
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,14 +21,17 @@ from typing import Any
 
 import spf
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import blockingCallFromThread
 from twisted.names import dns
+from twisted.python.failure import Failure
 
 from smtpd.mailauth.lookup import DNSLookup, TemporaryLookupError
 
 QUERY_TYPES = {"A": dns.A, "AAAA": dns.AAAA, "MX": dns.MX, "PTR": dns.PTR, "TXT": dns.TXT}
 # Seconds for one whole SPF evaluation (RFC 7208 4.6.4 suggests at least 20).
 SPF_TIME_LIMIT = 20
+# Seconds a pyspf thread waits for one answer from the reactor: a bound, so
+# that a thread never outlives a stopped reactor (the pool joins its threads).
+ANSWER_WAIT = 15
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$", re.I)
 
 
@@ -124,12 +128,27 @@ class SPFChecker:
         if rtype is None:
             return []
         try:
-            payloads = blockingCallFromThread(
-                self.reactor, lambda: Deferred.fromCoroutine(self.lookup.records(name, rtype))
-            )
+            payloads = self._on_reactor(name, rtype)
         except TemporaryLookupError as e:
             raise spf.TempError(str(e)) from e
         return [_value(qtype, p) for p in payloads]
+
+    def _on_reactor(self, name: str, rtype: int) -> list[Any]:
+        """Run the lookup on the reactor thread and wait (bounded) for its result."""
+        results: queue.Queue = queue.Queue()
+
+        def start() -> None:
+            d = Deferred.fromCoroutine(self.lookup.records(name, rtype))
+            d.addBoth(results.put)
+
+        self.reactor.callFromThread(start)
+        try:
+            result = results.get(timeout=ANSWER_WAIT)
+        except queue.Empty:
+            raise TemporaryLookupError(f"no answer for {name} in {ANSWER_WAIT}s") from None
+        if isinstance(result, Failure):
+            result.raiseException()
+        return result
 
 
 def _value(qtype: str, payload: Any) -> Any:
