@@ -6,6 +6,8 @@ twisted.names server on loopback.
 
 from __future__ import annotations
 
+import dataclasses
+
 import dkim
 import dns.resolver
 from twisted.internet import defer, reactor
@@ -152,6 +154,14 @@ class SignerTests(unittest.TestCase):
         other = MESSAGE.replace(b"ann@example.com", b"ann@example.org")
         result = yield defer.Deferred.fromCoroutine(signer.signature(other, trusted=True))
         self.assertEqual(result, b"")
+
+    @defer.inlineCallbacks
+    def test_rsa_signed_by_openssl(self):
+        """RSA signatures come from the loaded key (OpenSSL), not from dkimpy's own arithmetic."""
+        other = key_from_pem("rsa1", generate_key(RSA_SHA256))
+        mixed = dataclasses.replace(RSA_KEY, private=other.private)
+        message = sign_message(MESSAGE, "example.com", [mixed]) + MESSAGE
+        self.assertTrue((yield self.verify(message)))
 
     def test_multiline_message_lf_free(self):
         """The signature fields end in CRLF and contain no bare LF."""

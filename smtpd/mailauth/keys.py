@@ -8,7 +8,8 @@ record to publish, and new keys for C{smtpctl dkim keygen}.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -38,12 +39,14 @@ class DKIMKey:
     @ivar private: the key in the form dkimpy signs with (PKCS#1 PEM for
         RSA, the base64 32-octet seed for Ed25519).
     @ivar record: the TXT record value to publish (C{v=DKIM1; k=...; p=...}).
+    @ivar key: the loaded private key (cryptography), for signing with OpenSSL.
     """
 
     selector: str
     algorithm: str
     private: bytes
     record: str
+    key: Any = field(default=None, compare=False, repr=False)
 
 
 def key_algorithm(pem: bytes) -> str:
@@ -68,7 +71,7 @@ def key_from_pem(selector: str, pem: bytes) -> DKIMKey:
             serialization.NoEncryption(),
         )
         private = base64.b64encode(seed)
-    return DKIMKey(selector, algorithm, private, public_record(key))
+    return DKIMKey(selector, algorithm, private, public_record(key), key)
 
 
 def load_key(selector: str, path: str) -> DKIMKey:
