@@ -57,7 +57,7 @@ class DKIMKeyTests(ConfigTestCase):
     def test_not_a_key(self) -> None:
         """A file that is no PEM private key is refused."""
         line = self.problem_in_root("[domain:example.com]\ndkim = s1:etc/dkim/junk\n")
-        self.assertIn("is not a PEM private key", line)
+        self.assertIn("etc/dkim/junk: not a PEM private key", line)
 
     def test_bad_pair(self) -> None:
         """A pair without a colon, or with a selector that is no DNS label, is refused."""

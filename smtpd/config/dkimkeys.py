@@ -9,6 +9,7 @@ start, not a failure on the first message.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -72,15 +73,27 @@ def key_file_algorithm(path: str) -> str:
     except OSError as e:
         raise ValueError(f"cannot read {path}: {e.strerror or e}") from e
     try:
-        key = serialization.load_pem_private_key(pem, password=None)
+        return key_algorithm(load_pem_key(pem))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+def load_pem_key(pem: bytes) -> Any:
+    """The private key in C{pem} (cryptography); ValueError says why there is none."""
+    try:
+        return serialization.load_pem_private_key(pem, password=None)
     except TypeError as e:
-        raise ValueError(f"{path} is encrypted") from e
+        raise ValueError("the key is encrypted; expected an unencrypted PEM key") from e
     except (ValueError, UnsupportedAlgorithm) as e:
-        raise ValueError(f"{path} is not a PEM private key") from e
+        raise ValueError("not a PEM private key") from e
+
+
+def key_algorithm(key: Any) -> str:
+    """The DKIM algorithm a private key signs with (RSA -> rsa-sha256, Ed25519 -> ed25519-sha256)."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return "ed25519-sha256"
     if isinstance(key, rsa.RSAPrivateKey):
         if key.key_size < RSA_MIN_BITS:
-            raise ValueError(f"{path} is an RSA key of {key.key_size} bits, under {RSA_MIN_BITS}")
+            raise ValueError(f"an RSA key of {key.key_size} bits, under {RSA_MIN_BITS}")
         return "rsa-sha256"
-    raise ValueError(f"{path} is neither an RSA nor an Ed25519 key")
+    raise ValueError("neither an RSA nor an Ed25519 key")

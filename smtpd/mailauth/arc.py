@@ -97,6 +97,7 @@ def verify_chain(message: bytes, keys: dict[str, bytes | None]) -> ARCResult:
     """dkimpy's chain validation with prefetched keys (CPU work: run in a thread)."""
 
     def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
+        """dkimpy's key lookup, answered from the prefetched records."""
         return keys.get(name.decode("ascii", "replace").rstrip(".").lower())
 
     arc = dkim.ARC(message)

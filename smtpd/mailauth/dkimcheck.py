@@ -120,6 +120,7 @@ def verify_all(
     verifier = dkim.DKIM(message)
 
     def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
+        """dkimpy's key lookup, answered from the prefetched records."""
         key = keys.get(name.decode("ascii", "replace").rstrip(".").lower())
         return key if isinstance(key, bytes) else None
 

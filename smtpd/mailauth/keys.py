@@ -11,16 +11,15 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from smtpd.config.dkimkeys import key_algorithm, load_pem_key
 
 RSA_SHA256 = "rsa-sha256"
 ED25519_SHA256 = "ed25519-sha256"
 ALGORITHMS = (RSA_SHA256, ED25519_SHA256)
 RSA_BITS = 2048
-# RFC 8301 3.2: verifiers must not accept RSA keys under 1024 bits.
-RSA_MIN_BITS = 1024
 # One character-string of a TXT record holds at most 255 octets (RFC 1035 3.3).
 TXT_STRING_MAX = 255
 
@@ -47,11 +46,6 @@ class DKIMKey:
     private: bytes
     record: str
     key: Any = field(default=None, compare=False, repr=False)
-
-
-def key_algorithm(pem: bytes) -> str:
-    """The DKIM algorithm of a PEM private key; L{DKIMKeyError} if it has none."""
-    return _algorithm(_load(pem))
 
 
 def key_from_pem(selector: str, pem: bytes) -> DKIMKey:
@@ -125,22 +119,17 @@ def zone_entry(selector: str, domain: str, record: str) -> str:
     return f"{selector}._domainkey.{domain}. IN TXT ( {strings} )"
 
 
-def _load(pem: bytes):
+def _load(pem: bytes) -> Any:
     """The private key in a PEM file; L{DKIMKeyError} with the reason otherwise."""
     try:
-        return serialization.load_pem_private_key(pem, password=None)
-    except TypeError as e:
-        raise DKIMKeyError("the key is encrypted; expected an unencrypted PEM key") from e
-    except (ValueError, UnsupportedAlgorithm) as e:
-        raise DKIMKeyError("not a PEM private key") from e
+        return load_pem_key(pem)
+    except ValueError as e:
+        raise DKIMKeyError(str(e)) from e
 
 
-def _algorithm(key) -> str:
+def _algorithm(key: Any) -> str:
     """The DKIM algorithm for a loaded private key."""
-    if isinstance(key, rsa.RSAPrivateKey):
-        if key.key_size < RSA_MIN_BITS:
-            raise DKIMKeyError(f"RSA key of {key.key_size} bits; expected at least {RSA_MIN_BITS}")
-        return RSA_SHA256
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return ED25519_SHA256
-    raise DKIMKeyError("neither an RSA nor an Ed25519 key")
+    try:
+        return key_algorithm(key)
+    except ValueError as e:
+        raise DKIMKeyError(str(e)) from e

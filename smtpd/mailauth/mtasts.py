@@ -219,6 +219,7 @@ class MTASTS:
         size = [0]
 
         def collect(data: bytes) -> None:
+            """Keep a chunk of the body, refusing past the limit."""
             size[0] += len(data)
             if size[0] > MAX_POLICY_SIZE:
                 raise PolicyError("policy over 64 KiB")

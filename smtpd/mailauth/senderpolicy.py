@@ -138,6 +138,7 @@ class SPFChecker:
         results: queue.Queue = queue.Queue()
 
         def start() -> None:
+            """Start the lookup; its result or failure goes to the waiting thread."""
             d = Deferred.fromCoroutine(self.lookup.records(name, rtype))
             d.addBoth(results.put)
 
