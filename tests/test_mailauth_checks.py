@@ -14,7 +14,7 @@ from twisted.trial import unittest
 
 from smtpd.mailauth.checks import ENFORCE, OFF, QUARANTINE_FIELD, TAG, CheckModes, InboundChecks
 from smtpd.mailauth.keys import ED25519_SHA256, RSA_SHA256, generate_key, key_from_pem, txt_strings
-from smtpd.mailauth.results import authserv_id_of, remove_forged
+from smtpd.mailauth.results import ForgedResultsFilter, authserv_id_of, remove_forged
 from smtpd.mailauth.signing import sign_message
 from tests.support import a, start_dns_server, start_silent_dns_server
 
@@ -306,3 +306,56 @@ class HeaderTests(ChecksTestCase):
         verdict, stored = yield self.run_check(message(), spf=OFF, dkim=OFF, dmarc=OFF)
         self.assertEqual(verdict.header, b"")
         self.assertEqual(self.dns.queries, [])
+
+
+class StreamingRemovalTests(unittest.TestCase):
+    """L{ForgedResultsFilter}: forged fields dropped from data that arrives in pieces."""
+
+    MESSAGE = (
+        b"Authentication-Results: mx.ours.test;\r\n\tspf=pass smtp.mailfrom=x\r\n"
+        b"Subject: hi\r\n"
+        b"Authentication-Results: other.test; dkim=pass\r\n"
+        b"X-Long: a\r\n b\r\n"
+        b"authentication-results:   (c) MX.OURS.TEST 1; none\r\n"
+        b"\r\n"
+        b"Authentication-Results: mx.ours.test; body lines are not fields\r\n"
+    )
+    EXPECTED = (
+        b"Subject: hi\r\n"
+        b"Authentication-Results: other.test; dkim=pass\r\n"
+        b"X-Long: a\r\n b\r\n"
+        b"\r\n"
+        b"Authentication-Results: mx.ours.test; body lines are not fields\r\n"
+    )
+
+    def stream(self, size: int) -> tuple[bytes, int]:
+        remover = ForgedResultsFilter(AUTHSERV)
+        out = b"".join(remover.feed(self.MESSAGE[i : i + size])
+                       for i in range(0, len(self.MESSAGE), size))
+        return out + remover.finish(), remover.removed
+
+    def test_any_chunk_size(self):
+        """Whatever the chunk size, the same two forged fields go and the rest is intact."""
+        for size in (1, 2, 3, 7, 16, 64, 1000):
+            self.assertEqual(self.stream(size), (self.EXPECTED, 2), size)
+
+    def test_same_as_whole_message_removal(self):
+        """The streaming filter agrees with the whole-header removal."""
+        header, body = self.MESSAGE.split(b"\r\n\r\n", 1)
+        kept, removed = remove_forged(header + b"\r\n", AUTHSERV)
+        self.assertEqual(kept + b"\r\n" + body, self.EXPECTED)
+        self.assertEqual(removed, 2)
+
+    def test_huge_field_passes(self):
+        """A field too long to hold is passed on whole, continuation lines included."""
+        field = b"X-Big: a\r\n" + b" " + b"b" * 70000 + b"\r\n" + b" c\r\n"
+        data = field + b"Subject: s\r\n\r\nbody\r\n"
+        remover = ForgedResultsFilter(AUTHSERV)
+        out = b"".join(remover.feed(data[i : i + 4096]) for i in range(0, len(data), 4096))
+        self.assertEqual(out + remover.finish(), data)
+
+    def test_unterminated(self):
+        """Data without an end of header is given back by finish()."""
+        remover = ForgedResultsFilter(AUTHSERV)
+        out = remover.feed(b"Subject: s\r\nX-Partial: y")
+        self.assertEqual(out + remover.finish(), b"Subject: s\r\nX-Partial: y")

@@ -115,3 +115,79 @@ def remove_forged(header: bytes, authserv_id: str) -> tuple[bytes, int]:
             continue
         kept.append(field.raw)
     return b"".join(kept), removed
+
+
+# A field longer than this is passed on as it is rather than held in memory.
+MAX_HELD_FIELD = 64 * 1024
+
+
+class ForgedResultsFilter:
+    """
+    L{remove_forged} for a message that streams through in chunks of any
+    size: the header section is cut into whole fields, and Authentication-
+    Results fields claiming C{authserv_id} are dropped; the body passes
+    untouched. Feed it CRLF data (bare CR/LF already refused or normalised).
+    """
+
+    def __init__(self, authserv_id: str) -> None:
+        self.ours = authserv_id.lower()
+        self.removed = 0
+        self._in_header = True
+        self._line = b""
+        self._field = b""
+        self._passing = False
+
+    def feed(self, data: bytes) -> bytes:
+        """The part of C{data} that can be passed on now."""
+        if not self._in_header:
+            return data
+        out: list[bytes] = []
+        buffer, start = self._line + data, 0
+        while self._in_header:
+            end = buffer.find(b"\r\n", start)
+            if end < 0:
+                break
+            self._take(buffer[start : end + 2], out)
+            start = end + 2
+        rest = buffer[start:]
+        if self._in_header:
+            self._line = rest
+        else:
+            out.append(rest)
+            self._line = b""
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """Whatever is still held at the end of the data."""
+        held = self._decide(self._field) + self._line
+        self._field = self._line = b""
+        return held
+
+    def _take(self, line: bytes, out: list[bytes]) -> None:
+        """One whole header line: continue the held field, or decide on it and start anew."""
+        if line[:1] in (b" ", b"\t") and (self._field or self._passing):
+            if self._passing:
+                out.append(line)
+            else:
+                self._field += line
+                if len(self._field) > MAX_HELD_FIELD:
+                    out.append(self._field)
+                    self._field, self._passing = b"", True
+            return
+        self._passing = False
+        out.append(self._decide(self._field))
+        if line == b"\r\n" or b":" not in line:
+            # The end of the header section (or a line that is no field: body).
+            self._in_header = False
+            out.append(line)
+            self._field = b""
+        else:
+            self._field = line
+
+    def _decide(self, field: bytes) -> bytes:
+        """C{field}, or nothing when it is a forged Authentication-Results."""
+        name, _, value = field.partition(b":")
+        if name.strip().lower() == FIELD.lower() and authserv_id_of(value) == self.ours:
+            self.removed += 1
+            return b""
+        return field
