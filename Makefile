@@ -36,11 +36,14 @@ $(VENV_PY):
 	echo "Creating $(VENV) with $$py ($$("$$py" -c 'import sys; print(sys.version.split()[0])'))"; \
 	"$$py" -m venv $(VENV)
 
-# compat editable mode puts the checkout itself on sys.path, so the twistd dropin in
-# twisted/plugins/ is found from any working directory.
+# A normal editable install, plus one .pth line with the checkout's path: twistd finds
+# dropins by scanning sys.path for twisted/plugins/ folders, which an editable
+# install's import hook does not provide. (A wheel, `pip install .`, carries the
+# dropin itself: tests/test_packaging.py.)
 $(STAMP): $(VENV_PY) setup.cfg pyproject.toml
 	$(VENV_PY) -m pip install -q --upgrade pip
-	$(VENV_PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	$(VENV_PY) -m pip install -q -e '.[test]'
+	@echo "$(CURDIR)" > "$$($(VENV_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/smtpd-checkout.pth"
 	@touch $(STAMP)
 
 clean:
