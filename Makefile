@@ -7,7 +7,7 @@ VENV_PY   := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 CONFIG    ?= etc/smtpd.ini
 
-.PHONY: run test check venv clean
+.PHONY: run test check docs venv clean
 
 run: $(STAMP)
 	$(VENV)/bin/twistd -n smtpd --config $(CONFIG)
@@ -17,6 +17,10 @@ test: $(STAMP)
 
 check: $(STAMP)
 	$(VENV)/bin/smtpctl --config $(CONFIG) check
+
+# The configuration reference, generated from the schema (tests/test_docs.py checks it).
+docs: $(STAMP)
+	$(VENV_PY) -m smtpd.config.reference docs/configuration.md
 
 venv: $(STAMP)
 
