@@ -35,6 +35,7 @@ from smtpd.mailauth.keys import (
     key_from_pem,
     zone_entry,
 )
+from smtpd.config.preflight import preflight
 from smtpd.util.durable import fsync_directory, make_folder, write_file
 from smtpd.mail.envelope import Envelope
 from smtpd.queue.store import Queue
@@ -96,8 +97,14 @@ def _users(config: Config) -> Users:
 
 
 def check(options: argparse.Namespace) -> None:
-    """Validate the configuration and the accounts file it names."""
+    """
+    Validate the configuration, everything start would refuse (folders,
+    certificate, listeners) and the accounts file it names.
+    """
     config = _config(options.config)
+    problems = preflight(config)
+    if problems:
+        raise CommandError(*problems)
     _users(config)
     print(f"{options.config}: OK", file=sys.stdout)
 
