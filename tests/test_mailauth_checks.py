@@ -14,7 +14,13 @@ from twisted.trial import unittest
 
 from smtpd.mailauth.checks import ENFORCE, OFF, QUARANTINE_FIELD, TAG, CheckModes, InboundChecks
 from smtpd.mailauth.keys import ED25519_SHA256, RSA_SHA256, generate_key, key_from_pem, txt_strings
-from smtpd.mailauth.results import ForgedResultsFilter, authserv_id_of, remove_forged
+from smtpd.mailauth.dkimcheck import DKIMResult
+from smtpd.mailauth.results import (
+    ForgedResultsFilter,
+    authserv_id_of,
+    build_header,
+    remove_forged,
+)
 from smtpd.mailauth.signing import sign_message
 from tests.support import a, start_dns_server, start_silent_dns_server
 
@@ -291,6 +297,13 @@ class HeaderTests(ChecksTestCase):
         self.assertNotIn(b"MX.ours.test", header)
         self.assertIn(b"Authentication-Results: other.test;\r\n\tdkim=pass header.d=x\r\n", header)
         self.assertTrue(stored.endswith(b"\r\n\r\nHello.\r\n"))
+
+    def test_property_values(self):
+        """Domains and addresses stay bare; a b= prefix with / or = is quoted (RFC 8601 2.2)."""
+        field = build_header(AUTHSERV, [], [DKIMResult("pass", "example.com", "s1", "rsa-sha256",
+                                                        "Ab+/cd=E")], None).decode()
+        self.assertIn('header.d=example.com header.s=s1 header.a=rsa-sha256 header.b="Ab+/cd=E"',
+                      field)
 
     def test_authserv_id_parsing(self):
         """The authserv-id is the first token after comments, compared without case."""

@@ -17,8 +17,9 @@ from smtpd.mailauth.headers import header_fields
 from smtpd.mailauth.senderpolicy import SPFResult
 
 FIELD = b"Authentication-Results"
-# A property value must be a token or an addr-spec-like value (RFC 8601 2.2).
-_TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.@]+$")
+# A property value is an RFC 2045 token (no tspecials such as / = @) or a
+# [local-part@]domain (RFC 8601 2.2); anything else is quoted.
+_TOKEN = re.compile(r"^(?:[A-Za-z0-9!#$%&'*+\-.^_`{|}~]+|[A-Za-z0-9.+_-]*@[A-Za-z0-9.-]+)$")
 _COMMENT = re.compile(rb"\((?:[^()\\]|\\.)*\)")
 
 
