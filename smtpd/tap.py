@@ -6,6 +6,7 @@ C{twistd smtpd}: command-line options and the service tree.
      +- Listener (one per listen / submission / smtps endpoint)
      +- InboundService (drains sessions on stop)
      +- QueueManager (local delivery, relay, bounces)
+     +- Listener (one per [pop3] listen / pop3s endpoint: POP3Server)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from smtpd.util import tls
+from smtpd.pop3.server import POP3Server
 from smtpd.queue.bounce import BounceBuilder
 from smtpd.config import Config, ConfigError, load_config
 from smtpd.delivery.drop import DropDelivery
@@ -250,9 +252,25 @@ def build(config: Config, reactor) -> service.MultiService:
     InboundService(inbound, activity).setServiceParent(top)
     for listener in listeners:
         listener.setServiceParent(top)
+    top.pop3 = add_pop3(top, config, reactor, users, auth_pool.runner(reactor),
+                        run_blocking, tls_options, activity)
     top.inbound = inbound
     top.qmgr = qmgr
     return top
+
+
+def add_pop3(top, config: Config, reactor, users, check_passwords, run_blocking,
+             tls_options, activity) -> POP3Server:
+    """
+    The POP3 service ([pop3] listen and pop3s): its listeners join C{top}.
+    Password checks share the AUTH threads, mailbox scans the disk threads.
+    """
+    pop3 = POP3Server(config, users, reactor, check_passwords, run_blocking,
+                      tls_options, activity)
+    for endpoints, implicit_tls in ((config.pop3.listen, False), (config.pop3.pop3s, True)):
+        for description in endpoints:
+            Listener(reactor, description, pop3.factory(implicit_tls)).setServiceParent(top)
+    return pop3
 
 
 def raise_file_limit() -> int:

@@ -19,6 +19,7 @@ from smtpd.config.model import (
     ManholeConfig,
     MessagesConfig,
     Network,
+    POP3Config,
     ServerConfig,
     TLSConfig,
 )
@@ -260,6 +261,16 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
             "ssh": _key(_not_yet, "empty"),
             "users": _path_key("a file path"),
             "ssh_key_dir": _path_key("a folder path"),
+        },
+    ),
+    "pop3": (
+        POP3Config,
+        {
+            "listen": Key(parse_endpoints, _ENDPOINTS_TEXT),
+            "pop3s": Key(
+                parse_plain_tcp_endpoints,
+                "plain tcp: endpoint strings such as tcp:995 (the server adds TLS)",
+            ),
         },
     ),
     "logging": (
