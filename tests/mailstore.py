@@ -50,8 +50,8 @@ class Deployment:
     """
 
     def __init__(self, testcase, allow_plaintext: bool = False, login_delay: int = 0,
-                 failure_delay: float = 0.2):
-        self.root = root = os.path.abspath(testcase.mktemp())
+                 failure_delay: float = 0.2, root: str | None = None):
+        self.root = root = root or os.path.abspath(testcase.mktemp())
         etc = os.path.join(root, "etc")
         os.makedirs(os.path.join(etc, "tls"))
         ca = support.CertificateAuthority()
