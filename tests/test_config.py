@@ -342,7 +342,19 @@ class EndpointTests(unittest.TestCase):
         """smtps endpoints must be plain tcp."""
         self.assertEqual(parse_plain_tcp_endpoints("tcp:465"), ("tcp:465",))
         error = self.assertRaises(ValueError, parse_plain_tcp_endpoints, "tcp:465 unix:/x")
-        self.assertIn("not a plain tcp: endpoint", str(error))
+        self.assertIn("not a plain tcp: (or systemd:) endpoint", str(error))
+        self.assertEqual(parse_plain_tcp_endpoints("systemd:domain=INET6:index=1"),
+                         ("systemd:domain=INET6:index=1",))
+
+    def test_systemd(self) -> None:
+        """Sockets inherited from systemd: a domain and an index or a name."""
+        for text in ("systemd:domain=INET6:index=0", "systemd:INET:name=smtp",
+                     "systemd:domain=UNIX:index=2"):
+            self.assertEqual(parse_endpoint(text), text)
+        for text in ("systemd:domain=INET", "systemd:domain=IPX:index=0",
+                     "systemd:domain=INET:index=x", "systemd:domain=INET:port=25"):
+            error = self.assertRaises(ValueError, parse_endpoint, text)
+            self.assertIn(repr(text), str(error), text)
 
 
 class ProblemLineTests(ConfigTestCase):

@@ -208,9 +208,9 @@ def _check_domains(
 
 
 def _listen_address(endpoint: str) -> tuple[int, str] | None:
-    """The (port, interface) a tcp or ssl endpoint binds, None for port 0 or unix."""
+    """The (port, interface) a tcp or ssl endpoint binds, None for port 0, unix or systemd."""
     kind, bound = endpoint_parameters(endpoint)
-    if kind == "unix" or int(bound["port"]) == 0:
+    if kind in ("unix", "systemd") or int(bound["port"]) == 0:
         return None
     return int(bound["port"]), ip_literal(bound.get("interface") or "0.0.0.0") or ""
 
