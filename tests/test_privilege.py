@@ -1,0 +1,134 @@
+"""
+Least privilege, as root: C{twistd --uid/--gid smtpd} binds a port below 1024
+before it becomes the unprivileged user, and everything it writes afterwards
+belongs to that user with modes that keep others out; C{smtpctl} run as root
+leaves the accounts file to the deployment's user.
+
+These tests need root (they create a system user and bind a low port); they
+are skipped when the suite runs as another user.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import secrets
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+
+from twisted.trial import unittest
+
+from smtpd.util.ownership import give_tree, hand_over_to_deployment, owner
+from tests.test_tap import send, spawn
+
+BIN = os.path.dirname(sys.executable)
+
+
+def system_user(testcase) -> tuple[str, int, int]:
+    """A system user and group made for C{testcase} and removed after it."""
+    if os.geteuid() != 0:
+        raise unittest.SkipTest("needs root: dropping privileges cannot be tested as a user")
+    name = f"smtpdt{secrets.token_hex(4)}"
+    subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
+                    "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True)
+    testcase.addCleanup(subprocess.run, ["userdel", name], check=False, capture_output=True)
+    import pwd
+
+    entry = pwd.getpwnam(name)
+    return name, entry.pw_uid, entry.pw_gid
+
+
+def free_low_port() -> int:
+    """A free port in 600-999 on 127.0.0.1 (below 1024: only root may bind it)."""
+    for port in secrets.SystemRandom().sample(range(600, 1000), 400):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port in 600-999")
+
+
+def traversable_root(testcase) -> str:
+    """A deployment root in /tmp that another user may reach (trial's folders are 0700)."""
+    top = tempfile.mkdtemp(prefix="smtpd-")
+    testcase.addCleanup(shutil.rmtree, top, True)
+    os.chmod(top, 0o711)
+    return os.path.join(top, "srv")
+
+
+def mode(path: str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+class SmtpctlAsRootTests(unittest.TestCase):
+    """smtpctl run as root on a deployment that belongs to another user."""
+
+    def deployment(self) -> str:
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(root, "etc"))
+        os.makedirs(os.path.join(root, "mailroot"))
+        config = os.path.join(root, "etc", "smtpd.ini")
+        with open(config, "w") as f:
+            f.write("[domain:priv.test]\ntype = local\n")
+        return config
+
+    def smtpctl(self, config: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([os.path.join(BIN, "smtpctl"), "--config", config, *args],
+                              input="secret\n", capture_output=True, text=True, timeout=60)
+
+    def test_accounts_file_goes_to_deployment_user(self):
+        """user add as root: etc/users (0600) is given to the mailroot's owner, and it says so."""
+        name, uid, gid = system_user(self)
+        config = self.deployment()
+        root = os.path.dirname(os.path.dirname(config))
+        os.chown(os.path.join(root, "mailroot"), uid, gid)
+        result = self.smtpctl(config, "user", "add", "ann@priv.test", "--password-stdin")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        users = os.path.join(root, "etc", "users")
+        self.assertIn(f"now belongs to {name}, the owner of", result.stdout)
+        self.assertEqual(owner(users), (uid, gid))
+        self.assertEqual(mode(users), 0o600)
+        result = self.smtpctl(config, "user", "del", "ann@priv.test")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(owner(users), (uid, gid))
+
+    def test_root_deployment_untouched(self):
+        """A mailroot that root owns: the file stays root's and nothing is said."""
+        system_user(self)  # root only
+        config = self.deployment()
+        result = self.smtpctl(config, "user", "add", "ann@priv.test", "--password-stdin")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotIn("belongs", result.stdout)
+        root = os.path.dirname(os.path.dirname(config))
+        self.assertEqual(owner(os.path.join(root, "etc", "users"))[0], 0)
+
+
+class OwnershipTests(unittest.TestCase):
+    """smtpd.util.ownership on real files."""
+
+    def test_give_tree_never_follows_symlinks(self):
+        """give_tree changes the tree's entries, not what a symlink in it points at."""
+        name, uid, gid = system_user(self)
+        top = os.path.abspath(self.mktemp())
+        outside = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(top, "a", "b"))
+        with open(outside, "w") as f:
+            f.write("x")
+        os.symlink(outside, os.path.join(top, "a", "link"))
+        self.assertEqual(give_tree(top, uid, gid), 4)
+        self.assertEqual(owner(os.path.join(top, "a", "b")), (uid, gid))
+        self.assertEqual(owner(outside)[0], 0)
+        self.assertEqual(give_tree(top, uid, gid), 0)
+
+    def test_not_root_hands_nothing_over(self):
+        """Without a mailroot, hand_over_to_deployment leaves the file alone."""
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("x")
+        self.assertIsNone(hand_over_to_deployment(path, os.path.abspath(self.mktemp())))
