@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import os
+from dataclasses import replace
 
 import bcrypt
 from twisted.internet.address import IPv4Address
@@ -215,6 +216,19 @@ class SessionTests(unittest.TestCase):
         lines = self.take(transport)
         self.assertEqual(lines[0], b"-ERR Line too long")
         self.assertTrue(lines[1].startswith(b"+OK"))
+
+    def test_connection_limit(self):
+        """Past [server] max_connections sessions, a new one gets -ERR [SYS/TEMP] and is closed."""
+        self.server.config = replace(self.server.config, server=replace(
+            self.server.config.server, max_connections=1))
+        self.connect()
+        session = POP3Session(self.server)
+        transport = StringTransport()
+        session.makeConnection(transport)
+        self.assertTrue(self.take(transport)[0].startswith(b"-ERR [SYS/TEMP] Too many"))
+        self.assertTrue(transport.disconnecting)
+        session.connectionLost()
+        self.assertEqual(len(self.server.sessions), 1)
 
     def test_capabilities(self):
         """CAPA lists USER and SASL PLAIN before login, not after; no STLS without TLS."""

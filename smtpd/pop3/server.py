@@ -78,8 +78,14 @@ class POP3Server:
             return TLSMemoryBIOFactory(self.tls_options, False, factory)
         return factory
 
-    def register(self, session: POP3Session) -> str:
-        """Admit a new session; its id for the log."""
+    def register(self, session: POP3Session) -> str | None:
+        """
+        Admit a new session: its id for the log, or L{None} when C{[server]
+        max_connections} POP3 sessions are open already.
+        """
+        limit = self.config.server.max_connections
+        if limit and len(self.sessions) >= limit:
+            return None
         session_id = f"pop3-{next(self._ids)}"
         self.sessions[session_id] = session
         return session_id

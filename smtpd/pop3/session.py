@@ -83,7 +83,13 @@ class POP3Session(pop3.POP3):
         peer, host = self.transport.getPeer(), self.transport.getHost()
         self.peer_ip = getattr(peer, "host", "") or str(peer)
         self.server_address = (getattr(host, "host", ""), getattr(host, "port", ""))
-        self.session_id = self.server.register(self)
+        session_id = self.server.register(self)
+        if session_id is None:
+            self.failResponse("[SYS/TEMP] Too many connections, try again later")
+            self.closed = True
+            self.transport.loseConnection()
+            return
+        self.session_id = session_id
         self.timeOut = self.server.idle_timeout
         self.setTimeout(self.timeOut)
         self.successResponse(f"{self.server.config.server.hostname} POP3 ready")
@@ -93,7 +99,8 @@ class POP3Session(pop3.POP3):
         self.closed = True
         self.setTimeout(None)
         self.free_mailbox()
-        self.server.unregister(self.session_id)
+        if self.session_id:
+            self.server.unregister(self.session_id)
 
     def timeoutConnection(self):
         """RFC 1939 3: an idle session is closed without removing anything."""
