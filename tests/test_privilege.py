@@ -22,7 +22,12 @@ import tempfile
 
 from twisted.trial import unittest
 
-from smtpd.util.ownership import give_tree, hand_over_to_deployment, owner
+from smtpd.util.ownership import (
+    give_tree,
+    hand_over_deployment,
+    hand_over_to_deployment,
+    owner,
+)
 from tests.test_tap import send, spawn
 
 BIN = os.path.dirname(sys.executable)
@@ -125,6 +130,27 @@ class OwnershipTests(unittest.TestCase):
         self.assertEqual(owner(os.path.join(top, "a", "b")), (uid, gid))
         self.assertEqual(owner(outside)[0], 0)
         self.assertEqual(give_tree(top, uid, gid), 0)
+
+    def test_hand_over_deployment(self):
+        """The mailroot and the files inside the root go to the user; nothing outside."""
+        name, uid, gid = system_user(self)
+        root = os.path.abspath(self.mktemp())
+        mailroot = os.path.join(root, "mailroot")
+        os.makedirs(os.path.join(mailroot, "queue"))
+        os.makedirs(os.path.join(root, "etc"))
+        key, outside = os.path.join(root, "etc", "key"), os.path.abspath(self.mktemp())
+        for path in (key, outside, os.path.join(mailroot, "queue", "x.json")):
+            with open(path, "w") as f:
+                f.write("x")
+        changed = hand_over_deployment(root, mailroot, [key, outside, root + "/none"], uid, gid)
+        self.assertEqual(changed, [mailroot, key])
+        self.assertEqual(owner(os.path.join(mailroot, "queue", "x.json")), (uid, gid))
+        self.assertEqual(owner(outside)[0], 0)
+        self.assertEqual(owner(os.path.join(root, "etc"))[0], 0)
+        # A mailroot that is the user's already: only its own folders are checked.
+        os.chown(os.path.join(mailroot, "queue"), 0, 0)
+        self.assertEqual(hand_over_deployment(root, mailroot, [], uid, gid),
+                         [os.path.join(mailroot, "queue")])
 
     def test_not_root_hands_nothing_over(self):
         """Without a mailroot, hand_over_to_deployment leaves the file alone."""

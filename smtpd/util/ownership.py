@@ -72,3 +72,37 @@ def hand_over_to_deployment(path: str, mailroot: str) -> str | None:
         return None
     give(path, *deployment)
     return user_name(deployment[0])
+
+
+def _inside(path: str, root: str) -> bool:
+    path, root = os.path.abspath(path), os.path.abspath(root)
+    return os.path.commonpath([path, root]) == root
+
+
+def hand_over_deployment(root: str, mailroot: str, files: list[str],
+                         uid: int, gid: int) -> list[str]:
+    """
+    Before twistd drops privileges (C{--uid}/C{--gid}): give the user the
+    server will run as what root made for it or left behind. The mailroot
+    becomes the user's, wholly when its top folder belongs to someone else
+    (a first start, an old root-run deployment), else its own folders only;
+    each of C{files} (the certificate's folder, certificate, key, accounts
+    file, log) that exists inside the deployment C{root} too (nothing outside
+    it, such as a certificate under /etc, is touched). Returns the paths that
+    changed owner.
+    """
+    changed = []
+    if owner(mailroot) != (uid, gid):
+        if give_tree(mailroot, uid, gid):
+            changed.append(mailroot)
+    elif os.path.isdir(mailroot):
+        for name in sorted(os.listdir(mailroot)):
+            path = os.path.join(mailroot, name)
+            if os.path.isdir(path) and not os.path.islink(path) and give(path, uid, gid):
+                changed.append(path)
+    for path in files:
+        if not _inside(path, root) or not os.path.lexists(path) or os.path.islink(path):
+            continue
+        if give(path, uid, gid):
+            changed.append(path)
+    return changed
