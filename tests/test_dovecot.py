@@ -151,7 +151,7 @@ class DovecotTests(unittest.TestCase):
         await d.deliver()
         unique = os.path.basename(d.files("new")[0]).split(",")[0]
         user, group = mail_user()
-        chown_tree(os.path.join(d.root, "mailroot", "mailbox"), user, group)
+        chown_tree(os.path.join(d.root, "mailroot"), user, group)
         port = free_port()
         with open(TEMPLATE) as f:
             config = dovecot_config(f.read(), d.root, self.run_folder(), port, user, group)
