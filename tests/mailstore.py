@@ -17,7 +17,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from smtpd.config import load_config
 from smtpd.directory import accounts
 from smtpd.pop3.server import POP3Factory
-from smtpd.tap import Listener, build
+from smtpd.tap import build
 from tests import support
 
 HOST = "mx.example.test"
@@ -81,7 +81,7 @@ class Deployment:
         self.top.startService()
         testcase.addCleanup(self.top.stopService)
         self.smtp_port = self.pop3_port = self.pop3s_port = 0
-        for listener in (s for s in self.top if isinstance(s, Listener)):
+        for listener in self.top.listeners.listeners:
             port = listener.address()[1]
             factory = listener.factory
             if isinstance(factory, TLSMemoryBIOFactory):
