@@ -33,6 +33,7 @@ from smtpd.delivery.drop import DropDelivery
 from smtpd.delivery.maildir import MaildirDelivery
 from smtpd.config.preflight import creates_certificate, preflight
 from smtpd.service.listeners import Listener, ListenerGroup, StartupError
+from smtpd.service.privileges import UMASK, HandOver, run_as
 from smtpd.service.server import SMTPServer
 from smtpd.service.signals import SignalService
 from smtpd.util.activity import ActivityLog
@@ -269,10 +270,15 @@ def makeService(options: Options) -> service.IService:
 
     config = options["parsed"]
     raise_file_limit()
+    os.umask(UMASK)
     try:
         top = build(config, reactor)
     except (tls.TLSError, UsersError, OSError) as e:
         print(f"{config.path}: cannot start: {e}", file=sys.stderr)
         raise SystemExit(1)
+    # twistd --uid/--gid as root: what root made goes to that user before the switch.
+    account = run_as(options)
+    if account is not None:
+        HandOver(config, *account).setServiceParent(top)
     _quiet_startup_errors()
     return top

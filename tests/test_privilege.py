@@ -71,6 +71,56 @@ def mode(path: str) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
+class DropPrivilegesTests(unittest.TestCase):
+    """twistd --uid/--gid started as root."""
+
+    timeout = 60
+
+    async def test_binds_low_port_then_runs_as_user(self):
+        """Port < 1024 bound as root; process, queue, Maildir and key files are the user's."""
+        name, uid, gid = system_user(self)
+        root = traversable_root(self)
+        os.makedirs(os.path.join(root, "etc"))
+        # As docs/install.md says: the log folder is the user's, etc/ stays root's.
+        os.makedirs(os.path.join(root, "log"))
+        os.chown(os.path.join(root, "log"), uid, gid)
+        port = free_low_port()
+        config = os.path.join(root, "etc", "smtpd.ini")
+        with open(config, "w") as f:
+            f.write(f"[server]\nhostname = mx.priv.test\nlisten = tcp:{port}:interface=127.0.0.1\n"
+                    "[delivery]\nsmart_host = [127.0.0.1]:9\n"
+                    "[logging]\npath = log/activity.log\n"
+                    "[domain:priv.test]\ntype = local\n")
+        process = spawn(self, ["twistd", "-n", "--pidfile=", "--logfile=-",
+                               f"--uid={name}", f"--gid={name}", "smtpd", "--config", config])
+        await process.wait_for(rb"Listening on \S+ \(127\.0\.0\.1:%d\)" % port)
+        # twistd says so once it has switched (after privilegedStartService).
+        await process.wait_for(rb"set uid/gid %d/%d" % (uid, gid))
+        with open(f"/proc/{process.transport.pid}/status") as f:
+            status = dict(line.split(":", 1) for line in f.read().splitlines())
+        self.assertEqual(status["Uid"].split(), [str(uid)] * 4)
+        self.assertEqual(status["Gid"].split(), [str(gid)] * 4)
+
+        local = await send(self, port, b"postmaster@priv.test")
+        self.assertTrue(local.startswith("250 "), local)
+        remote = await send(self, port, b"someone@elsewhere.test")
+        self.assertTrue(remote.startswith("250 "), remote)
+
+        mailroot = os.path.join(root, "mailroot")
+        maildir = os.path.join(mailroot, "mailbox", "priv.test", "postmaster")
+        [message] = glob.glob(os.path.join(maildir, "new", "*"))
+        queued = glob.glob(os.path.join(mailroot, "queue", "*"))
+        self.assertTrue(queued)
+        for path in [message, *queued, os.path.join(root, "etc", "tls", "smtpd.key"),
+                     os.path.join(root, "log", "activity.log")]:
+            self.assertEqual(owner(path), (uid, gid), path)
+            self.assertEqual(mode(path) & 0o077, 0, f"{path}: {oct(mode(path))}")
+        for folder in (mailroot, os.path.join(mailroot, "queue"), maildir,
+                       os.path.join(maildir, "new"), os.path.dirname(maildir)):
+            self.assertEqual(owner(folder), (uid, gid), folder)
+            self.assertEqual(mode(folder), 0o700, folder)
+
+
 class SmtpctlAsRootTests(unittest.TestCase):
     """smtpctl run as root on a deployment that belongs to another user."""
 
