@@ -22,6 +22,7 @@ from twisted.internet import defer, reactor, threads
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial import unittest
 
+from tests.engines import find_engine, skip_unless
 from tests.mailstore import PASSWORD, USER, Deployment, eventually
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -108,10 +109,7 @@ class DovecotTests(unittest.TestCase):
     """A real Dovecot on smtpd's Maildirs."""
 
     timeout = 60
-
-    def setUp(self):
-        if shutil.which("dovecot") is None:
-            raise unittest.SkipTest("dovecot is not installed (apt-get install dovecot-imapd)")
+    skip = skip_unless("dovecot", "dovecot/imap")
 
     def run_folder(self) -> str:
         """A short-named temporary folder for Dovecot's sockets, removed after."""
@@ -121,7 +119,7 @@ class DovecotTests(unittest.TestCase):
 
     async def start_dovecot(self, config: str, port: int) -> None:
         dovecot = Dovecot()
-        process = reactor.spawnProcess(dovecot, shutil.which("dovecot"),
+        process = reactor.spawnProcess(dovecot, find_engine("dovecot"),
                                        ["dovecot", "-F", "-c", config], env=dict(os.environ))
 
         async def stop():

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import poplib
-import shutil
 import subprocess
 
 from twisted.internet import threads
 from twisted.trial import unittest
 
+from tests.engines import find_engine, skip_unless
 from tests.mailstore import PASSWORD, USER, Deployment
 
 
@@ -220,10 +220,7 @@ class FetchmailTests(unittest.TestCase):
     """Debian's fetchmail picks mail up from smtpd over STLS."""
 
     timeout = 60
-
-    def setUp(self):
-        if shutil.which("fetchmail") is None:
-            raise unittest.SkipTest("fetchmail is not installed (apt-get install fetchmail)")
+    skip = skip_unless("fetchmail")
 
     async def test_fetchmail_retrieves_over_stls(self):
         """fetchmail (sslproto tls1.2+, the test CA) fetches the message into its MDA."""
@@ -246,7 +243,7 @@ class FetchmailTests(unittest.TestCase):
 
         def fetch():
             return subprocess.run(
-                ["fetchmail", "-f", rc, "--nodetach", "--nosyslog", "-v"],
+                [find_engine("fetchmail"), "-f", rc, "--nodetach", "--nosyslog", "-v"],
                 env=env, capture_output=True, timeout=30, check=False)
 
         result = await threads.deferToThread(fetch)

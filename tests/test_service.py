@@ -11,7 +11,6 @@ import glob
 import grp
 import os
 import pwd
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from twisted.internet import defer, reactor, threads
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial import unittest
 
+from tests.engines import find_engine, skip_unless
 from tests.mailstore import eventually
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,6 +35,16 @@ def installed(source: str, target: str, root: str) -> None:
         f.write(text.replace("/srv/mail", root))
 
 
+def skip_decorator(*engines: str):
+    """Mark a test method skipped (naming the package) when an engine is missing."""
+
+    def mark(method):
+        method.skip = skip_unless(*engines)
+        return method
+
+    return mark
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
@@ -45,11 +55,10 @@ def free_port() -> int:
 class UnitFileTests(unittest.TestCase):
     """etc/systemd and etc/logrotate.d as a Debian machine checks them."""
 
+    @skip_decorator("systemd-analyze")
     def test_systemd_units_verify(self):
         """systemd-analyze verify accepts every unit, without a warning about it."""
-        tool = shutil.which("systemd-analyze")
-        if tool is None:
-            raise unittest.SkipTest("systemd-analyze is not installed (apt-get install systemd)")
+        tool = find_engine("systemd-analyze")
         units = sorted(glob.glob(os.path.join(REPO, "etc", "systemd", "*.s*")))
         self.assertEqual([os.path.basename(u) for u in units],
                          ["smtpd-socket.service", "smtpd.service", "smtpd.socket"])
@@ -65,11 +74,10 @@ class UnitFileTests(unittest.TestCase):
         self.assertEqual(result.returncode, 0, output)
         self.assertNotIn("smtpd", output)
 
+    @skip_decorator("logrotate")
     def test_logrotate_snippet_parses(self):
         """logrotate reads the snippet (debug mode: nothing is rotated)."""
-        tool = shutil.which("logrotate")
-        if tool is None:
-            raise unittest.SkipTest("logrotate is not installed (apt-get install logrotate)")
+        tool = find_engine("logrotate")
         folder = os.path.abspath(self.mktemp())
         os.makedirs(os.path.join(folder, "log"))
         with open(os.path.join(folder, "log", "activity.log"), "w") as f:
@@ -116,11 +124,10 @@ class SocketActivationTests(unittest.TestCase):
 
     timeout = 60
 
+    @skip_decorator("systemd-socket-activate")
     async def test_serves_on_inherited_socket(self):
         """With listen = systemd:domain=INET:index=0, smtpd answers on the inherited socket."""
-        tool = shutil.which("systemd-socket-activate")
-        if tool is None:
-            raise unittest.SkipTest("systemd-socket-activate is not installed (apt-get install systemd)")
+        tool = find_engine("systemd-socket-activate")
         root = os.path.abspath(self.mktemp())
         os.makedirs(os.path.join(root, "etc"))
         config = os.path.join(root, "etc", "smtpd.ini")
