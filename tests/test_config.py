@@ -452,6 +452,9 @@ class ProblemLineTests(ConfigTestCase):
         self.assertIn("[pop3] pop3s = unix:/tmp/p.sock: 'unix:/tmp/p.sock' is not a plain", line)
         line = self.problem("[pop3]\nlisten = tls:995\n")
         self.assertIn("[pop3] listen = tls:995: 'tls:995': unknown endpoint type", line)
+        line = self.problem("[server]\nlisten = tcp:2525\n[pop3]\npop3s = tcp:2525:interface=127.0.0.1\n")
+        self.assertIn("[pop3] pop3s = tcp:2525:interface=127.0.0.1: tcp:2525:interface=127.0.0.1 "
+                      "binds the port of tcp:2525 in [server] listen", line)
         line = self.problem("[pop3]\napop = yes\n")
         self.assertIn("[pop3] apop", line)
 
