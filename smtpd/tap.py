@@ -38,6 +38,7 @@ from smtpd.service.server import SMTPServer
 from smtpd.service.signals import SignalService
 from smtpd.util.activity import ActivityLog
 from smtpd.delivery.mx import MXResolver, close_resolver, make_resolver
+from smtpd.inbound.policy import may_connect
 from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION, Inbound
 from smtpd.queue.manager import QueueManager
 from smtpd.queue.store import Queue
@@ -221,10 +222,10 @@ def add_pop3(listeners: list[Listener], config: Config, reactor, users, check_pa
     """
     The POP3 service ([pop3] listen and pop3s): its listeners join
     C{listeners}, bound with the others. Password checks share the AUTH
-    threads, mailbox scans the disk threads.
+    threads, mailbox scans the disk threads; [access] allow/deny apply as for SMTP.
     """
     pop3 = POP3Server(config, users, reactor, check_passwords, run_blocking,
-                      tls_options, activity)
+                      tls_options, activity, may_connect=may_connect)
     for endpoints, implicit_tls in ((config.pop3.listen, False), (config.pop3.pop3s, True)):
         for description in endpoints:
             listeners.append(Listener(reactor, description, pop3.factory(implicit_tls)))

@@ -6,6 +6,7 @@ real L{POP3Server} with real accounts (bcrypt) and a real Maildir on disk.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 from dataclasses import replace
 
@@ -16,8 +17,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from smtpd.config import AuthConfig, Config, DomainConfig, ServerConfig
+from smtpd.config import AccessConfig, AuthConfig, Config, DomainConfig, ServerConfig
 from smtpd.directory.accounts import Users
+from smtpd.inbound.policy import may_connect
 from smtpd.pop3.server import POP3Server
 from smtpd.pop3.session import POP3Session
 from smtpd.util.activity import ActivityLog
@@ -229,6 +231,19 @@ class SessionTests(unittest.TestCase):
         self.assertTrue(transport.disconnecting)
         session.connectionLost()
         self.assertEqual(len(self.server.sessions), 1)
+
+    def test_access_denied(self):
+        """A client that [access] denies gets -ERR [SYS/PERM] and is closed."""
+        self.server.may_connect = may_connect
+        self.server.config = replace(self.server.config, access=AccessConfig(
+            deny=(ipaddress.ip_network("192.0.2.0/24"),)))
+        session = POP3Session(self.server)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.9", 4000))
+        session.makeConnection(transport)
+        self.assertEqual(self.take(transport), [b"-ERR [SYS/PERM] Access denied"])
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.server.sessions, {})
+        self.connect()
 
     def test_capabilities(self):
         """CAPA lists USER and SASL PLAIN before login, not after; no STLS without TLS."""

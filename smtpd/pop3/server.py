@@ -45,6 +45,8 @@ class POP3Server:
     @param run_blocking: the same for disk work.
     @param tls_options: the server's TLS context factory, or L{None}.
     @param activity: the L{smtpd.util.activity.ActivityLog}.
+    @param may_connect: C{may_connect(config, ip)}: whether C{[access]} lets
+        a client at C{ip} in (the SMTP listeners' rule); everyone when L{None}.
     """
 
     def __init__(self, config: Config, users: Any, clock: Any,
@@ -52,7 +54,8 @@ class POP3Server:
                  run_blocking: Callable[..., Deferred], tls_options: Any,
                  activity: Any, login_delay: int = LOGIN_DELAY,
                  failure_delay: float = FAILURE_DELAY,
-                 idle_timeout: float = IDLE_TIMEOUT):
+                 idle_timeout: float = IDLE_TIMEOUT,
+                 may_connect: Callable[[Config, str], bool] | None = None):
         self.config = config
         self.users = users
         self.clock = clock
@@ -63,6 +66,7 @@ class POP3Server:
         self.login_delay = login_delay
         self.failure_delay = failure_delay
         self.idle_timeout = idle_timeout
+        self.may_connect = may_connect
         self.sessions: dict[str, POP3Session] = {}
         self._ids = itertools.count(1)
         self._in_use: set[str] = set()
@@ -78,14 +82,21 @@ class POP3Server:
             return TLSMemoryBIOFactory(self.tls_options, False, factory)
         return factory
 
-    def register(self, session: POP3Session) -> str | None:
+    def refusal(self, ip: str) -> str | None:
         """
-        Admit a new session: its id for the log, or L{None} when C{[server]
-        max_connections} POP3 sessions are open already.
+        Why a new session from C{ip} is refused (the C{-ERR} text), or L{None}:
+        C{[access]} denies it, or C{[server] max_connections} POP3 sessions
+        are open already.
         """
+        if self.may_connect is not None and not self.may_connect(self.config, ip):
+            return "[SYS/PERM] Access denied"
         limit = self.config.server.max_connections
         if limit and len(self.sessions) >= limit:
-            return None
+            return "[SYS/TEMP] Too many connections, try again later"
+        return None
+
+    def register(self, session: POP3Session) -> str:
+        """Admit a new session; its id for the log."""
         session_id = f"pop3-{next(self._ids)}"
         self.sessions[session_id] = session
         return session_id

@@ -83,13 +83,13 @@ class POP3Session(pop3.POP3):
         peer, host = self.transport.getPeer(), self.transport.getHost()
         self.peer_ip = getattr(peer, "host", "") or str(peer)
         self.server_address = (getattr(host, "host", ""), getattr(host, "port", ""))
-        session_id = self.server.register(self)
-        if session_id is None:
-            self.failResponse("[SYS/TEMP] Too many connections, try again later")
+        refusal = self.server.refusal(self.peer_ip)
+        if refusal is not None:
+            self.failResponse(refusal)
             self.closed = True
             self.transport.loseConnection()
             return
-        self.session_id = session_id
+        self.session_id = self.server.register(self)
         self.timeOut = self.server.idle_timeout
         self.setTimeout(self.timeOut)
         self.successResponse(f"{self.server.config.server.hostname} POP3 ready")
