@@ -20,7 +20,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from smtpd.config import Config
 from smtpd.delivery.maildir import MailboxError, split_mailbox
 from smtpd.pop3.maildir import MaildirInbox, scan
-from smtpd.pop3.session import LoginRefused, POP3Session
+from smtpd.pop3.login import LoginRefused
+from smtpd.pop3.session import POP3Session
 from smtpd.directory.accounts import address_problem
 
 # RFC 2449 6.8: the minimum seconds between two logins to one account.
