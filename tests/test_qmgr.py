@@ -12,7 +12,7 @@ import errno
 import json
 import os
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -25,6 +25,7 @@ from smtpd.config import (
     ServerConfig,
 )
 from smtpd.mail.envelope import DeliveryStatus, Envelope, Recipient
+from smtpd.mail.source import BytesSource, read_all
 from smtpd.delivery.drop import DropDelivery
 from smtpd.delivery.maildir import MaildirDelivery
 from smtpd.util.activity import ActivityLog
@@ -82,8 +83,12 @@ class FakeRelay:
         self.hanging: list[tuple[Deferred, list[DeliveryStatus]]] = []
         self.error: Exception | None = None
 
-    def deliver(self, envelope, recipients, data):
-        self.calls.append(RelayCall(self.clock.seconds(), envelope, recipients, data))
+    name = "relay"
+
+    def deliver(self, envelope, deliveries, message):
+        recipients = [r for r, _ in deliveries]
+        self.calls.append(RelayCall(self.clock.seconds(), envelope, recipients,
+                                    read_all(message)))
         if self.error is not None:
             raise self.error
         statuses = [self._answer(r.address) for r in recipients]
@@ -107,6 +112,9 @@ class FakeRelay:
         for d, statuses in answered:
             d.callback(statuses)
 
+    def stop(self):
+        """Nothing to close."""
+
     def for_entry(self, queue_id):
         return [c for c in self.calls if c.id == queue_id]
 
@@ -122,14 +130,13 @@ class FakeRelay:
         return found
 
 
-class FailingLocal:
-    """A Maildir agent whose disk always fails with C{error}."""
+def failing_disk(error):
+    """A C{run_blocking} whose disk work always fails with C{error}."""
 
-    def __init__(self, error):
-        self.error = error
+    def run(f, *args, **kwargs):
+        return fail(error)
 
-    def deliver(self, envelope, mailbox, data):
-        raise self.error
+    return run
 
 
 def report_blocks(message):
@@ -182,11 +189,13 @@ class QueueManagerMixin:
         return Queue(os.path.join(self.mailroot, "queue"), self.clock, run_now)
 
     def make_qmgr(self, **kw) -> QueueManager:
+        agents = {"local": self.local,
+                  "drop": DropDelivery(self.mailroot, self.clock, run_now),
+                  "relay": self.relay}
+        agents.update(kw.pop("agents", {}))
         options = dict(
             users=self.users,
-            local=self.local,
-            drop=DropDelivery(self.mailroot, self.clock, run_now),
-            relay=self.relay,
+            agents=agents,
             bounces=BounceBuilder(HOST, self.clock),
             log=self.records.append,
         )
@@ -205,7 +214,7 @@ class QueueManagerMixin:
         envelope = Envelope(id=self.queue.new_id(), sender=sender, recipients=rcpts,
                             arrival=now, next_attempt=now, size=len(MESSAGE),
                             client="client [192.0.2.9]", **kw)
-        d = self.queue.store(envelope, MESSAGE)
+        d = self.queue.store(envelope, BytesSource(MESSAGE))
         self.assertIsNone(self.successResultOf(d))
         return envelope.id
 
@@ -385,7 +394,9 @@ class DeliveryTests(QueueManagerMixin, unittest.TestCase):
 
     def test_disk_full_local(self) -> None:
         """ENOSPC from the Maildir agent: 452 4.3.1, retried."""
-        self.qmgr = self.make_qmgr(local=FailingLocal(OSError(errno.ENOSPC, "No space")))
+        disk_full = failing_disk(OSError(errno.ENOSPC, "No space"))
+        self.qmgr = self.make_qmgr(
+            agents={"local": MaildirDelivery(self.mailroot, HOST, self.clock, disk_full)})
         self.qmgr.startService()
         queue_id = self.store(["carol@example.net"])
         self.clock.advance(0)

@@ -13,7 +13,6 @@ most C{max_in_flight} attempts run at once.
 
 from __future__ import annotations
 
-import errno
 import heapq
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,13 +35,16 @@ from smtpd.mail.envelope import (
 )
 from smtpd.mail.envelope import DELIVERED as RCPT_DELIVERED
 from smtpd.mail.envelope import FAILED as RCPT_FAILED
-from smtpd.delivery.maildir import MailboxError
-from smtpd.directory.routing import DROP, LOCAL, REMOTE, route
+from smtpd.delivery.outcome import temporary
+from smtpd.directory.routing import DROP, LOCAL, REMOTE, Destination, route
+from smtpd.mail.source import BytesSource, IMessageSource, read_all, read_head
 
 # Envelope.client of the reports we generate: not counted as "received".
 LOCAL_CLIENT = "local"
 
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# The agent (by name in the registry) for each kind of destination.
+AGENT_FOR = {LOCAL: "local", DROP: "drop", REMOTE: "relay"}
+
 _DEFAULT_NOTIFY = ("FAILURE", "DELAY")
 
 
@@ -65,11 +67,6 @@ def reply_line(status: DeliveryStatus) -> str:
     return f"{status.code} {status.status} {text}".rstrip()
 
 
-def temporary(address: str, text: str) -> DeliveryStatus:
-    """A local temporary failure (451 4.3.0) for C{address}."""
-    return DeliveryStatus(address, 451, "4.3.0", text)
-
-
 class QueueManager(Service):
     """
     Runs deliveries for everything in the queue.
@@ -77,16 +74,17 @@ class QueueManager(Service):
     @param queue: the L{smtpd.queue.Queue}; the only state shared with the
         rest of the server.
     @param clock: an C{IReactorTime}.
-    @param local: the Maildir agent (C{deliver(envelope, mailbox, data)}
-        firing with the new file's path, C{remove(path)} taking it back).
-    @param drop: the drop-folder agent (C{deliver(envelope, addresses, data)}).
-    @param relay: the RelayManager (C{deliver(envelope, recipients, data)}
-        firing with one L{DeliveryStatus} per recipient).
+    @param agents: the delivery agents by name (C{"local"}, C{"drop"},
+        C{"relay"}), each an L{smtpd.delivery.interfaces.IDeliveryAgent};
+        C{"local"} is also an L{smtpd.delivery.interfaces.IMailboxAgent}
+        for the all-local fast path.
     @param log: where the per-recipient delivery lines go: an object with
         C{delivery(queue_id, recipient, relay, code, status, delay)} (the
         L{smtpd.log.ActivityLog}), a twisted.logger C{Logger}, or a callable
         taking one dict. Errors go to its C{failure} method when it has one,
         else to twisted.logger.
+    @param run_blocking: C{f(callable, *args) -> Deferred} for disk reads
+        (the original message for a report); by default in the caller's thread.
     @param max_in_flight: how many attempts may run at once; by default
         C{[delivery] outbound_connections}, at least 100.
     @param shutdown_timeout: how long L{stopService} waits for them.
@@ -105,11 +103,10 @@ class QueueManager(Service):
         clock,
         *,
         users,
-        local,
-        drop,
-        relay,
+        agents,
         bounces: BounceBuilder,
         log=None,
+        run_blocking=None,
         max_in_flight: int | None = None,
         shutdown_timeout: float = 30.0,
     ) -> None:
@@ -117,11 +114,10 @@ class QueueManager(Service):
         self.queue = queue
         self.clock = clock
         self.users = users
-        self.local = local
-        self.drop = drop
-        self.relay = relay
+        self.agents = dict(agents)
         self.bounces = bounces
         self.log = log if log is not None else Logger()
+        self._run = run_blocking if run_blocking is not None else maybeDeferred
         if max_in_flight is None:
             max_in_flight = max(100, config.delivery.outbound_connections)
         self.max_in_flight = max_in_flight
@@ -197,11 +193,11 @@ class QueueManager(Service):
 
     # -- messages just accepted
 
-    def accept(self, envelope: Envelope, data: bytes) -> Deferred[None]:
+    def accept(self, envelope: Envelope, message: IMessageSource) -> Deferred[None]:
         """
-        Take charge of a message an inbound session has just received: fires
-        once it is durable, fails like L{smtpd.queue.Queue.store} when it
-        cannot be made so.
+        Take charge of a message an inbound session has just received (an
+        L{IMessageSource}): fires once it is durable, fails like
+        L{smtpd.queue.store.Queue.store} when it cannot be made so.
 
         When every recipient is a local mailbox and none asked for a success
         DSN, the message is written to those Maildirs at once, with the
@@ -212,21 +208,21 @@ class QueueManager(Service):
         """
         mailboxes = self._all_local(envelope)
         if mailboxes is None:
-            return self.queue.store(envelope, data)
-        return Deferred.fromCoroutine(self._accept_local(envelope, mailboxes, data))
+            return self.queue.store(envelope, message)
+        return Deferred.fromCoroutine(self._accept_local(envelope, mailboxes, message))
 
     async def _accept_local(
-        self, envelope: Envelope, mailboxes: dict[str, list[Recipient]], data: bytes
+        self, envelope: Envelope, mailboxes: dict[str, list[Recipient]], message: IMessageSource
     ) -> None:
-        if not await self._deliver_at_once(envelope, mailboxes, data):
-            await self.queue.store(envelope, data)
+        if not await self._deliver_at_once(envelope, mailboxes, message):
+            await self.queue.store(envelope, message)
 
     def _all_local(self, envelope: Envelope) -> dict[str, list[Recipient]] | None:
         """
         The recipients per Maildir when all of them can be delivered at once
         (local mailboxes, no success DSN wanted); else L{None}.
         """
-        if not self.running or envelope.state != QUEUED:
+        if not self.running or envelope.state != QUEUED or "local" not in self.agents:
             return None
         mailboxes: dict[str, list[Recipient]] = {}
         for recipient in envelope.recipients:
@@ -242,18 +238,19 @@ class QueueManager(Service):
         return mailboxes or None
 
     async def _deliver_at_once(
-        self, envelope: Envelope, mailboxes: dict[str, list[Recipient]], data: bytes
+        self, envelope: Envelope, mailboxes: dict[str, list[Recipient]], message: IMessageSource
     ) -> bool:
         """Write every Maildir copy, or none; whether every one was written."""
+        local = self.agents["local"]
         if len(mailboxes) == 1:
             [mailbox] = mailboxes
             try:
-                results = [(True, await self.local.deliver(envelope, mailbox, data))]
+                results = [(True, await local.write(envelope, mailbox, message))]
             except Exception:
                 results = [(False, Failure())]
         else:
             results = await DeferredList(
-                [maybeDeferred(self.local.deliver, envelope, m, data) for m in mailboxes],
+                [maybeDeferred(local.write, envelope, m, message) for m in mailboxes],
                 consumeErrors=True,
             )
         written = [path for ok, path in results if ok]
@@ -273,7 +270,7 @@ class QueueManager(Service):
                                   error=failure.getErrorMessage())
         for path in written:
             try:
-                await maybeDeferred(self.local.remove, path)
+                await maybeDeferred(local.remove, path)
             except Exception:
                 self._errors.failure("Cannot take back {path} of {queue_id}; "
                                      "it may be delivered twice",
@@ -401,21 +398,21 @@ class QueueManager(Service):
             return
         pending = envelope.pending()
         try:
-            data = await self.queue.read_data(queue_id)
+            message = self.queue.source(queue_id)
         except Exception:
             self._errors.failure("Cannot read the data of queue entry {queue_id}",
                                  queue_id=queue_id)
-            data = b""
+            message = BytesSource(b"")
             statuses = {r.address: temporary(r.address, "queue file unreadable") for r in pending}
             kinds: dict[str, str] = {}
         else:
-            statuses, kinds = await self._deliver(envelope, pending, data)
+            statuses, kinds = await self._deliver(envelope, pending, message)
         now = self.clock.seconds()
         for recipient in pending:
             self._apply(envelope, recipient, statuses[recipient.address],
                         kinds.get(recipient.address, ""), now)
         envelope.attempts += 1
-        await self._conclude(envelope, pending, kinds, data, now)
+        await self._conclude(envelope, pending, kinds, message, now)
 
     async def _read_envelope(self, queue_id: str) -> Envelope | None:
         """
@@ -432,20 +429,17 @@ class QueueManager(Service):
     # -- delivery agents
 
     async def _deliver(
-        self, envelope: Envelope, pending: list[Recipient], data: bytes
+        self, envelope: Envelope, pending: list[Recipient], message: IMessageSource
     ) -> tuple[dict[str, DeliveryStatus], dict[str, str]]:
         """
-        Route each pending recipient and run the agents concurrently: one
-        Maildir delivery per mailbox, one drop for all drop recipients, one
-        relay call for all remote recipients.
+        Route each pending recipient and hand the recipients of each agent to
+        it, all agents at once.
 
         @return: a status per address, and the destination kind per address.
         """
         statuses: dict[str, DeliveryStatus] = {}
         kinds: dict[str, str] = {}
-        mailboxes: dict[str, list[Recipient]] = {}
-        drops: list[Recipient] = []
-        remotes: list[Recipient] = []
+        groups: dict[str, list[tuple[Recipient, Destination]]] = {}
         for recipient in pending:
             if recipient.address in kinds or recipient.address in statuses:
                 continue  # a repeated RCPT: one delivery
@@ -462,86 +456,33 @@ class QueueManager(Service):
                 )
                 continue
             kinds[recipient.address] = destination.kind
-            if destination.kind == LOCAL:
-                mailboxes.setdefault(destination.mailbox, []).append(recipient)
-            elif destination.kind == DROP:
-                drops.append(recipient)
-            else:
-                remotes.append(recipient)
-        jobs = []
-        if mailboxes:
-            jobs.append(Deferred.fromCoroutine(self._deliver_local(envelope, mailboxes, data)))
-        if drops:
-            jobs.append(Deferred.fromCoroutine(self._deliver_drop(envelope, drops, data)))
-        if remotes:
-            jobs.append(Deferred.fromCoroutine(self._deliver_remote(envelope, remotes, data)))
+            name = AGENT_FOR.get(destination.kind, destination.kind)
+            groups.setdefault(name, []).append((recipient, destination))
+        jobs = [Deferred.fromCoroutine(self._hand_over(name, envelope, deliveries, message))
+                for name, deliveries in groups.items()]
         for results in await gatherResults(jobs, consumeErrors=True):
             for status in results:
                 statuses.setdefault(status.address, status)
         return statuses, kinds
 
-    async def _deliver_local(
-        self, envelope: Envelope, mailboxes: dict[str, list[Recipient]], data: bytes
+    async def _hand_over(
+        self, name: str, envelope: Envelope,
+        deliveries: list[tuple[Recipient, Destination]], message: IMessageSource,
     ) -> list[DeliveryStatus]:
-        """Maildir delivery, once per mailbox (aliases of one account share it)."""
-        results = []
-        for mailbox, recipients in mailboxes.items():
-            code, status, text = await self._local_one(envelope, mailbox, data)
-            results += [DeliveryStatus(r.address, code, status, text) for r in recipients]
-        return results
-
-    async def _local_one(
-        self, envelope: Envelope, mailbox: str, data: bytes
-    ) -> tuple[int, str, str]:
+        """One call of agent C{name} for its recipients; one status each, whatever happens."""
+        agent = self.agents.get(name)
         try:
-            await maybeDeferred(self.local.deliver, envelope, mailbox, data)
-        except MailboxError as e:
-            return 550, "5.1.1", f"<{mailbox}>: mailbox unavailable: {e}"
-        except OSError as e:
-            return self._disk_error(e, "Maildir delivery", envelope.id)
+            if agent is None:
+                raise LookupError(f"no delivery agent {name!r}")
+            results = list(await maybeDeferred(agent.deliver, envelope, deliveries, message))
         except Exception:
-            self._errors.failure("Maildir delivery of {queue_id} to {mailbox} failed",
-                                 queue_id=envelope.id, mailbox=mailbox)
-            return 451, "4.3.0", "local delivery error"
-        return 250, "2.0.0", f"delivered to maildir of {mailbox}"
-
-    async def _deliver_drop(
-        self, envelope: Envelope, recipients: list[Recipient], data: bytes
-    ) -> list[DeliveryStatus]:
-        """One .eml in the drop folder for all drop recipients."""
-        addresses = [r.address for r in recipients]
-        try:
-            await maybeDeferred(self.drop.deliver, envelope, addresses, data)
-        except OSError as e:
-            code, status, text = self._disk_error(e, "Drop delivery", envelope.id)
-        except Exception:
-            self._errors.failure("Drop delivery of {queue_id} failed", queue_id=envelope.id)
-            code, status, text = 451, "4.3.0", "drop delivery error"
-        else:
-            code, status, text = 250, "2.0.0", "delivered to the drop folder"
-        return [DeliveryStatus(a, code, status, text) for a in addresses]
-
-    def _disk_error(self, error: OSError, what: str, queue_id: str) -> tuple[int, str, str]:
-        """The temporary status for a disk problem of a local agent, logged."""
-        self._errors.error("{what} of {queue_id} failed: {error}",
-                           what=what, queue_id=queue_id, error=error)
-        if error.errno in _DISK_FULL:
-            return 452, "4.3.1", "insufficient system storage"
-        return 451, "4.3.0", "local delivery error"
-
-    async def _deliver_remote(
-        self, envelope: Envelope, recipients: list[Recipient], data: bytes
-    ) -> list[DeliveryStatus]:
-        """One relay call for all remote recipients; one status each."""
-        try:
-            results = list(await maybeDeferred(self.relay.deliver, envelope, recipients, data))
-        except Exception:
-            self._errors.failure("Relaying {queue_id} failed", queue_id=envelope.id)
+            self._errors.failure("Delivery of {queue_id} by {agent} failed",
+                                 queue_id=envelope.id, agent=name)
             results = []
         answered = {s.address for s in results}
-        for r in recipients:
-            if r.address not in answered:
-                results.append(temporary(r.address, "relay error"))
+        for recipient, _ in deliveries:
+            if recipient.address not in answered:
+                results.append(temporary(recipient.address, f"{name} error"))
         return results
 
     # -- outcome
@@ -589,15 +530,15 @@ class QueueManager(Service):
 
     async def _conclude(
         self, envelope: Envelope, attempted: list[Recipient],
-        kinds: dict[str, str], data: bytes, now: float,
+        kinds: dict[str, str], message: IMessageSource, now: float,
     ) -> None:
         """Expiry, notifications, then remove the entry or record it and reschedule."""
         failed = [r for r in attempted if r.state == RCPT_FAILED]
         failed += self._expire(envelope, now)
         if envelope.sender:
-            returned = await self._bounce(envelope, failed, data)
-            await self._report_success(envelope, attempted, kinds, data)
-            await self._warn_delay(envelope, data, now)
+            returned = await self._bounce(envelope, failed, message)
+            await self._report_success(envelope, attempted, kinds, message)
+            await self._warn_delay(envelope, message, now)
             if not returned:
                 for r in failed:
                     r.state = PENDING  # the report is made again at the next attempt
@@ -619,7 +560,7 @@ class QueueManager(Service):
             self._log_result(envelope, r, relay, 554, "4.4.7", now)
         return expired
 
-    async def _bounce(self, envelope: Envelope, failed: list[Recipient], data: bytes) -> bool:
+    async def _bounce(self, envelope: Envelope, failed: list[Recipient], message: IMessageSource) -> bool:
         """
         The NDR for C{failed} recipients whose NOTIFY asks for it, with a copy
         to C{ndr_copy_to} (an extra recipient of the same report).
@@ -630,11 +571,11 @@ class QueueManager(Service):
         if not wanted:
             return True
         copy = self.config.messages.ndr_copy_to
-        return await self._send(envelope, wanted, FAILED, data, extra=(copy,) if copy else ())
+        return await self._send(envelope, wanted, FAILED, message, extra=(copy,) if copy else ())
 
     async def _report_success(
         self, envelope: Envelope, attempted: list[Recipient],
-        kinds: dict[str, str], data: bytes,
+        kinds: dict[str, str], message: IMessageSource,
     ) -> None:
         """Success DSNs: "delivered" for local and drop, "relayed" for remote."""
         done = [r for r in attempted if r.state == RCPT_DELIVERED and wants(r, "SUCCESS")]
@@ -642,26 +583,29 @@ class QueueManager(Service):
         delivered = [r for r in done if kinds.get(r.address) != REMOTE]
         for recipients, action in ((delivered, DELIVERED), (relayed, RELAYED)):
             if recipients:
-                await self._send(envelope, recipients, action, data)
+                await self._send(envelope, recipients, action, message)
 
-    async def _warn_delay(self, envelope: Envelope, data: bytes, now: float) -> None:
+    async def _warn_delay(self, envelope: Envelope, message: IMessageSource, now: float) -> None:
         """One "delayed" DSN per recipient once the message is C{delay_notification} old."""
         limit = self.config.delivery.delay_notification
         if limit <= 0 or now - envelope.arrival < limit:
             return
         late = [r for r in envelope.pending() if not r.notified_delay and wants(r, "DELAY")]
-        if late and await self._send(envelope, late, DELAYED, data):
+        if late and await self._send(envelope, late, DELAYED, message):
             for r in late:
                 r.notified_delay = True
 
     async def _send(
         self, envelope: Envelope, recipients: list[Recipient], action: str,
-        data: bytes, extra: tuple[str, ...] = (),
+        message: IMessageSource, extra: tuple[str, ...] = (),
     ) -> bool:
         """Build and queue one DSN from C{<>} to the sender; whether it is durable."""
         try:
             until = envelope.arrival + self.config.delivery.expiration
-            report = self.bounces.build(envelope, recipients, action, data, retry_until=until)
+            full = action == FAILED and envelope.ret.upper() == "FULL"
+            original = await self._run(read_all if full else read_head, message)
+            report = self.bounces.build(envelope, recipients, action, original,
+                                        retry_until=until)
             now = self.clock.seconds()
             addresses = [envelope.sender]
             addresses += [a for a in extra if a.lower() != envelope.sender.lower()]
@@ -671,7 +615,7 @@ class QueueManager(Service):
                 arrival=now, next_attempt=now, size=len(report),
                 client=LOCAL_CLIENT, body="8BITMIME" if has_8bit(report) else "",
             )
-            await self.queue.store(dsn, report)
+            await self.queue.store(dsn, BytesSource(report))
         except Exception:
             self._errors.failure("Cannot queue the {action} report for {queue_id}",
                                  action=action, queue_id=envelope.id)
@@ -820,7 +764,7 @@ class QueueManager(Service):
         if envelope is None:
             return
         if bounce and envelope.pending():
-            data = await self.queue.read_data(queue_id)
+            message = self.queue.source(queue_id)
             pending = envelope.pending()
             for r in pending:
                 r.state = RCPT_FAILED
@@ -831,7 +775,7 @@ class QueueManager(Service):
                 await self.queue.move_to_badmail(envelope, "deleted by the administrator")
                 self._forget(queue_id)
                 return
-            if not await self._bounce(envelope, pending, data):
+            if not await self._bounce(envelope, pending, message):
                 # Not deleted: the entry goes back on the schedule as it was.
                 self._schedule(queue_id, envelope.next_attempt)
                 self._arm()
