@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_qmgr -*-
 """
-Tests for L{smtpd.qmgr.QueueManager}: scheduling, retries, delay warnings,
+Tests for L{smtpd.queue.manager.QueueManager} and its parts: scheduling, retries, delay warnings,
 expiry, NDRs and the admin surface, driven by a L{Clock} over the real queue,
 the real Maildir and drop agents and an in-memory relay.
 """
@@ -29,7 +29,8 @@ from smtpd.mail.source import BytesSource, read_all
 from smtpd.delivery.drop import DropDelivery
 from smtpd.delivery.maildir import MaildirDelivery
 from smtpd.util.activity import ActivityLog
-from smtpd.queue.manager import QueueManager, reply_line
+from smtpd.queue.manager import QueueManager
+from smtpd.queue.results import reply_line
 from smtpd.queue.store import Queue
 from smtpd.directory.accounts import Users
 
@@ -217,6 +218,21 @@ class QueueManagerMixin:
         d = self.queue.store(envelope, BytesSource(MESSAGE))
         self.assertIsNone(self.successResultOf(d))
         return envelope.id
+
+    def store_waiting(self, count: int, delay: float, spacing: float = 1.0) -> list[str]:
+        """
+        Entries written before the manager starts, due C{delay} from now and
+        C{spacing} seconds apart.
+        """
+        ids = []
+        for n in range(count):
+            envelope = Envelope(id=self.queue.new_id(), sender="alice@example.org",
+                                recipients=[Recipient(f"r{n}@remote.example")],
+                                arrival=self.clock.seconds(), attempts=1, state="deferred",
+                                next_attempt=self.clock.seconds() + delay + n * spacing)
+            self.successResultOf(self.queue.store(envelope, MESSAGE))
+            ids.append(envelope.id)
+        return ids
 
     def entries(self) -> dict[str, Envelope]:
         return {e.id: e for e in self.queue.scan(cleanup=False)}
@@ -635,18 +651,6 @@ class RetryTests(QueueManagerMixin, unittest.TestCase):
 
 class SchedulingTests(QueueManagerMixin, unittest.TestCase):
     """One timer, bounded concurrency, orderly stop."""
-
-    def store_waiting(self, count: int, delay: float) -> list[str]:
-        """Entries written before the manager starts, due C{delay} from now."""
-        ids = []
-        for n in range(count):
-            envelope = Envelope(id=self.queue.new_id(), sender="alice@example.org",
-                                recipients=[Recipient(f"r{n}@remote.example")],
-                                arrival=self.clock.seconds(), attempts=1, state="deferred",
-                                next_attempt=self.clock.seconds() + delay + n)
-            self.successResultOf(self.queue.store(envelope, MESSAGE))
-            ids.append(envelope.id)
-        return ids
 
     def test_one_timer_for_many(self) -> None:
         """100 waiting entries are served by one DelayedCall, at the earliest time."""

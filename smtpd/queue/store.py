@@ -16,7 +16,7 @@ import errno
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -251,7 +251,7 @@ class Queue:
 
     def scan(self, cleanup: bool = True) -> list[Envelope]:
         """
-        Every complete entry, oldest first. Synchronous: used at start and by
+        Every complete entry, oldest first. Synchronous: used by
         C{smtpctl queue list}.
 
         With C{cleanup} (at start, when no other process writes here): create
@@ -260,13 +260,26 @@ class Queue:
         have no data to C{badmail/}. Without it nothing on disk is touched and
         unreadable entries are skipped, so it is safe while the server runs.
         """
+        entries = list(self._walk(cleanup))
+        entries.sort(key=lambda e: (e.arrival, e.id))
+        return entries
+
+    def schedule(self, cleanup: bool = True) -> list[tuple[float, str, str]]:
+        """
+        C{(next_attempt, queue_id, state)} of every complete entry: what the
+        scheduler keeps, without holding the envelopes. Synchronous, at
+        start; C{cleanup} as for L{scan}.
+        """
+        return [(e.next_attempt, e.id, e.state) for e in self._walk(cleanup)]
+
+    def _walk(self, cleanup: bool) -> Iterator[Envelope]:
+        """The envelope of each complete entry, one at a time (see L{scan})."""
         if cleanup:
             self._ensure_directory()
         try:
             names = set(os.listdir(self.directory))
         except FileNotFoundError:
-            return []
-        entries = []
+            return
         for name in names:
             stem, ext = os.path.splitext(name)
             if cleanup and name.startswith(".") and name.endswith(TEMP_SUFFIX):
@@ -277,11 +290,9 @@ class Queue:
             elif ext == ".json" and valid_queue_id(stem):
                 envelope = self._scan_entry(stem, stem + ".eml" in names, cleanup)
                 if envelope is not None:
-                    entries.append(envelope)
+                    yield envelope
         if cleanup:
             fsync_directory(self.directory)
-        entries.sort(key=lambda e: (e.arrival, e.id))
-        return entries
 
     def _scan_entry(self, queue_id: str, has_data: bool, cleanup: bool) -> Envelope | None:
         try:
