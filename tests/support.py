@@ -252,6 +252,14 @@ class SinkSession(LineReceiver):
     def connectionLost(self, reason: Any = None) -> None:
         self.sink.disconnected(self)
 
+    def dataReceived(self, data: bytes) -> None:
+        """Record the command lines that came in one read (a pipelined flight)."""
+        before = len(self.sink.commands)
+        super().dataReceived(data)
+        batch = self.sink.commands[before:]
+        if batch:
+            self.sink.batches.append(batch)
+
     def lineReceived(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace")
         self.sink.commands.append(text)
@@ -417,6 +425,7 @@ class SmtpSink:
     @ivar script: the L{SinkScript}; tests may change it between deliveries.
     @ivar messages: every L{SinkMessage} received, in order.
     @ivar commands: every command line received (all sessions, in order).
+    @ivar batches: the command lines, grouped as they came in one read.
     @ivar connections: how many TCP connections were accepted.
     @ivar max_concurrent: the most sessions open at one time.
     """
@@ -427,6 +436,7 @@ class SmtpSink:
         self.script = script
         self.messages: list[SinkMessage] = []
         self.commands: list[str] = []
+        self.batches: list[list[str]] = []
         self.connections = 0
         self.max_concurrent = 0
         self.sessions: list[SinkSession] = []

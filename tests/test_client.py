@@ -1,5 +1,5 @@
 """
-Tests for L{smtpd.client}: dot-stuffing, and L{RelayClient} sessions against a
+Tests for L{smtpd.delivery.client} and L{smtpd.delivery.wire}: dot-stuffing, and L{RelayClient} sessions against a
 recording SMTP sink over real loopback sockets.
 """
 
@@ -12,20 +12,17 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from smtpd.mail import address
-from smtpd.delivery.client import (
-    CHUNK_SIZE,
-    MAX_REPLY_LINE,
-    MAX_REPLY_LINES,
+from smtpd.delivery.client import MAX_REPLY_LINE, MAX_REPLY_LINES, RelayClient
+from smtpd.delivery.wire import (
     DotStuffer,
     OutboundMessage,
-    RelayClient,
     SessionError,
     dot_stuff,
     enhanced_status,
     xtext,
 )
 from smtpd.mail.envelope import Recipient
-from smtpd.mail.source import BytesSource
+from smtpd.mail.source import CHUNK_SIZE, BytesSource
 from tests.support import (
     CertificateAuthority,
     SinkScript,
@@ -167,8 +164,12 @@ class ClientTests(unittest.TestCase):
         self.assertEqual(sink.messages[0].recipients, ["good@example.test"])
 
     async def test_no_recipient_accepted(self) -> None:
-        """With every RCPT refused no DATA is sent; the next transaction starts with RSET."""
-        sink = self.sink(rcpt={"bad@example.test": "550 5.1.1 no such user"})
+        """
+        Toward a host without PIPELINING, with every RCPT refused no DATA is
+        sent; the next transaction starts with RSET.
+        """
+        sink = self.sink(rcpt={"bad@example.test": "550 5.1.1 no such user"},
+                         extensions=("8BITMIME",))
         client = await self.connect(sink)
         [status] = await client.send(self.message("bad@example.test"))
         self.assertEqual(status.code, 550)
@@ -199,10 +200,12 @@ class ClientTests(unittest.TestCase):
     async def test_421_mid_transaction(self) -> None:
         """
         A 421 during RCPT ends the session: recipients without a final answer
-        get it (temporary), a recipient already refused keeps its 550.
+        get it (temporary), a recipient already refused keeps its 550; one
+        command at a time, no RCPT follows the 421.
         """
         sink = self.sink(rcpt={"bad@example.test": "550 5.1.1 no such user",
-                               "stop@example.test": "421 4.3.2 shutting down"})
+                               "stop@example.test": "421 4.3.2 shutting down"},
+                         extensions=("8BITMIME",))
         client = await self.connect(sink)
         statuses = await client.send(
             self.message("ok@example.test", "bad@example.test", "stop@example.test",
@@ -211,6 +214,69 @@ class ClientTests(unittest.TestCase):
         self.assertEqual([s.code for s in statuses], [421, 550, 421, 421])
         self.assertFalse(client.usable)
         self.assertNotIn("RCPT TO:<never@example.test>", sink.commands)
+
+    async def test_pipelined_flight(self) -> None:
+        """
+        Toward a host that offers PIPELINING, MAIL, every RCPT and DATA go in
+        one write; the replies are matched in order, one status each.
+        """
+        sink = self.sink(rcpt={"bad@example.test": "550 5.1.1 no such user"})
+        client = await self.connect(sink)
+        statuses = await client.send(
+            self.message("a1@example.test", "bad@example.test", "a2@example.test"))
+        self.assertIn(["MAIL FROM:<a@ours.test>", "RCPT TO:<a1@example.test>",
+                       "RCPT TO:<bad@example.test>", "RCPT TO:<a2@example.test>", "DATA"],
+                      sink.batches)
+        self.assertEqual([(s.code, s.status) for s in statuses],
+                         [(250, "2.0.0"), (550, "5.1.1"), (250, "2.0.0")])
+        self.assertEqual(sink.messages[0].recipients, ["a1@example.test", "a2@example.test"])
+        self.assertEqual(sink.messages[0].data, MESSAGE)
+
+    async def test_one_command_at_a_time(self) -> None:
+        """Toward a host without PIPELINING each command waits for the reply to the last."""
+        sink = self.sink(extensions=("8BITMIME",))
+        client = await self.connect(sink)
+        [status] = await client.send(self.message())
+        self.assertEqual(status.code, 250)
+        self.assertEqual({len(batch) for batch in sink.batches}, {1})
+        self.assertIn(["DATA"], sink.batches)
+
+    async def test_pipelined_no_recipient_accepted(self) -> None:
+        """
+        Pipelined, with every RCPT refused the host refuses the DATA sent
+        with them: nothing is delivered, each keeps its RCPT reply, and the
+        session stays usable.
+        """
+        sink = self.sink(rcpt={"bad@example.test": "550 5.1.1 no such user"})
+        client = await self.connect(sink)
+        [status] = await client.send(self.message("bad@example.test"))
+        self.assertEqual((status.code, sink.messages), (550, []))
+        self.assertTrue(client.usable)
+        [status] = await client.send(self.message("good@example.test"))
+        self.assertEqual(status.code, 250)
+
+    async def test_pipelined_421(self) -> None:
+        """Pipelined, a 421 to one RCPT is the status of it and of every later recipient."""
+        sink = self.sink(rcpt={"bad@example.test": "550 5.1.1 no such user",
+                               "stop@example.test": "421 4.3.2 shutting down"})
+        client = await self.connect(sink)
+        statuses = await client.send(
+            self.message("ok@example.test", "bad@example.test", "stop@example.test",
+                         "never@example.test"))
+        self.assertEqual([s.code for s in statuses], [421, 550, 421, 421])
+        self.assertFalse(client.usable)
+
+    async def test_pipelined_mail_refused(self) -> None:
+        """Pipelined, a refused MAIL fails the transaction; the rest of the flight is read."""
+        sink = self.sink(mail="451 4.3.0 try again")
+        client = await self.connect(sink)
+        with self.assertRaises(SessionError) as caught:
+            await client.send(self.message())
+        self.assertEqual(caught.exception.code, 451)
+        self.assertTrue(client.usable)
+        sink.script.mail = "250 2.1.0 Ok"
+        [status] = await client.send(self.message())
+        self.assertEqual(status.code, 250)
 
     async def test_mail_refused(self) -> None:
         """A refused MAIL fails the transaction as a whole; the session stays usable."""

@@ -27,7 +27,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from smtpd.mail.address import ip_literal, split_address
-from smtpd.delivery.client import OutboundMessage, RelayClient, SessionError
+from smtpd.delivery.client import RelayClient
+from smtpd.delivery.wire import OutboundMessage, SessionError
 from smtpd.config import Config, SmartHost
 from smtpd.mail.envelope import DeliveryStatus, Envelope, Recipient
 from smtpd.delivery.interfaces import IDeliveryAgent
