@@ -166,6 +166,8 @@ class SinkScript:
     @ivar auth: C{{login: password}}; when set, AUTH is offered with
         L{auth_mechanisms} (PLAIN and LOGIN are implemented).
     @ivar rcpt: replies to RCPT by address (lower case); others get L{rcpt_ok}.
+    @ivar keep_data: whether messages keep their data; when not, only its
+        size is counted (L{SinkMessage.size}), for messages too big to hold.
     """
 
     name: str = "sink.test"
@@ -184,6 +186,7 @@ class SinkScript:
     data: str = "354 End data with <CR><LF>.<CR><LF>"
     rset: str = "250 2.0.0 Ok"
     end_of_data: str | None = "250 2.0.0 Ok: queued"
+    keep_data: bool = True
 
 
 @dataclass
@@ -198,6 +201,7 @@ class SinkMessage:
     @ivar raw: the DATA stream as on the wire, final C{.CRLF} included.
     @ivar data: the message after dot-unstuffing: everything before the final
         dot line, so it ends with the CRLF that precedes that line.
+    @ivar size: the octets of the DATA stream, final C{.CRLF} included.
     """
 
     helo: str
@@ -209,6 +213,7 @@ class SinkMessage:
     recipients: list[str]
     raw: bytes = b""
     data: bytes = b""
+    size: int = 0
 
 
 def _path(argument: str) -> str:
@@ -237,6 +242,8 @@ class SinkSession(LineReceiver):
         self.auth: str | None = None
         self.current: SinkMessage | None = None
         self._raw = b""
+        self._counted = 0
+        self._tail = b""
         self._auth_state: tuple[str, ...] | None = None
         self.greeted = False
 
@@ -388,6 +395,8 @@ class SinkSession(LineReceiver):
             self.setRawMode()
 
     def rawDataReceived(self, data: bytes) -> None:
+        if not self.script.keep_data:
+            return self._count(data)
         self._raw += data
         if self._raw.startswith(b".\r\n"):
             end = 3
@@ -398,13 +407,36 @@ class SinkSession(LineReceiver):
             end += 5
         raw, rest = self._raw[:end], self._raw[end:]
         self._raw = b""
-        message, self.current = self.current, None
+        message = self._received(len(raw))
         message.raw = raw
         message.data = unstuff(raw)
+        self.setLineMode(rest)
+
+    def _count(self, data: bytes) -> None:
+        """Count a DATA stream without keeping it: only its last octets, to find its end."""
+        window = self._tail + data
+        if self._counted == 0 and window.startswith(b".\r\n"):
+            end = 3
+        else:
+            end = window.find(b"\r\n.\r\n")
+            if end < 0:
+                self._counted += len(data)
+                self._tail = window[-4:]
+                return
+            end += 5
+        used = end - len(self._tail)
+        size, self._counted, self._tail = self._counted + used, 0, b""
+        self._received(size)
+        self.setLineMode(data[used:])
+
+    def _received(self, size: int) -> SinkMessage:
+        """The end of a DATA stream of C{size} octets: record the message and answer."""
+        message, self.current = self.current, None
+        message.size = size
         self.sink.messages.append(message)
         if self.script.end_of_data is not None:
             self.reply(self.script.end_of_data)
-        self.setLineMode(rest)
+        return message
 
     def smtp_RSET(self, argument: str) -> None:
         self.current = None
