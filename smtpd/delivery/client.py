@@ -14,7 +14,6 @@ flow control. L{smtpd.delivery.transaction} runs the mail transactions on it.
 from __future__ import annotations
 
 import re
-from base64 import b64encode
 from collections import deque
 from typing import Any, NamedTuple
 
@@ -24,13 +23,13 @@ from twisted.protocols.basic import FileSender, LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from smtpd.delivery.handshake import set_up
 from smtpd.delivery.transaction import run_transaction
 from smtpd.delivery.wire import (
     DotStuffer,
     OutboundMessage,
     SessionError,
     enhanced_status,
-    parse_extensions,
     refusal,
     reply_text,
 )
@@ -254,15 +253,7 @@ class RelayClient(LineReceiver, TimeoutMixin):
         greeting = await self.expect("initial greeting")
         if greeting.code != 220:
             raise refusal(greeting.code, greeting.text)
-        await self._hello()
-        if self._tls != "none":
-            if "STARTTLS" in self.extensions:
-                await self._startTLS()
-                await self._hello()
-            elif self._tls in ("encrypt", "verify"):
-                raise _tlsRequired()
-        if self._username:
-            await self._authenticate()
+        await set_up(self, self._tls, self._tls_options, self._username, self._password)
         self._established = True
         self.setTimeout(None)
         self.ready.callback(self)
@@ -275,60 +266,6 @@ class RelayClient(LineReceiver, TimeoutMixin):
         self.fail(SessionError(451, "4.3.0", "451 4.3.0 internal error during delivery"),
                   abort=True)
 
-    async def _hello(self) -> None:
-        """
-        EHLO; a 5xx falls back to HELO unless TLS or AUTH is required (both
-        need ESMTP); a 4xx means this host cannot take mail now.
-        """
-        reply = await self.command(b"EHLO " + self.helo)
-        if 200 <= reply.code < 300:
-            self.extensions = parse_extensions(reply.lines)
-            return
-        if not 500 <= reply.code < 600:
-            raise refusal(reply.code, reply.text)
-        if self._tls in ("encrypt", "verify") and not self.secure:
-            raise _tlsRequired()
-        if self._username:
-            raise _authRequired()
-        reply = await self.command(b"HELO " + self.helo)
-        if not 200 <= reply.code < 300:
-            raise refusal(reply.code, reply.text)
-        self.extensions = {}
-
-    async def _startTLS(self) -> None:
-        """STARTTLS, then the handshake (a failure there loses the connection: 4.7.5)."""
-        reply = await self.command(b"STARTTLS")
-        if reply.code != 220:
-            raise SessionError(451, "4.7.5", f"451 4.7.5 STARTTLS refused: {reply.text}",
-                               tls_failure=True)
-        try:
-            self.transport.startTLS(self._tls_options)
-        except Exception as e:
-            raise SessionError(451, "4.7.5", f"451 4.7.5 cannot start TLS: {e}",
-                               tls_failure=True) from None
-        self.secure = True
-
-    async def _authenticate(self) -> None:
-        """
-        AUTH PLAIN, else LOGIN. Refused credentials are a configuration
-        problem, so temporary, and tried once (no second guess counting
-        against the host's failure limit).
-        """
-        mechanisms = self.extensions.get("AUTH", "").upper().split()
-        user, password = self._username.encode("utf-8"), self._password.encode("utf-8")
-        if "PLAIN" in mechanisms:
-            token = b64encode(b"\0" + user + b"\0" + password)
-            reply = await self.command(b"AUTH PLAIN " + token, "reply to AUTH")
-        elif "LOGIN" in mechanisms:
-            reply = await self.command(b"AUTH LOGIN", "reply to AUTH")
-            for secret in (user, password):
-                if reply.code != 334:
-                    break
-                reply = await self.command(b64encode(secret), "reply to AUTH")
-        else:
-            raise _authRequired()
-        if reply.code != 235:
-            raise SessionError(451, "4.7.0", f"451 4.7.0 authentication failed: {reply.text}")
 
     # ------------------------------------------------------------ failures
 
@@ -367,19 +304,12 @@ class RelayClient(LineReceiver, TimeoutMixin):
         self._lost = True
         self.setTimeout(None)
         if self._error is None:
-            self._error = self._lostError(reason)
+            handshake = self.secure and not self._established
+            self._error = lost_error(reason, handshake, self._phase)
             self._notify(self._error)
         waiters, self._closed_waiters = self._closed_waiters, []
         for d in waiters:
             d.callback(None)
-
-    def _lostError(self, reason: Failure | None) -> SessionError:
-        why = reason.getErrorMessage() if reason is not None else "connection lost"
-        if self.secure and not self._established:
-            return SessionError(451, "4.7.5", f"451 4.7.5 TLS negotiation failed: {why}",
-                                tls_failure=True)
-        return SessionError(451, "4.4.2",
-                            f"451 4.4.2 lost connection while waiting for {self._phase}")
 
     # ------------------------------------------------------------ transactions
 
@@ -446,10 +376,13 @@ class RelayClient(LineReceiver, TimeoutMixin):
         return await final
 
 
-def _tlsRequired() -> SessionError:
-    return SessionError(451, "4.7.5", "451 4.7.5 TLS is required, but was not offered by host")
-
-
-def _authRequired() -> SessionError:
-    return SessionError(451, "4.7.0",
-                        "451 4.7.0 AUTH is required, but the host offers no PLAIN or LOGIN")
+def lost_error(reason: Failure | None, handshake: bool, phase: str) -> SessionError:
+    """
+    The error for a connection lost unasked: during the TLS C{handshake} a
+    TLS failure (the host may work in plain text), else 4.4.2.
+    """
+    why = reason.getErrorMessage() if reason is not None else "connection lost"
+    if handshake:
+        return SessionError(451, "4.7.5", f"451 4.7.5 TLS negotiation failed: {why}",
+                            tls_failure=True)
+    return SessionError(451, "4.4.2", f"451 4.4.2 lost connection while waiting for {phase}")

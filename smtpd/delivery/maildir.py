@@ -71,6 +71,7 @@ def split_mailbox(mailbox: str) -> tuple[str, str]:
 
 
 def header_value(value: str, what: str) -> bytes:
+    """C{value} as the UTF-8 value of a header line; L{MailboxError} if it breaks the line."""
     # Header injection: an address must never carry a line break into the file.
     if any(c in value for c in "\r\n\0"):
         raise MailboxError(f"{what} {value!r} contains a line break or NUL")

@@ -200,7 +200,7 @@ def rcpt_command(recipient: Recipient, extensions: dict[str, str]) -> bytes:
 
 
 def parse_extensions(lines: list[bytes]) -> dict[str, str]:
-    """The EHLO keywords (upper case) and their parameters, from the reply's lines after the first."""
+    """The EHLO keywords (upper case) and their parameters, from the reply lines."""
     extensions = {}
     for line in lines[1:]:
         keyword, _, value = line.strip().partition(b" ")
