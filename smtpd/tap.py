@@ -210,6 +210,8 @@ def build(config: Config, reactor) -> service.MultiService:
         agents=delivery_agents(config, reactor, run_blocking, relay),
         bounces=BounceBuilder(config.server.hostname, reactor),
         log=activity,
+        # The reports the queue makes (NDRs, DSNs) are new messages: stored.
+        submit=queue.store,
         run_blocking=run_blocking,
     )
 
