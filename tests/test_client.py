@@ -266,6 +266,15 @@ class ClientTests(unittest.TestCase):
         self.assertEqual([s.code for s in statuses], [421, 550, 421, 421])
         self.assertFalse(client.usable)
 
+    async def test_pipelined_mail_421(self) -> None:
+        """Pipelined, a 421 to MAIL fails the transaction and ends the session."""
+        sink = self.sink(mail="421 4.3.2 shutting down")
+        client = await self.connect(sink)
+        with self.assertRaises(SessionError) as caught:
+            await client.send(self.message("a1@example.test", "a2@example.test"))
+        self.assertEqual((caught.exception.code, caught.exception.status), (421, "4.3.2"))
+        self.assertFalse(client.usable)
+
     async def test_pipelined_mail_refused(self) -> None:
         """Pipelined, a refused MAIL fails the transaction; the rest of the flight is read."""
         sink = self.sink(mail="451 4.3.0 try again")
@@ -508,6 +517,17 @@ class ClientTests(unittest.TestCase):
         self.assertTrue(all(s.tls for s in statuses), statuses)
         self.assertEqual(sink.commands[:3], ["EHLO relay.ours.test", "STARTTLS",
                                              "EHLO relay.ours.test"])
+
+    async def test_tls_streams_big_message(self) -> None:
+        """A message of many chunks streams intact through TLS, dot-stuffed."""
+        ca = CertificateAuthority()
+        sink = self.sink(tls=ca.server_options("other.name.test"))
+        client = await self.connect(sink, tls="may", tls_options=ssl.CertificateOptions())
+        data = b"Subject: big\r\n\r\n" + b".line of the body\r\n" * 200_000
+        [status] = await client.send(self.message(data=data))
+        self.assertEqual(status.code, 250)
+        self.assertEqual(sink.messages[0].data, data)
+        self.assertTrue(sink.messages[0].tls)
 
     async def test_tls_may_not_offered(self) -> None:
         """Policy C{may} goes on in plain text when STARTTLS is not offered."""

@@ -46,6 +46,7 @@ async def run_transaction(client: Any, message: OutboundMessage,
     pipelined = "PIPELINING" in client.extensions
     if pipelined and safe:
         commands.append(b"DATA")
+    replies: list[Deferred] | None = None
     try:
         if reused:
             await _rset(client)
@@ -53,6 +54,7 @@ async def run_transaction(client: Any, message: OutboundMessage,
         replies = client.pipeline(commands) if pipelined else None
         await _mail(client, commands[0], replies)
     except SessionError as e:
+        _abandon(replies or [])
         stale = reused and client.error is not None
         raise SessionError(e.code, e.status, e.reply, stale=stale, final=e.final) from None
     try:
