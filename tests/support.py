@@ -168,6 +168,7 @@ class SinkScript:
     @ivar rcpt: replies to RCPT by address (lower case); others get L{rcpt_ok}.
     @ivar keep_data: whether messages keep their data; when not, only its
         size is counted (L{SinkMessage.size}), for messages too big to hold.
+    @ivar drop_in_data: abort the connection as soon as message data arrives.
     """
 
     name: str = "sink.test"
@@ -187,6 +188,7 @@ class SinkScript:
     rset: str = "250 2.0.0 Ok"
     end_of_data: str | None = "250 2.0.0 Ok: queued"
     keep_data: bool = True
+    drop_in_data: bool = False
 
 
 @dataclass
@@ -395,6 +397,9 @@ class SinkSession(LineReceiver):
             self.setRawMode()
 
     def rawDataReceived(self, data: bytes) -> None:
+        if self.script.drop_in_data:
+            self.transport.abortConnection()
+            return
         if not self.script.keep_data:
             return self._count(data)
         self._raw += data

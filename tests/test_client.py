@@ -5,6 +5,8 @@ recording SMTP sink over real loopback sockets.
 
 from __future__ import annotations
 
+import io
+
 from twisted.internet import reactor, ssl
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
@@ -22,7 +24,7 @@ from smtpd.delivery.wire import (
     xtext,
 )
 from smtpd.mail.envelope import Recipient
-from smtpd.mail.source import CHUNK_SIZE, BytesSource
+from smtpd.mail.source import CHUNK_SIZE, BytesSource, FileSource
 from tests.support import (
     CertificateAuthority,
     SinkScript,
@@ -528,6 +530,57 @@ class ClientTests(unittest.TestCase):
         self.assertEqual(status.code, 250)
         self.assertEqual(sink.messages[0].data, data)
         self.assertTrue(sink.messages[0].tls)
+
+    async def test_connection_lost_in_data(self) -> None:
+        """
+        A host that drops the connection while the message streams: every
+        accepted recipient gets 451 4.4.2, the session is over, and the
+        message file is closed.
+        """
+        sink = self.sink(drop_in_data=True)
+        client = await self.connect(sink)
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"Subject: big\r\n\r\n" + b"body line\r\n" * 500_000)
+        opened = []
+
+        class Source(FileSource):
+            def open(self):
+                opened.append(super().open())
+                return opened[-1]
+
+        message = OutboundMessage("a@ours.test", (Recipient("b@example.test"),), Source(path))
+        [status] = await client.send(message)
+        self.assertEqual((status.code, status.status), (451, "4.4.2"))
+        self.assertIn("end of DATA", status.reply)
+        self.assertFalse(client.usable)
+        self.assertTrue(opened[0].closed)
+
+    async def test_read_error_in_data(self) -> None:
+        """
+        A disk error while the message streams ends the session (the host
+        must not take a truncated message): 451 4.3.0 for the recipients.
+        """
+        sink = self.sink()
+        client = await self.connect(sink)
+
+        class Failing(io.BytesIO):
+            def read(self, size=-1):
+                if self.tell():
+                    raise OSError(5, "Input/output error")
+                return super().read(size)
+
+        class Source:
+            size = 10 * CHUNK_SIZE
+
+            def open(self):
+                return Failing(b"x" * self.size)
+
+        message = OutboundMessage("a@ours.test", (Recipient("b@example.test"),), Source())
+        [status] = await client.send(message)
+        self.assertEqual((status.code, status.status), (451, "4.3.0"))
+        self.assertIn("cannot read the message", status.reply)
+        self.assertEqual(sink.messages, [])
 
     async def test_tls_may_not_offered(self) -> None:
         """Policy C{may} goes on in plain text when STARTTLS is not offered."""
