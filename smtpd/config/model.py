@@ -173,6 +173,14 @@ class ManholeConfig:
 
 
 @dataclass(frozen=True)
+class POP3Config:
+    """[pop3]: where recipients pick up their mail (empty = off)."""
+
+    listen: tuple[str, ...] = ()
+    pop3s: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """[logging]: where the per-command and per-delivery log lines go."""
 
@@ -198,6 +206,7 @@ class Config:
     domains: tuple[DomainConfig, ...] = ()
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     manhole: ManholeConfig = field(default_factory=ManholeConfig)
+    pop3: POP3Config = field(default_factory=POP3Config)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def domain(self, name: str) -> DomainConfig | None:
