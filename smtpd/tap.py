@@ -31,6 +31,8 @@ from smtpd.util.activity import ActivityLog
 from smtpd.delivery.mx import MXResolver, close_resolver, make_resolver
 from smtpd.cleanup.stage import Cleanup
 from smtpd.inbound.registry import Inbound
+from smtpd.pickup.sender import PickupSender
+from smtpd.pickup.service import PickupService
 from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION
 from smtpd.queue.manager import QueueManager
 from smtpd.queue.store import Queue
@@ -42,7 +44,7 @@ log = Logger()
 # How long sessions in the middle of DATA may go on after SIGTERM.
 SHUTDOWN_GRACE = 5.0
 
-MAILROOT_FOLDERS = ("queue", "mailbox", "drop", "badmail")
+MAILROOT_FOLDERS = ("queue", "mailbox", "drop", "badmail", "pickup")
 
 # Threads for blocking disk work (the reactor's pool; Twisted's default is
 # 10). Maildir delivery uses one at a time while the disk keeps up (more only
@@ -253,9 +255,19 @@ def build(config: Config, reactor) -> service.MultiService:
     InboundService(inbound, activity).setServiceParent(top)
     for listener in listeners:
         listener.setServiceParent(top)
+    top.pickup = add_pickup(top, config, cleanup, reactor, run_blocking)
     top.inbound = inbound
     top.qmgr = qmgr
     return top
+
+
+def add_pickup(top, config: Config, cleanup: Cleanup, reactor, run_blocking) -> PickupService:
+    """The pickup folder watcher (SPEC 4), sending through C{cleanup}."""
+    mailroot = config.server.mailroot
+    sender = PickupSender(cleanup, os.path.join(mailroot, "badmail"), run_blocking)
+    pickup = PickupService(os.path.join(mailroot, "pickup"), sender, reactor)
+    pickup.setServiceParent(top)
+    return pickup
 
 
 def raise_file_limit() -> int:
