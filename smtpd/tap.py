@@ -193,6 +193,18 @@ def load_tls(config: Config, clock):
     return tls.server_tls_options(cert, key)
 
 
+def delivery_agents(config: Config, reactor, run_blocking, relay: RelayManager) -> dict:
+    """The delivery agents by name (C{[domain:NAME] type} and the queue's registry)."""
+    mailroot = config.server.mailroot
+    agents = [
+        MaildirDelivery(mailroot, config.server.hostname, reactor, run_blocking,
+                        max_batches=MAILDIR_BATCHES),
+        DropDelivery(mailroot, reactor, run_blocking),
+        relay,
+    ]
+    return {agent.name: agent for agent in agents}
+
+
 def build(config: Config, reactor) -> service.MultiService:
     """The whole server for C{config} on C{reactor}."""
     reactor.suggestThreadPoolSize(THREAD_POOL_SIZE)
@@ -235,20 +247,21 @@ def build(config: Config, reactor) -> service.MultiService:
 
     resolver = make_resolver(config.delivery.dns_servers, reactor)
     mx = MXResolver(resolver, reactor, config.server.hostname)
-    relay = RelayManager(config, reactor, mx, local_endpoints=local_endpoints)
+    relay = RelayManager(config, reactor, mx, local_endpoints=local_endpoints,
+                         run_blocking=run_blocking)
     qmgr = QueueManager(
         config,
         queue,
         reactor,
         users=users,
-        local=MaildirDelivery(mailroot, config.server.hostname, reactor, run_blocking,
-                              max_batches=MAILDIR_BATCHES),
-        drop=DropDelivery(mailroot, reactor, run_blocking),
-        relay=relay,
+        agents=delivery_agents(config, reactor, run_blocking, relay),
         bounces=BounceBuilder(config.server.hostname, reactor),
         log=activity,
+        run_blocking=run_blocking,
+        submit=cleanup.submit,
     )
-    # Sessions hand messages to the queue manager, which may deliver them at once.
+    # Everything enters through cleanup, which hands it to the queue manager's
+    # intake (local mail delivered at once, the rest stored); reports too.
     cleanup.accept = qmgr.accept
     qmgr.setServiceParent(top)
     RelayService(relay, resolver).setServiceParent(top)
