@@ -4,6 +4,7 @@ C{twistd smtpd}: command-line options and the service tree (assembly only).
 
     SMTPServer: binds the listeners, then locks the mailroot, then starts:
      +- ThreadPoolService (password checks)
+     +- ThreadPoolService (mail authentication: SPF, DKIM, DMARC, ARC)
      +- QueueManager (scans the queue; local delivery, relay, bounces)
      +- RelayService (closes pooled connections and the resolver on stop)
      +- InboundService (drains sessions on stop)
@@ -38,6 +39,7 @@ from smtpd.service.server import SMTPServer
 from smtpd.service.signals import SignalService
 from smtpd.util.activity import ActivityLog
 from smtpd.delivery.mx import MXResolver, make_resolver
+from smtpd.cleanup.authfilters import mailauth_filters
 from smtpd.cleanup.stage import Cleanup
 from smtpd.inbound.policy import may_connect
 from smtpd.inbound.registry import Inbound
@@ -62,6 +64,10 @@ SHUTDOWN_GRACE = 5.0
 THREAD_POOL_SIZE = 16
 MAILDIR_BATCHES = THREAD_POOL_SIZE // 2
 AUTH_THREADS = 2
+# Mail authentication gets threads of its own (SPF evaluations waiting on DNS
+# answers, DKIM signing and verification), so slow DNS never delays the queue's
+# fsyncs and a flood of checks never starves delivery.
+MAILAUTH_THREADS = 4
 
 
 class Options(usage.Options):
@@ -188,7 +194,11 @@ def build(config: Config, reactor) -> service.MultiService:
     # flood of AUTH attempts cannot delay the fsyncs that answer "250".
     auth_pool = ThreadPoolService(AUTH_THREADS, "smtpd-auth")
     auth_pool.setServiceParent(top)
-    cleanup = Cleanup(config, queue, reactor, run_blocking)
+    resolver = make_resolver(config.delivery.dns_servers, reactor)
+    mailauth_pool = ThreadPoolService(MAILAUTH_THREADS, "smtpd-mailauth")
+    mailauth_pool.setServiceParent(top)
+    filters = mailauth_filters(config, resolver, reactor, mailauth_pool.runner(reactor))
+    cleanup = Cleanup(config, queue, reactor, run_blocking, filters=filters)
     inbound = Inbound(
         config, users, cleanup, reactor, auth_pool.runner(reactor), tls_options, activity
     )
@@ -203,7 +213,6 @@ def build(config: Config, reactor) -> service.MultiService:
                 factory = TLSMemoryBIOFactory(tls_options, False, factory)
             listeners.append(Listener(reactor, description, factory))
 
-    resolver = make_resolver(config.delivery.dns_servers, reactor)
     mx = MXResolver(resolver, reactor, config.server.hostname)
     relay = RelayManager(config, reactor, mx, local_endpoints=group.addresses,
                          run_blocking=run_blocking)

@@ -22,6 +22,7 @@ from smtpd.cleanup.rules import MessageRules
 from smtpd.cleanup.trace import received_header
 from smtpd.mail.envelope import Envelope, Recipient
 from smtpd.mail.source import IMessageSource
+from smtpd.mailauth.results import ForgedResultsFilter
 from smtpd.queue.spool import THRESHOLD, JoinedReader, Spool
 
 log = Logger()
@@ -83,7 +84,8 @@ class Cleanup:
         hostname = self.config.server.hostname
         spool.write(received_header(hostname, client, envelope.id,
                                     [r.address for r in recipients], now))
-        return IncomingMessage(self, envelope, client, rules, spool)
+        forged = ForgedResultsFilter(self.config.authserv_id)
+        return IncomingMessage(self, envelope, client, rules, spool, forged)
 
     def submit(self, envelope: Envelope, message: IMessageSource) -> Deferred[None]:
         """
@@ -147,8 +149,9 @@ class IncomingMessage:
     """
 
     def __init__(self, cleanup: Cleanup, envelope: Envelope, client: ClientInfo | None,
-                 rules: MessageRules, spool: Spool):
+                 rules: MessageRules, spool: Spool, forged: ForgedResultsFilter):
         self.envelope = envelope
+        self._forged = forged
         self._cleanup = cleanup
         self._client = client
         self._rules = rules
@@ -173,6 +176,7 @@ class IncomingMessage:
             self._dropped = True
             self._spool.discard()
             return True
+        data = self._forged.feed(data)
         return self._spool.write(data) if data else True
 
     def drained(self) -> Deferred[None]:
@@ -195,6 +199,7 @@ class IncomingMessage:
             refusal = self._rules.refusal()
             if refusal is not None:
                 raise refusal
+            tail = self._forged.feed(tail) + self._forged.finish()
             if tail:
                 spool.write(tail)
             await spool.finish()
