@@ -32,7 +32,7 @@ venv: $(STAMP)
 engines:
 	@sh tools/engines.sh
 
-# Side-by-side benchmark against Postfix and aiosmtpd (bench/README.md); never part of
+# Side-by-side benchmark against Postfix and aiosmtpd (README: Benchmarks); never part of
 # `make test`. Installs what it needs when missing: the engines (Debian postfix for the
 # peer, smtp-source and smtp-sink) and a bench-only venv with aiosmtpd and matplotlib.
 # Quick run: make bench BENCH_ARGS="--messages 500 --reps 1"

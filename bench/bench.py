@@ -245,6 +245,8 @@ def main(argv: list[str]) -> int:
         if args.keep:
             print(f"[bench] kept {workdir}")
         else:
+            print(f"[bench] removing the temporary instances in {workdir} (on a busy disk "
+                  "this takes minutes)", flush=True)
             shutil.rmtree(workdir, ignore_errors=True)
     print(f"[bench] done in {time.monotonic() - started:.0f} s: "
           f"{os.path.join(args.results, 'latest.md')} and latest.png")
