@@ -8,7 +8,8 @@ C{twistd smtpd}: command-line options and the service tree (assembly only).
      +- RelayService (closes pooled connections and the resolver on stop)
      +- InboundService (drains sessions on stop)
      +- SignalService (SIGHUP, SIGUSR1)
-     +- ListenerGroup (every listen / submission / smtps endpoint; stops first)
+     +- ListenerGroup (every listen / submission / smtps endpoint, and the
+                       [pop3] listen / pop3s endpoints of the POP3Server; stops first)
 """
 
 from __future__ import annotations
@@ -25,17 +26,24 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from smtpd.util import tls
+from smtpd.pop3.server import POP3Server
 from smtpd.queue.bounce import BounceBuilder
 from smtpd.config import Config, ConfigError, load_config
 from smtpd.delivery.drop import DropDelivery
 from smtpd.delivery.maildir import MaildirDelivery
 from smtpd.config.preflight import creates_certificate, preflight
 from smtpd.service.listeners import Listener, ListenerGroup, StartupError
+from smtpd.service.privileges import UMASK, HandOver, run_as
 from smtpd.service.server import SMTPServer
 from smtpd.service.signals import SignalService
 from smtpd.util.activity import ActivityLog
-from smtpd.delivery.mx import MXResolver, close_resolver, make_resolver
-from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION, Inbound
+from smtpd.delivery.mx import MXResolver, make_resolver
+from smtpd.cleanup.stage import Cleanup
+from smtpd.inbound.policy import may_connect
+from smtpd.inbound.registry import Inbound
+from smtpd.pickup.sender import PickupSender
+from smtpd.pickup.service import PickupService
+from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION
 from smtpd.queue.manager import QueueManager
 from smtpd.queue.store import Queue
 from smtpd.delivery.relay import RelayManager
@@ -103,16 +111,14 @@ class ThreadPoolService(service.Service):
 
 
 class RelayService(service.Service):
-    """On stop: closes the relay's pooled connections and the DNS resolver."""
+    """On stop: closes the relay's pooled connections."""
 
-    def __init__(self, relay: RelayManager, resolver):
+    def __init__(self, relay: RelayManager):
         self.relay = relay
-        self.resolver = resolver
 
     def stopService(self):
-        """Close idle outbound connections; stop re-reading resolv.conf."""
+        """Close idle outbound connections."""
         service.Service.stopService(self)
-        close_resolver(self.resolver)
         return self.relay.stop()
 
 
@@ -148,6 +154,18 @@ def load_tls(config: Config, clock):
     return tls.server_tls_options(cert, key)
 
 
+def delivery_agents(config: Config, reactor, run_blocking, relay: RelayManager) -> dict:
+    """The delivery agents by name (C{[domain:NAME] type} and the queue's registry)."""
+    mailroot = config.server.mailroot
+    agents = [
+        MaildirDelivery(mailroot, config.server.hostname, reactor, run_blocking,
+                        max_batches=MAILDIR_BATCHES),
+        DropDelivery(mailroot, reactor, run_blocking),
+        relay,
+    ]
+    return {agent.name: agent for agent in agents}
+
+
 def build(config: Config, reactor) -> service.MultiService:
     """The whole server for C{config} on C{reactor}."""
     reactor.suggestThreadPoolSize(THREAD_POOL_SIZE)
@@ -170,8 +188,9 @@ def build(config: Config, reactor) -> service.MultiService:
     # flood of AUTH attempts cannot delay the fsyncs that answer "250".
     auth_pool = ThreadPoolService(AUTH_THREADS, "smtpd-auth")
     auth_pool.setServiceParent(top)
+    cleanup = Cleanup(config, queue, reactor, run_blocking)
     inbound = Inbound(
-        config, users, queue, reactor, auth_pool.runner(reactor), tls_options, activity
+        config, users, cleanup, reactor, auth_pool.runner(reactor), tls_options, activity
     )
     for kind, endpoints in (
         (LISTEN, config.server.listen),
@@ -186,29 +205,59 @@ def build(config: Config, reactor) -> service.MultiService:
 
     resolver = make_resolver(config.delivery.dns_servers, reactor)
     mx = MXResolver(resolver, reactor, config.server.hostname)
-    relay = RelayManager(config, reactor, mx, local_endpoints=group.addresses)
+    relay = RelayManager(config, reactor, mx, local_endpoints=group.addresses,
+                         run_blocking=run_blocking)
     qmgr = QueueManager(
         config,
         queue,
         reactor,
         users=users,
-        local=MaildirDelivery(mailroot, config.server.hostname, reactor, run_blocking,
-                              max_batches=MAILDIR_BATCHES),
-        drop=DropDelivery(mailroot, reactor, run_blocking),
-        relay=relay,
+        agents=delivery_agents(config, reactor, run_blocking, relay),
         bounces=BounceBuilder(config.server.hostname, reactor),
         log=activity,
+        run_blocking=run_blocking,
+        # The reports the queue makes (NDRs, DSNs) are new messages: they
+        # enter through cleanup like every other.
+        submit=cleanup.submit,
     )
-    # Sessions hand messages to the queue manager, which may deliver them at once.
-    inbound.accept = qmgr.accept
+    # Everything enters through cleanup, which hands it to the queue manager's
+    # intake (local mail delivered at once, the rest stored); reports too.
+    cleanup.accept = qmgr.accept
     qmgr.setServiceParent(top)
-    RelayService(relay, resolver).setServiceParent(top)
+    RelayService(relay).setServiceParent(top)
     InboundService(inbound, activity).setServiceParent(top)
+    top.pickup = add_pickup(top, config, cleanup, reactor, run_blocking)
     SignalService(reactor, None, activity.reopen).setServiceParent(top)
+    top.pop3 = add_pop3(listeners, config, reactor, users, auth_pool.runner(reactor),
+                        run_blocking, tls_options, activity)
     group.setServiceParent(top)
     top.inbound = inbound
     top.qmgr = qmgr
     return top
+
+
+def add_pop3(listeners: list[Listener], config: Config, reactor, users, check_passwords,
+             run_blocking, tls_options, activity) -> POP3Server:
+    """
+    The POP3 service ([pop3] listen and pop3s): its listeners join
+    C{listeners}, bound with the others. Password checks share the AUTH
+    threads, mailbox scans the disk threads; [access] allow/deny apply as for SMTP.
+    """
+    pop3 = POP3Server(config, users, reactor, check_passwords, run_blocking,
+                      tls_options, activity, may_connect=may_connect)
+    for endpoints, implicit_tls in ((config.pop3.listen, False), (config.pop3.pop3s, True)):
+        for description in endpoints:
+            listeners.append(Listener(reactor, description, pop3.factory(implicit_tls)))
+    return pop3
+
+
+def add_pickup(top, config: Config, cleanup: Cleanup, reactor, run_blocking) -> PickupService:
+    """The pickup folder watcher (SPEC 4), sending through C{cleanup}."""
+    mailroot = config.server.mailroot
+    sender = PickupSender(cleanup, os.path.join(mailroot, "badmail"), run_blocking)
+    pickup = PickupService(os.path.join(mailroot, "pickup"), sender, reactor)
+    pickup.setServiceParent(top)
+    return pickup
 
 
 def raise_file_limit() -> int:
@@ -250,10 +299,15 @@ def makeService(options: Options) -> service.IService:
 
     config = options["parsed"]
     raise_file_limit()
+    os.umask(UMASK)
     try:
         top = build(config, reactor)
     except (tls.TLSError, UsersError, OSError) as e:
         print(f"{config.path}: cannot start: {e}", file=sys.stderr)
         raise SystemExit(1)
+    # twistd --uid/--gid as root: what root made goes to that user before the switch.
+    account = run_as(options)
+    if account is not None:
+        HandOver(config, *account).setServiceParent(top)
     _quiet_startup_errors()
     return top
