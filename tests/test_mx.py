@@ -243,3 +243,23 @@ class HostsFileTests(unittest.TestCase):
         self.assertEqual(record.payload.dottedQuad(), "127.0.0.8")
         [record], _, _ = await resolver.lookupAddress("mx2.example.test")
         self.assertEqual(record.payload.dottedQuad(), "127.0.0.3")
+
+
+class ResolverLifetimeTests(unittest.TestCase):
+    """L{make_resolver} and L{close_resolver}: nothing left running after close."""
+
+    def test_resolv_conf_timer_stopped(self) -> None:
+        """
+        Without dns_servers the resolver reads resolv.conf and re-reads it
+        every minute on the clock; close_resolver stops that timer.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("nameserver 127.0.0.1\n")
+        clock = Clock()
+        resolver = make_resolver([], clock, resolv_conf=path)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(60)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        close_resolver(resolver)
+        self.assertEqual(clock.getDelayedCalls(), [])
