@@ -17,6 +17,7 @@ from smtpd.config.model import (
     Config,
     ConfigError,
     DeliveryConfig,
+    DirectoryConfig,
     DomainConfig,
     ServerConfig,
 )
@@ -258,6 +259,7 @@ def _check_across(
             "empty, but [server] submission requires AUTH",
             "PLAIN and/or LOGIN",
         )
+    _check_directory(cast(DirectoryConfig, sections["directory"]), bad, problems)
     if delivery.smart_host_fallback and delivery.smart_host is None:
         if ("delivery", "smart_host") not in bad:
             problems.bad(
@@ -267,6 +269,24 @@ def _check_across(
                 "no [delivery] smart_host to fall back to",
                 "no, or a smart_host",
             )
+
+
+def _check_directory(
+    directory: DirectoryConfig, bad: set[tuple[str, str]], problems: _Problems
+) -> None:
+    """Record a directory URL without a base, or StartTLS inside ldaps://."""
+    if not directory.url:
+        return
+    if not directory.base and ("directory", "base") not in bad:
+        problems.add(
+            "[directory] base: missing; expected the DN to search under, "
+            "such as dc=example,dc=com, when url is set"
+        )
+    if directory.starttls and directory.url.lower().startswith("ldaps:"):
+        problems.bad(
+            "directory", "starttls", "yes", "ldaps:// is already encrypted",
+            "no with ldaps://, or an ldap:// url",
+        )
 
 
 def load_config(path: str) -> Config:

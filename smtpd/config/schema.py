@@ -10,11 +10,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from smtpd.config.ldap import (
+    SCHEMAS,
+    parse_attribute,
+    parse_dn,
+    parse_ldap_filter,
+    parse_ldap_url,
+)
 from smtpd.config.endpoints import parse_endpoints, parse_plain_tcp_endpoints
 from smtpd.config.model import (
     AccessConfig,
     AuthConfig,
     DeliveryConfig,
+    DirectoryConfig,
     LoggingConfig,
     ManholeConfig,
     MessagesConfig,
@@ -133,6 +141,11 @@ _ENDPOINTS_TEXT = (
     "tcp:25:interface=127.0.0.1, ssl:465:privateKey=KEY:certKey=CERT or unix:PATH"
 )
 _SMART_HOST_TEXT = "empty, host[:port] (MX lookup) or [host-or-ip][:port]"
+_FILTER_TEXT = (
+    "empty (the schema's preset) or an LDAP filter with %s (address), %u (local part), "
+    "%d (domain), such as (&(objectClass=inetOrgPerson)(mail=%s))"
+)
+_ATTRIBUTE_TEXT = "empty (the schema's preset) or an LDAP attribute name such as mail"
 _PORT_TEXT = "a port number from 1 to 65535"
 _OUTBOUND_TLS = ("none", "may", "encrypt", "verify")
 
@@ -251,6 +264,31 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
                 "empty (/etc/resolv.conf) or IP addresses with an optional port, "
                 "such as 192.0.2.53 192.0.2.54:5353 [2001:db8::53]:53",
             ),
+        },
+    ),
+    "directory": (
+        DirectoryConfig,
+        {
+            "url": _key(parse_ldap_url, "empty (no directory), ldap://host[:port] or ldaps://host[:port]"),
+            "starttls": _key(parse_bool, _BOOL_TEXT),
+            "ca_certificates": Key(
+                lambda t, root: parse_path(t, root) if t.strip() else "",
+                "empty (the system's trusted CAs) or a PEM file path",
+            ),
+            "bind_dn": _key(parse_dn, "empty (anonymous) or a DN such as cn=smtpd,dc=example,dc=com"),
+            "bind_password": _key(parse_text, "a password without control characters", secret=True),
+            "base": _key(parse_dn, "a DN such as dc=example,dc=com"),
+            "schema": _key(choice(*SCHEMAS), "rfc2307bis or activedirectory"),
+            "recipient_filter": _key(parse_ldap_filter, _FILTER_TEXT),
+            "alias_filter": _key(parse_ldap_filter, _FILTER_TEXT),
+            "mail_attribute": _key(parse_attribute, _ATTRIBUTE_TEXT),
+            "alternate_attribute": _key(parse_attribute, _ATTRIBUTE_TEXT),
+            "routing_attribute": _key(parse_attribute, _ATTRIBUTE_TEXT),
+            "host_attribute": _key(parse_attribute, _ATTRIBUTE_TEXT),
+            "member_attribute": _key(parse_attribute, _ATTRIBUTE_TEXT),
+            "positive_ttl": _key(parse_duration, _DURATION_TEXT + ", or 0 for no caching"),
+            "negative_ttl": _key(parse_duration, _DURATION_TEXT + ", or 0 for no caching"),
+            "timeout": _key(_positive_duration, _DURATION_TEXT + ", not 0"),
         },
     ),
     "manhole": (
