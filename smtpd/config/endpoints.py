@@ -135,3 +135,36 @@ def parse_plain_tcp_endpoints(text: str, root: str = "") -> tuple[str, ...]:
         if endpoint_parameters(endpoint)[0] != "tcp":
             raise ValueError(f"{endpoint!r} is not a plain tcp: endpoint")
     return endpoints
+
+
+def parse_lmtp_target(text: str) -> str:
+    """
+    Where an LMTP server listens (RFC 2033): C{unix:/absolute/path} or
+    C{tcp:host:port} (an IPv6 address in brackets). Returned as written,
+    stripped; L{lmtp_target_parts} splits it.
+    """
+    text = text.strip()
+    kind, colon, rest = text.partition(":")
+    if kind == "unix" and colon:
+        if not rest.startswith("/") or any(ord(c) < 32 for c in rest):
+            raise ValueError(f"{text!r}: the socket path must be absolute")
+        return text
+    if kind == "tcp" and colon:
+        host, colon, port = rest.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{text!r} is not tcp:host:port")
+        if any(c.isspace() or ord(c) < 32 or c in "[]/" for c in host):
+            raise ValueError(f"{text!r}: {host!r} is not a host name or address")
+        return text
+    raise ValueError(f"{text!r} is neither unix:/path nor tcp:host:port")
+
+
+def lmtp_target_parts(target: str) -> tuple[str, str, int]:
+    """C{("unix", path, 0)} or C{("tcp", host, port)} of an accepted LMTP target."""
+    kind, _, rest = target.partition(":")
+    if kind == "unix":
+        return "unix", rest, 0
+    host, _, port = rest.rpartition(":")
+    host = host[1:-1] if host.startswith("[") else host
+    return "tcp", host, int(port)

@@ -179,6 +179,11 @@ def _domain(
             f"[{section}] alias_of: missing; expected the name of a type = local "
             "domain of this file"
         )
+    if kind == "lmtp" and "lmtp" not in items:
+        problems.add(
+            f"[{section}] lmtp: missing; expected where the LMTP server listens: "
+            "unix:/path or tcp:host:port"
+        )
     values = {k: v for k, v in values.items() if k in allowed}
     return DomainConfig(name=name, **values)
 

@@ -128,6 +128,7 @@ class DomainConfig:
     smart_host: SmartHost | None = None
     outbound_tls: str | None = None
     remote_port: int | None = None
+    lmtp: str = ""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,11 @@ from smtpd.config.ldap import (
     parse_ldap_filter,
     parse_ldap_url,
 )
-from smtpd.config.endpoints import parse_endpoints, parse_plain_tcp_endpoints
+from smtpd.config.endpoints import (
+    parse_endpoints,
+    parse_lmtp_target,
+    parse_plain_tcp_endpoints,
+)
 from smtpd.config.model import (
     AccessConfig,
     AuthConfig,
@@ -309,20 +313,22 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
     ),
 }
 
-DOMAIN_TYPES = ("local", "alias", "drop", "remote")
+DOMAIN_TYPES = ("local", "alias", "drop", "remote", "lmtp")
 DOMAIN_SCHEMA: dict[str, Key] = {
-    "type": _key(choice(*DOMAIN_TYPES), "local, alias, drop or remote"),
+    "type": _key(choice(*DOMAIN_TYPES), "local, alias, drop, remote or lmtp"),
     "alias_of": _key(parse_domain_name, "the name of a type = local domain of this file"),
     "relay": _key(parse_bool, _BOOL_TEXT),
     "smart_host": _key(parse_smart_host, _SMART_HOST_TEXT),
     "outbound_tls": _key(choice(*_OUTBOUND_TLS), "none, may, encrypt or verify"),
     "remote_port": _key(parse_port, _PORT_TEXT),
+    "lmtp": _key(parse_lmtp_target, "unix:/absolute/path or tcp:host:port"),
 }
 DOMAIN_KEYS = {
     "local": ("type",),
     "alias": ("type", "alias_of"),
     "drop": ("type",),
     "remote": ("type", "relay", "smart_host", "outbound_tls", "remote_port"),
+    "lmtp": ("type", "lmtp"),
 }
 DOMAIN_PREFIX = "domain:"
 _KNOWN_SECTIONS = ", ".join([*SCHEMA, "domain:NAME"])
