@@ -92,3 +92,37 @@ class FilterTests(ConfigTestCase):
         """Filter operators in a value are escaped (RFC 4515), never operators."""
         self.assertEqual(escape_filter_value("*)(uid=*\\\0"), r"\2a\29\28uid=\2a\5c\00")
         self.assertEqual(fill_filter("(mail=%s)", "a*b@x"), r"(mail=a\2ab@x)")
+
+
+class ProxyConfigTests(ConfigTestCase):
+    """haproxy: listeners and [access] proxy_from."""
+
+    def test_proxied_listener(self):
+        """A haproxy:tcp: listener loads when proxy_from names the proxies."""
+        config = self.load("""
+            [server]
+            listen = haproxy:tcp:2525:interface=127.0.0.1 tcp:2526:interface=127.0.0.1
+            [access]
+            proxy_from = 10.0.0.0/24
+            """)
+        self.assertEqual(config.server.listen[0], "haproxy:tcp:2525:interface=127.0.0.1")
+        self.assertEqual([str(n) for n in config.access.proxy_from], ["10.0.0.0/24"])
+
+    def test_needs_proxy_from(self):
+        """A haproxy: listener with an empty proxy_from is a problem."""
+        self.assertIn("speaks the PROXY protocol but [access] proxy_from is empty", self.problem(
+            "[server]\nlisten = haproxy:tcp:2525:interface=127.0.0.1\n"))
+
+    def test_only_tcp(self):
+        """haproxy: wraps plain tcp: endpoints only, once, and not smtps."""
+        self.assertIn("haproxy: is for tcp: endpoints", self.problem(
+            "[server]\nlisten = haproxy:unix:/tmp/s\n[access]\nproxy_from = 127.0.0.1\n"))
+        self.assertIn("haproxy: is for tcp: endpoints", self.problem(
+            "[server]\nlisten = haproxy:haproxy:tcp:25\n[access]\nproxy_from = 127.0.0.1\n"))
+        self.assertIn("is not a plain tcp: endpoint", self.problem(
+            "[server]\nsmtps = haproxy:tcp:465\n[access]\nproxy_from = 127.0.0.1\n"))
+
+    def test_same_port_through_proxy(self):
+        """A haproxy: listener and a plain one on the same port clash."""
+        self.assertIn("binds the port of", self.problem(
+            "[server]\nlisten = haproxy:tcp:2525 tcp:2525\n[access]\nproxy_from = 127.0.0.1\n"))

@@ -30,11 +30,16 @@ _ENDPOINT_PARAMETERS = {
 _ENDPOINT_FILES = ("privateKey", "certKey", "extraCertChain", "dhParameters")
 
 
+PROXY_PREFIX = "haproxy:"
+
+
 def endpoint_parameters(description: str) -> tuple[str, dict[str, str]]:
     """
     The kind (tcp, ssl, unix) and the named parameters of an endpoint string,
     positional ones bound to their names as Twisted's own parsers bind them.
+    A C{haproxy:} prefix (PROXY protocol) is looked through.
     """
+    description = description.removeprefix(PROXY_PREFIX)
     from twisted.internet.endpoints import _parse
 
     try:
@@ -93,6 +98,11 @@ def parse_endpoint(description: str, root: str = "") -> str:
     Relative file paths in it (unix socket, ssl files) are taken from C{root};
     the string is returned unchanged unless such a path was rewritten.
     """
+    if description.startswith(PROXY_PREFIX):
+        inner = parse_endpoint(description[len(PROXY_PREFIX):], root)
+        if inner.startswith(PROXY_PREFIX) or endpoint_parameters(inner)[0] != "tcp":
+            raise ValueError(f"{description!r}: haproxy: is for tcp: endpoints")
+        return PROXY_PREFIX + inner
     kind, bound = endpoint_parameters(description)
     for name, value in bound.items():
         _check_endpoint_value(description, name, value)
@@ -132,7 +142,7 @@ def parse_plain_tcp_endpoints(text: str, root: str = "") -> tuple[str, ...]:
     """Endpoint strings that must all be plain C{tcp:} (the server adds TLS)."""
     endpoints = parse_endpoints(text, root)
     for endpoint in endpoints:
-        if endpoint_parameters(endpoint)[0] != "tcp":
+        if endpoint_parameters(endpoint)[0] != "tcp" or endpoint.startswith(PROXY_PREFIX):
             raise ValueError(f"{endpoint!r} is not a plain tcp: endpoint")
     return endpoints
 

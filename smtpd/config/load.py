@@ -13,6 +13,7 @@ from typing import cast
 
 from smtpd.config.endpoints import endpoint_parameters
 from smtpd.config.model import (
+    AccessConfig,
     AuthConfig,
     Config,
     ConfigError,
@@ -265,6 +266,7 @@ def _check_across(
             "PLAIN and/or LOGIN",
         )
     _check_directory(cast(DirectoryConfig, sections["directory"]), bad, problems)
+    _check_proxies(server, cast(AccessConfig, sections["access"]), bad, problems)
     if delivery.smart_host_fallback and delivery.smart_host is None:
         if ("delivery", "smart_host") not in bad:
             problems.bad(
@@ -273,6 +275,22 @@ def _check_across(
                 "yes",
                 "no [delivery] smart_host to fall back to",
                 "no, or a smart_host",
+            )
+
+
+def _check_proxies(
+    server: ServerConfig, access: AccessConfig, bad: set[tuple[str, str]], problems: _Problems
+) -> None:
+    """Record haproxy: listeners when no proxy may use them."""
+    if access.proxy_from or ("access", "proxy_from") in bad:
+        return
+    for key in ("listen", "submission"):
+        proxied = [e for e in getattr(server, key) if e.startswith("haproxy:")]
+        if proxied:
+            problems.bad(
+                "server", key, " ".join(getattr(server, key)),
+                f"{proxied[0]} speaks the PROXY protocol but [access] proxy_from is empty",
+                "[access] proxy_from listing the load balancers' addresses",
             )
 
 

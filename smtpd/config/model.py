@@ -79,6 +79,7 @@ class AccessConfig:
     relay_authenticated: bool = True
     max_errors: int = 10
     auth_failures: int = 3
+    proxy_from: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True)

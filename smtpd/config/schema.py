@@ -211,6 +211,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
             "relay_authenticated": _key(parse_bool, _BOOL_TEXT, "RelayForAuth"),
             "max_errors": _key(_count(1), _at_least(1)),
             "auth_failures": _key(_count(1), _at_least(1)),
+            "proxy_from": _key(parse_networks, _NETWORKS_TEXT + ", or empty"),
         },
     ),
     "messages": (
