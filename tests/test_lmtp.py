@@ -243,10 +243,31 @@ class ScriptedTests(unittest.TestCase):
         self.assertEqual([(s.code, s.status) for s in statuses], [(550, "5.7.1")] * 2)
         self.assertNotIn(b"RCPT", self.factory.received)
 
+    @defer.inlineCallbacks
+    def test_data_refused(self):
+        """
+        The accepted recipients get DATA's refusal; a recipient refused at
+        RCPT keeps its own reply.
+        """
+        target = yield self.server(b"220 store ready\r\n", [
+            (b"LHLO", b"250 store\r\n"),
+            (b"MAIL FROM", b"250 2.1.0 ok\r\n"),
+            (b"RCPT TO:<ann@example.com>", b"550 5.1.1 no such user\r\n"),
+            (b"RCPT TO:<bob@example.com>", b"250 2.1.5 ok\r\n"),
+            (b"DATA", b"452 4.3.1 out of disk space\r\n"),
+        ])
+        agent = LMTPDelivery(reactor, "mx.example.com", timeout=30)
+        self.addCleanup(agent.stop)
+        env = envelope("ann@example.com", "bob@example.com")
+        ann, bob = yield agent.deliver(env, deliveries(env, target), BytesSource(MESSAGE))
+        self.assertEqual((ann.code, ann.status), (550, "5.1.1"))
+        self.assertEqual((bob.code, bob.status), (452, "4.3.1"))
+
 
 def _turn() -> defer.Deferred:
     """A Deferred that fires on the next reactor turn."""
     d: defer.Deferred = defer.Deferred()
     reactor.callLater(0, d.callback, None)
     return d
+
 

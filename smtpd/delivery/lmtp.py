@@ -204,7 +204,7 @@ class LMTPClient(LineReceiver, TimeoutMixin):
             return rcpt_replies
         data = await self.command("DATA")
         if data.code != 354:
-            raise LMTPError(data.code, data.text)
+            return [data if i in accepted else r for i, r in enumerate(rcpt_replies)]
         # RFC 2033 4.2: one reply per accepted recipient, in RCPT order.
         answers = [self._expect() for _ in accepted]
         try:
@@ -228,8 +228,12 @@ class LMTPClient(LineReceiver, TimeoutMixin):
     async def _envelope(self, envelope: Envelope, recipients: Sequence[tuple[str, Recipient]],
                         size: int) -> list[Reply]:
         """MAIL and the RCPTs, pipelined when the store offers it; the RCPT replies."""
+        if not _safe(envelope.sender):
+            raise LMTPError(553, "553 5.1.7 bad sender address syntax")
         mail = self._mail_command(envelope, size)
         rcpts = [self._rcpt_command(address, r) for address, r in recipients]
+        if not all(_safe(address) for address, _ in recipients):
+            raise LMTPError(553, "553 5.1.3 bad recipient address syntax")
         if "PIPELINING" in self.extensions:
             pending = [self.command(mail)] + [self.command(line) for line in rcpts]
             outcomes = await DeferredList(pending, consumeErrors=True)
@@ -294,6 +298,11 @@ class LMTPClient(LineReceiver, TimeoutMixin):
             self.command("QUIT").addErrback(lambda f: None)
         self.setTimeout(None)
         self.transport.loseConnection()
+
+
+def _safe(address: str) -> bool:
+    """Whether C{address} can go on a command line: printable, no spaces or brackets."""
+    return address.isprintable() and not any(c in address for c in " <>")
 
 
 @implementer(IDeliveryAgent)
