@@ -16,6 +16,7 @@ from smtpd.config import DirectoryConfig
 from smtpd.directory.interfaces import DirectoryUnavailable, IDirectory, Mailbox
 from smtpd.directory.ldap import LDAPDirectory, address_value, server_for
 from smtpd.directory.ldapclient import Entry
+from smtpd.directory.ldapfilter import FilterTemplate
 from tests.slapd import SLAPD_MISSING, SUFFIX, free_port, start_slapd
 
 SERVICE_DN = f"cn=smtpd,ou=services,{SUFFIX}"
@@ -108,6 +109,28 @@ class LookupTests(SlapdTestCase):
         first = directory._connection
         yield directory.lookup("sales@example.com")
         self.assertIs(directory._connection, first)
+
+
+    @defer.inlineCallbacks
+    def test_concurrent_same_address(self):
+        """Concurrent lookups of one address share one search and its answer."""
+        directory = self.directory()
+        yield directory.lookup("bob@example.com")
+        protocol = directory._connection.protocol
+        before = protocol._next_id
+        answers = yield defer.gatherResults(
+            [directory.lookup("ALICE@example.com") for _ in range(5)])
+        self.assertEqual(answers, [Mailbox("alice@example.com")] * 5)
+        self.assertEqual(protocol._next_id - before, 1)
+
+    def test_template_filled_as_values(self):
+        """%s, %u and %d become assertion values: filter syntax in them stays literal."""
+        template = FilterTemplate("(&(uid=%u)(|(mail=%s)(proxyAddresses=smtp:%s))(dc=%d)(x=100%%))")
+        text = template.fill("a*)(b@example.com").asText()
+        self.assertEqual(
+            text,
+            r"(&(uid=a\2a\29\28b)(|(mail=a\2a\29\28b@example.com)"
+            r"(proxyAddresses=smtp:a\2a\29\28b@example.com))(dc=example.com)(x=100%))")
 
 
 class AuthenticateTests(SlapdTestCase):

@@ -12,7 +12,6 @@ cached (C{positive_ttl}, C{negative_ttl}); failures never are.
 
 from __future__ import annotations
 
-from ldaptor import ldapfilter
 from ldaptor.protocols import pureldap
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
@@ -20,9 +19,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from smtpd.config import DirectoryConfig
-from smtpd.config.ldap import fill_filter, ldap_url_parts
+from smtpd.config.ldap import ldap_url_parts
 from smtpd.directory.cache import MISSING, AnswerCache
 from smtpd.directory.interfaces import DirectoryUnavailable, IDirectory, Mailbox
+from smtpd.directory.ldapfilter import FilterTemplate
 from smtpd.directory.ldapclient import (
     INVALID_CREDENTIALS,
     SUCCESS,
@@ -98,6 +98,8 @@ class LDAPDirectory:
         )
         self._connection: LDAPConnection | None = None
         self._connecting: list[Deferred[LDAPConnection]] | None = None
+        self._templates: dict[str, FilterTemplate] = {}
+        self._inflight: dict[str, list[Deferred[Mailbox | None]]] = {}
 
     # -- IDirectory --------------------------------------------------------
 
@@ -121,16 +123,33 @@ class LDAPDirectory:
         cached = self.cache.get(address)
         if cached is not MISSING:
             return cached  # type: ignore[return-value]
-        mailbox = await self._find_mailbox(address)
-        if mailbox is None:
-            mailbox = await self._find_alias(address)
+        waiting = self._inflight.get(address)
+        if waiting is not None:
+            # The same address is being looked up already: share its answer.
+            d: Deferred[Mailbox | None] = Deferred()
+            waiting.append(d)
+            return await d
+        self._inflight[address] = []
+        try:
+            mailbox = await self._find_mailbox(address)
+            if mailbox is None:
+                mailbox = await self._find_alias(address)
+        except BaseException as e:
+            for d in self._inflight.pop(address):
+                d.errback(e)
+            raise
         self.cache.put(address, mailbox)
+        for d in self._inflight.pop(address):
+            d.callback(mailbox)
         return mailbox
 
     async def _search(self, template: str, address: str,
                       attributes: tuple[str, ...]) -> list[Entry]:
         """The entries under the base matching C{template} filled with C{address}."""
-        filter_object = ldapfilter.parseFilter(fill_filter(template, address))
+        compiled = self._templates.get(template)
+        if compiled is None:
+            compiled = self._templates[template] = FilterTemplate(template)
+        filter_object = compiled.fill(address)
         connection = await self._service()
         return await connection.search(self.config.base, filter_object, attributes, limit=2)
 

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 from ldaptor.protocols import pureber, pureldap
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
@@ -26,6 +30,8 @@ from smtpd.directory.interfaces import DirectoryUnavailable
 SUCCESS = 0
 SIZE_LIMIT_EXCEEDED = 4
 INVALID_CREDENTIALS = 49
+
+MAX_OUTSTANDING = 50
 
 _FINAL_SEARCH = (pureldap.LDAPSearchResultEntry, pureldap.LDAPSearchResultReference)
 
@@ -89,6 +95,11 @@ class LDAPClientProtocol(Protocol):
         self._pending: dict[int, tuple[defer.Deferred[list], list]] = {}
         self._decoder = _decoder()
         self.closed = False
+
+    def connectionMade(self) -> None:
+        """Requests are small writes that wait for an answer: no Nagle delay."""
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)
 
     def request(self, operation: pureldap.LDAPProtocolRequest) -> defer.Deferred[list]:
         """Send C{operation}; a Deferred of its responses (the final result last)."""
@@ -172,7 +183,9 @@ class LDAPServer:
 
 class LDAPConnection:
     """
-    A connected, possibly encrypted LDAP session with request timeouts.
+    A connected, possibly encrypted LDAP session with request timeouts and
+    at most L{MAX_OUTSTANDING} requests on the wire (OpenLDAP stops reading
+    from a connection with more pending, 100 by default when anonymous).
     Obtain one with L{connect}.
     """
 
@@ -180,6 +193,7 @@ class LDAPConnection:
         self.protocol = protocol
         self.clock = clock
         self.timeout = timeout
+        self._slots = defer.DeferredSemaphore(MAX_OUTSTANDING)
 
     @property
     def open(self) -> bool:
@@ -188,6 +202,7 @@ class LDAPConnection:
 
     async def call(self, operation: pureldap.LDAPProtocolRequest) -> list:
         """Every response to C{operation}; a timeout closes the connection."""
+        await self._slots.acquire()
         d = self.protocol.request(operation)
         d.addTimeout(self.timeout, self.clock)
         try:
@@ -197,6 +212,8 @@ class LDAPConnection:
             raise DirectoryUnavailable(
                 f"{self.protocol.where}: no answer in {self.timeout:g}s"
             ) from None
+        finally:
+            self._slots.release()
 
     async def bind(self, dn: str, password: str) -> LDAPResult:
         """A simple bind (RFC 4511 4.2) as C{dn}; the server's result."""
