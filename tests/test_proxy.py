@@ -24,6 +24,7 @@ from smtpd.inbound.proxy import (
     server_endpoint,
 )
 from smtpd.inbound.session import LISTEN
+from smtpd.service.listeners import Listener
 from smtpd.util.activity import ActivityLog
 from tests.haproxy import HAPROXY_MISSING, start_haproxy
 from tests.inbound import RawClient, SMTPServerFixture, make_config
@@ -92,10 +93,14 @@ class ServerTestCase(unittest.TestCase):
         log.open()
         self.addCleanup(log.close)
         self.server.inbound.command_log = log
-        endpoint = server_endpoint(reactor, "haproxy:tcp:0:interface=127.0.0.1",
-                                   access["proxy_from"])
-        self.assertIsInstance(endpoint, ProxyHeaderEndpoint)
-        return endpoint.listen(self.server.inbound.factory(LISTEN))
+        self.assertIsInstance(
+            server_endpoint(reactor, "haproxy:tcp:0:interface=127.0.0.1", access["proxy_from"]),
+            ProxyHeaderEndpoint)
+        # The server's own listener, as tap.py builds it.
+        listener = Listener(reactor, "haproxy:tcp:0:interface=127.0.0.1",
+                            self.server.inbound.factory(LISTEN), access["proxy_from"])
+        listener.bind()
+        return defer.succeed(listener.port)
 
     async def client(self, port: int, source: str) -> RawClient:
         """A client connecting from C{source} (a loopback address) to C{port}."""
