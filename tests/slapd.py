@@ -132,21 +132,72 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+TLS_CONFIG = """
+TLSCACertificateFile {folder}/ca.pem
+TLSCertificateFile {folder}/server.pem
+TLSCertificateKeyFile {folder}/server.key
+"""
+
+
+def write_certificates(folder: str, hostname: str) -> None:
+    """A throw-away CA (ca.pem) and a certificate for C{hostname} (server.pem, server.key)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def builder(subject, issuer, key):
+        return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=30)))
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "slapd test CA")])
+    ca = (builder(ca_name, ca_name, ca_key)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    cert = (builder(name, ca_name, key)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    for file_name, data in (
+        ("ca.pem", ca.public_bytes(pem)),
+        ("server.pem", cert.public_bytes(pem)),
+        ("server.key", key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption())),
+    ):
+        with open(os.path.join(folder, file_name), "wb") as f:
+            f.write(data)
+
+
 class Slapd:
     """
     One private slapd: L{start}, L{stop}, and its L{url}. The tree is loaded
-    once, offline, by slapadd.
+    once, offline, by slapadd. With C{tls}, it also offers StartTLS and
+    listens for ldaps:// on L{tls_port}, with a certificate for C{localhost}
+    issued by the CA in C{ca.pem}.
     """
 
-    def __init__(self, folder: str, tree: str = TREE) -> None:
+    def __init__(self, folder: str, tree: str = TREE, tls: bool = False) -> None:
         self.folder = folder
         self.port = free_port()
+        self.tls_port = free_port() if tls else 0
         self.process: subprocess.Popen | None = None
         os.makedirs(os.path.join(folder, "db"))
         with open(os.path.join(folder, "mail.schema"), "w") as f:
             f.write(MAIL_SCHEMA)
         self.config = os.path.join(folder, "slapd.conf")
         with open(self.config, "w") as f:
+            if tls:
+                write_certificates(folder, "localhost")
+                f.write(TLS_CONFIG.format(folder=folder))
             f.write(CONFIG.format(schema=SCHEMA_DIR, folder=folder, suffix=SUFFIX,
                                   rootdn=ROOT_DN, rootpw=ROOT_PASSWORD))
         ldif = os.path.join(folder, "tree.ldif")
@@ -160,10 +211,22 @@ class Slapd:
         """The server's ldap:// URL."""
         return f"ldap://127.0.0.1:{self.port}"
 
+    @property
+    def ca_file(self) -> str:
+        """The PEM file of the CA that issued the server's certificate (with C{tls})."""
+        return os.path.join(self.folder, "ca.pem")
+
+    def listen_urls(self) -> str:
+        """slapd's -h argument."""
+        urls = f"ldap://127.0.0.1:{self.port}/"
+        if self.tls_port:
+            urls += f" ldaps://127.0.0.1:{self.tls_port}/"
+        return urls
+
     def start(self) -> None:
         """Run slapd in the foreground (-d 0) and wait until it accepts connections."""
         self.process = subprocess.Popen(
-            [SLAPD, "-d", "0", "-f", self.config, "-h", f"ldap://127.0.0.1:{self.port}/"],
+            [SLAPD, "-d", "0", "-f", self.config, "-h", self.listen_urls()],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 10
@@ -192,11 +255,11 @@ class Slapd:
         self.process = None
 
 
-def start_slapd(case, tree: str = TREE) -> Slapd:
+def start_slapd(case, tree: str = TREE, tls: bool = False) -> Slapd:
     """A started L{Slapd} in a temporary folder, stopped and removed at cleanup."""
     folder = tempfile.mkdtemp(prefix="slapd-")
     case.addCleanup(shutil.rmtree, folder, True)
-    server = Slapd(folder, tree)
+    server = Slapd(folder, tree, tls)
     server.start()
     case.addCleanup(server.stop)
     return server

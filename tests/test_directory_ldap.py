@@ -257,6 +257,46 @@ class CacheTests(SlapdTestCase):
         self.assertTrue((yield directory.lookup("alice@example.com")))
 
 
+class TLSTests(unittest.TestCase):
+    """StartTLS and ldaps:// with a certificate from a CA named in ca_certificates."""
+
+    skip = SLAPD_MISSING
+
+    def setUp(self):
+        self.slapd = start_slapd(self, tls=True)
+
+    def directory(self, url: str, **overrides) -> LDAPDirectory:
+        config = directory_config(url, **overrides)
+        directory = LDAPDirectory(config, reactor, server_for(config))
+        self.addCleanup(directory.stop)
+        return directory
+
+    @defer.inlineCallbacks
+    def test_starttls(self):
+        """With starttls = yes, lookups and AUTH run over StartTLS."""
+        directory = self.directory(f"ldap://localhost:{self.slapd.port}", starttls=True,
+                                   ca_certificates=self.slapd.ca_file)
+        self.assertEqual((yield directory.lookup("alice@example.com")),
+                         Mailbox("alice@example.com"))
+        self.assertTrue(directory.server.starttls)
+        self.assertTrue((yield directory.authenticate("alice@example.com", b"alice-secret")))
+
+    @defer.inlineCallbacks
+    def test_ldaps(self):
+        """An ldaps:// URL speaks TLS from the first byte."""
+        directory = self.directory(f"ldaps://localhost:{self.slapd.tls_port}",
+                                   ca_certificates=self.slapd.ca_file)
+        self.assertTrue(directory.server.tls)
+        self.assertEqual((yield directory.lookup("bob@example.com")).host,
+                         "mx.branch.example.net")
+
+    @defer.inlineCallbacks
+    def test_untrusted_certificate(self):
+        """A server certificate from a CA not trusted makes the directory unavailable."""
+        directory = self.directory(f"ldap://localhost:{self.slapd.port}", starttls=True)
+        yield self.assertFailure(directory.lookup("alice@example.com"), DirectoryUnavailable)
+
+
 class ActiveDirectoryValueTests(unittest.TestCase):
     """proxyAddresses values as Active Directory writes them."""
 
