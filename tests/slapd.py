@@ -69,7 +69,8 @@ access to * by dn.exact="cn=smtpd,ou=services,{suffix}" read by * none
 """
 
 # A user (alice) with an alternate address, a user routed elsewhere (bob, by
-# mailRoutingAddress and mailHost), a list (sales), and the service account.
+# mailRoutingAddress and mailHost), a list of addresses (sales), a group of
+# DNs (staff, as Active Directory groups are), and the service account.
 TREE = """
 dn: {suffix}
 objectClass: dcObject
@@ -122,6 +123,15 @@ cn: sales@example.com
 rfc822MailMember: alice@example.com
 rfc822MailMember: bob
 rfc822MailMember: partner@elsewhere.example.org
+
+dn: cn=staff,ou=lists,{suffix}
+objectClass: groupOfNames
+objectClass: extensibleObject
+cn: staff
+mail: staff@example.com
+member: uid=alice,ou=people,{suffix}
+member: uid=bob,ou=people,{suffix}
+member: uid=gone,ou=people,{suffix}
 """
 
 

@@ -89,6 +89,17 @@ class LookupTests(SlapdTestCase):
         )
 
     @defer.inlineCallbacks
+    def test_group_of_dns(self):
+        """
+        A group whose members are DNs (as in Active Directory) expands to the
+        members' mail addresses; a DN that no longer exists is left out.
+        """
+        directory = self.directory(alias_filter="(&(objectClass=groupOfNames)(mail=%s))",
+                                   member_attribute="member")
+        mailbox = yield directory.lookup("staff@example.com")
+        self.assertEqual(mailbox.destinations, ("alice@example.com", "bob@example.com"))
+
+    @defer.inlineCallbacks
     def test_routing(self):
         """mailRoutingAddress and mailHost say where the user's mail really goes."""
         mailbox = yield self.directory().lookup("bob@example.com")
@@ -156,6 +167,12 @@ class AuthenticateTests(SlapdTestCase):
         """An empty password is refused without an (unauthenticated) bind."""
         directory = self.directory()
         self.assertFalse((yield directory.authenticate("alice@example.com", b"")))
+
+    @defer.inlineCallbacks
+    def test_wrong_base(self):
+        """A base that does not exist makes the directory unavailable, never 'no such user'."""
+        directory = self.directory(base="dc=nowhere,dc=example")
+        yield self.assertFailure(directory.lookup("alice@example.com"), DirectoryUnavailable)
 
     @defer.inlineCallbacks
     def test_service_bind_refused(self):

@@ -29,6 +29,7 @@ from smtpd.directory.interfaces import DirectoryUnavailable
 # RFC 4511 4.1.9 result codes this module tells apart.
 SUCCESS = 0
 SIZE_LIMIT_EXCEEDED = 4
+NO_SUCH_OBJECT = 32
 INVALID_CREDENTIALS = 49
 
 MAX_OUTSTANDING = 50
@@ -237,6 +238,8 @@ class LDAPConnection:
         )
         responses = await self.call(request)
         final = responses[-1]
+        if final.resultCode == NO_SUCH_OBJECT and scope == pureldap.LDAP_SCOPE_baseObject:
+            return []  # the entry asked for is gone (a missing base is an error)
         if final.resultCode not in (SUCCESS, SIZE_LIMIT_EXCEEDED):
             raise DirectoryUnavailable(
                 f"{self.protocol.where}: search failed ({final.resultCode} "
