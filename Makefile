@@ -7,7 +7,7 @@ VENV_PY   := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 CONFIG    ?= etc/smtpd.ini
 
-.PHONY: run test check docs venv clean
+.PHONY: run test check docs venv clean engines bench
 
 run: $(STAMP)
 	$(VENV)/bin/twistd -n smtpd --config $(CONFIG)
@@ -23,6 +23,12 @@ docs: $(STAMP)
 	$(VENV_PY) -m smtpd.config.reference docs/configuration.md
 
 venv: $(STAMP)
+
+# The real engines the tests and benchmarks talk to (postfix, slapd, dovecot, haproxy,
+# chromium, ...), from Debian packages, installed when missing (needs root); instant
+# when all are present. Tests skip, naming the package, when one is not installed.
+engines:
+	@sh tools/engines.sh
 
 # The interpreter: the first of python3.13, python3.12, python3 on PATH, then pyenv's
 # versions, that really runs and is >= 3.12 (pyenv shims exist but fail when the
