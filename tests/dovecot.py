@@ -18,14 +18,10 @@ import subprocess
 import tempfile
 import time
 
+from tests.engines import find_engine, skip_unless
 from tests.slapd import free_port
 
-DOVECOT = "/usr/sbin/dovecot"
-LMTP_BINARY = "/usr/lib/dovecot/lmtp"
-DOVECOT_MISSING = (
-    None if os.path.exists(DOVECOT) and os.path.exists(LMTP_BINARY)
-    else "Dovecot LMTP is not installed (Debian packages dovecot-core, dovecot-lmtpd)"
-)
+DOVECOT_MISSING = skip_unless("dovecot", "dovecot/lmtp")
 
 CONFIG = """
 base_dir = {folder}/run
@@ -120,7 +116,7 @@ class Dovecot:
     def start(self) -> None:
         """Run dovecot in the foreground (-F) and wait for its LMTP port."""
         self.process = subprocess.Popen(
-            [DOVECOT, "-F", "-c", self.config],
+            [find_engine("dovecot"), "-F", "-c", self.config],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 15

@@ -15,10 +15,10 @@ import subprocess
 import tempfile
 import time
 
+from tests.engines import find_engine, skip_unless
 from tests.slapd import free_port
 
-HAPROXY = "/usr/sbin/haproxy"
-HAPROXY_MISSING = None if os.path.exists(HAPROXY) else "HAProxy is not installed (Debian package haproxy)"
+HAPROXY_MISSING = skip_unless("haproxy")
 
 CONFIG = """
 global
@@ -52,7 +52,7 @@ class HAProxy:
 
     def start(self) -> None:
         """Start and wait until the frontend accepts connections."""
-        self.process = subprocess.Popen([HAPROXY, "-db", "-f", self.config],
+        self.process = subprocess.Popen([find_engine("haproxy"), "-db", "-f", self.config],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

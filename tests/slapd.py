@@ -2,7 +2,7 @@
 A real OpenLDAP C{slapd} for tests: a temporary slapd.conf (mdb backend), a
 test tree loaded with slapadd, listening on a free loopback port, stopped by
 the test's cleanup. L{SLAPD_MISSING} is the reason to skip when Debian's
-slapd is not installed.
+slapd is not installed (`make engines` installs it).
 """
 
 from __future__ import annotations
@@ -15,13 +15,10 @@ import subprocess
 import tempfile
 import time
 
-SLAPD = "/usr/sbin/slapd"
-SLAPADD = "/usr/sbin/slapadd"
+from tests.engines import find_engine, skip_unless
+
 SCHEMA_DIR = "/etc/ldap/schema"
-SLAPD_MISSING = (
-    None if os.path.exists(SLAPD) and os.path.exists(SLAPADD)
-    else "OpenLDAP slapd is not installed (Debian packages slapd, ldap-utils)"
-)
+SLAPD_MISSING = skip_unless("slapd", "slapadd")
 
 SUFFIX = "dc=example,dc=com"
 ROOT_DN = f"cn=admin,{SUFFIX}"
@@ -213,7 +210,7 @@ class Slapd:
         ldif = os.path.join(folder, "tree.ldif")
         with open(ldif, "w") as f:
             f.write(tree.format(suffix=SUFFIX).lstrip())
-        subprocess.run([SLAPADD, "-q", "-f", self.config, "-l", ldif],
+        subprocess.run([find_engine("slapadd"), "-q", "-f", self.config, "-l", ldif],
                        check=True, capture_output=True, timeout=60)
 
     @property
@@ -236,7 +233,7 @@ class Slapd:
     def start(self) -> None:
         """Run slapd in the foreground (-d 0) and wait until it accepts connections."""
         self.process = subprocess.Popen(
-            [SLAPD, "-d", "0", "-f", self.config, "-h", self.listen_urls()],
+            [find_engine("slapd"), "-d", "0", "-f", self.config, "-h", self.listen_urls()],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 10
