@@ -118,6 +118,18 @@ class DovecotTests(unittest.TestCase):
         self.assertEqual(len(self.dovecot.messages("ann@example.com")), 2)
 
     @defer.inlineCallbacks
+    def test_idle_connection_closed_by_store(self):
+        """When the store has closed the idle connection, the next message takes a new one."""
+        yield self.deliver(envelope("ann@example.com"))
+        [(client, _)] = self.agent._stores[self.target].idle
+        self.dovecot.stop()
+        self.dovecot.start()
+        statuses = yield self.deliver(envelope("bob@example.com"))
+        self.assertTrue(statuses[0].delivered, statuses[0].reply)
+        [(again, _)] = self.agent._stores[self.target].idle
+        self.assertIsNot(again, client)
+
+    @defer.inlineCallbacks
     def test_large_message_streamed(self):
         """
         A 4 MiB message full of dot-leading lines, sent in chunks, arrives

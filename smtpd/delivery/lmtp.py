@@ -54,6 +54,10 @@ class LMTPError(Exception):
         self.status = status or enhanced_status(code, reply)
 
 
+class StaleSession(LMTPError):
+    """A reused session turned out closed before the transaction began."""
+
+
 @dataclass(frozen=True)
 class Reply:
     """One LMTP reply: its code and its text lines (without the code)."""
@@ -200,7 +204,16 @@ class LMTPClient(LineReceiver, TimeoutMixin):
         @raise LMTPError: when the transaction as a whole fails.
         """
         if self.transactions:
-            reset = await self.command("RSET")
+            try:
+                reset = await self.command("RSET")
+            except LMTPError as e:
+                # The store closed the idle session: nothing of this message
+                # was sent, a new connection may take it.
+                raise StaleSession(e.code, e.reply) from None
+            if reset.code == 421:  # it was closing the session
+                self._fail(StaleSession(reset.code, reset.text))
+                self.transport.loseConnection()
+                raise StaleSession(reset.code, reset.text)
             if reset.code != 250:
                 raise LMTPError(reset.code, reset.text)
         self.transactions += 1
@@ -394,19 +407,27 @@ class _Store:
 
     async def send(self, envelope: Envelope, pairs: list[tuple[str, Recipient]],
                    message: Any) -> list[Reply]:
-        """One transaction on an idle or a new connection."""
+        """
+        One transaction on an idle or a new connection (a new one when the
+        idle one turns out closed).
+        """
         await self.limit.acquire()
-        client = None
         try:
-            client = await self._client()
-            return await client.transaction(envelope, pairs, message)
+            for fresh in (False, True):
+                client = await self._client(fresh)
+                try:
+                    return await client.transaction(envelope, pairs, message)
+                except StaleSession:
+                    if fresh:
+                        raise
+                finally:
+                    self._release(client)
+            raise AssertionError("unreachable")
         finally:
-            if client is not None:
-                self._release(client)
             self.limit.release()
 
-    async def _client(self) -> LMTPClient:
-        while self.idle:
+    async def _client(self, fresh: bool = False) -> LMTPClient:
+        while self.idle and not fresh:
             client, timer = self.idle.pop()
             timer.cancel()
             if client.usable:
