@@ -14,7 +14,8 @@ from twisted.trial import unittest
 
 from smtpd.directory.accounts import Users
 from smtpd.directory.file import AccountsDirectory
-from smtpd.directory.interfaces import IDirectory, Mailbox
+from smtpd.directory.interfaces import DirectoryUnavailable, IDirectory, Mailbox
+from smtpd.directory.resolve import RecipientResolver
 from tests.test_users import hashed
 
 
@@ -60,3 +61,41 @@ class AccountsDirectoryTests(unittest.TestCase):
         self.directory.update(Users({"bob@example.com": hashed(b"x").encode("ascii")}))
         self.assertIsNone((yield self.directory.lookup("ann@example.com")))
         self.assertTrue((yield self.directory.lookup("bob@example.com")))
+
+
+class ResolverTests(unittest.TestCase):
+    """Recipient validation with the directory's answer."""
+
+    def setUp(self):
+        from tests.inbound import make_config
+        self.config = make_config(self.mktemp())
+        users = Users({"ann@localhost": hashed(b"x").encode("ascii")})
+        self.resolver = RecipientResolver(self.config, AccountsDirectory(users, None))
+
+    @defer.inlineCallbacks
+    def test_local_and_alias(self):
+        """A mailbox of a local domain, or of its alias domain, is local; others are None."""
+        dest = yield self.resolver.resolve("Ann@localhost")
+        self.assertEqual((dest.kind, dest.mailbox), ("local", "ann@localhost"))
+        dest = yield self.resolver.resolve("ann@alias.test")
+        self.assertEqual((dest.kind, dest.mailbox), ("local", "ann@localhost"))
+        self.assertIsNone((yield self.resolver.resolve("bob@localhost")))
+
+    @defer.inlineCallbacks
+    def test_postmaster_drop_remote(self):
+        """postmaster always exists; drop and remote domains are not asked about."""
+        self.assertEqual((yield self.resolver.resolve("POSTMASTER@localhost")).kind, "local")
+        self.assertEqual((yield self.resolver.resolve("any@drop.test")).kind, "drop")
+        self.assertEqual((yield self.resolver.resolve("any@example.org")).kind, "remote")
+
+    @defer.inlineCallbacks
+    def test_directory_down(self):
+        """A directory that cannot answer fails the resolution with DirectoryUnavailable."""
+
+        class Down:
+            def lookup(self, address):
+                return defer.fail(DirectoryUnavailable("ldap://x: connection refused"))
+
+        resolver = RecipientResolver(self.config, Down())
+        yield self.assertFailure(resolver.resolve("ann@localhost"), DirectoryUnavailable)
+        self.assertEqual((yield resolver.resolve("x@example.org")).kind, "remote")

@@ -336,3 +336,28 @@ class ActiveDirectoryValueTests(unittest.TestCase):
         })
         self.assertEqual(directory._mailbox(entry, "ann.b@example.com"),
                          Mailbox("ann@example.com"))
+
+
+class RecipientTests(SlapdTestCase):
+    """RCPT-time validation of example.com recipients by the directory."""
+
+    @defer.inlineCallbacks
+    def test_rcpt_answers(self):
+        """
+        A directory user and a list are accepted, an unknown user is not (the
+        session's 550 5.1.1), and with slapd stopped the answer is
+        DirectoryUnavailable (the session's 451 4.4.3), never 'unknown'.
+        """
+        from smtpd.config import DomainConfig
+        from smtpd.directory.resolve import RecipientResolver
+        from tests.inbound import make_config
+
+        config = make_config(self.mktemp(), domains=(DomainConfig("example.com"),))
+        resolver = RecipientResolver(config, self.directory(positive_ttl=0, negative_ttl=0))
+        self.assertEqual((yield resolver.resolve("alice@example.com")).mailbox,
+                         "alice@example.com")
+        self.assertIsNotNone((yield resolver.resolve("sales@example.com")))
+        self.assertIsNone((yield resolver.resolve("nobody@example.com")))
+        self.slapd.stop()
+        yield self.assertFailure(resolver.resolve("alice@example.com"), DirectoryUnavailable)
+        yield self.assertFailure(resolver.resolve("nobody@example.com"), DirectoryUnavailable)
