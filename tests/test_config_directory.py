@@ -119,10 +119,15 @@ class ProxyConfigTests(ConfigTestCase):
             "[server]\nlisten = haproxy:unix:/tmp/s\n[access]\nproxy_from = 127.0.0.1\n"))
         self.assertIn("haproxy: is for tcp: endpoints", self.problem(
             "[server]\nlisten = haproxy:haproxy:tcp:25\n[access]\nproxy_from = 127.0.0.1\n"))
-        self.assertIn("is not a plain tcp: endpoint", self.problem(
+        self.assertIn("is not a plain tcp: (or systemd:) endpoint", self.problem(
             "[server]\nsmtps = haproxy:tcp:465\n[access]\nproxy_from = 127.0.0.1\n"))
 
     def test_same_port_through_proxy(self):
         """A haproxy: listener and a plain one on the same port clash."""
         self.assertIn("binds the port of", self.problem(
             "[server]\nlisten = haproxy:tcp:2525 tcp:2525\n[access]\nproxy_from = 127.0.0.1\n"))
+
+    def test_pop3_needs_proxy_from(self):
+        """A haproxy: POP3 listener also needs proxy_from."""
+        self.assertIn("[pop3] listen = haproxy:tcp:1110: haproxy:tcp:1110 speaks the PROXY",
+                      self.problem("[pop3]\nlisten = haproxy:tcp:1110\n"))

@@ -181,6 +181,14 @@ class ManholeConfig:
 
 
 @dataclass(frozen=True)
+class POP3Config:
+    """[pop3]: where recipients pick up their mail (empty = off)."""
+
+    listen: tuple[str, ...] = ()
+    pop3s: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """[logging]: where the per-command and per-delivery log lines go."""
 
@@ -206,6 +214,7 @@ class Config:
     domains: tuple[DomainConfig, ...] = ()
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     manhole: ManholeConfig = field(default_factory=ManholeConfig)
+    pop3: POP3Config = field(default_factory=POP3Config)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def domain(self, name: str) -> DomainConfig | None:

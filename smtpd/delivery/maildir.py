@@ -285,7 +285,10 @@ def _write_into(folder: str, name: str, content: bytes) -> str:
     """
     tmp = os.path.join(folder, "tmp", name)
     write_file(tmp, content)
-    final = os.path.join(folder, "new", f"{name},S={len(content)}")
+    # S= the size on disk, W= the size with CRLF line ends (Dovecot's fields):
+    # POP3 (smtpd's and Dovecot's) lists sizes without reading every message.
+    wire_size = len(content) + content.count(b"\n")
+    final = os.path.join(folder, "new", f"{name},S={len(content)},W={wire_size}")
     try:
         os.rename(tmp, final)
     except BaseException:
