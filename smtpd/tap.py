@@ -20,6 +20,7 @@ import sys
 
 from twisted.application import service
 from twisted.internet.threads import deferToThreadPool
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
@@ -30,6 +31,7 @@ from smtpd.pop3.server import POP3Server
 from smtpd.queue.bounce import BounceBuilder
 from smtpd.config import Config, ConfigError, load_config
 from smtpd.delivery.drop import DropDelivery
+from smtpd.delivery.lmtp import LMTPDelivery
 from smtpd.delivery.maildir import MaildirDelivery
 from smtpd.config.preflight import creates_certificate, preflight
 from smtpd.service.listeners import Listener, ListenerGroup, StartupError
@@ -42,6 +44,7 @@ from smtpd.inbound.policy import may_connect
 from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION, Inbound
 from smtpd.queue.manager import QueueManager
 from smtpd.queue.store import Queue
+from smtpd.mail.source import BytesSource
 from smtpd.delivery.relay import RelayManager
 from smtpd.directory.accounts import Users, UsersError
 
@@ -152,6 +155,39 @@ def load_tls(config: Config, clock):
     return tls.server_tls_options(cert, key)
 
 
+def delivery_agents(config: Config, reactor, run_blocking, relay: RelayManager,
+                    lmtp: LMTPDelivery) -> dict:
+    """The delivery agents by name (C{[domain:NAME] type} and the queue's registry)."""
+    mailroot = config.server.mailroot
+    agents = [
+        MaildirDelivery(mailroot, config.server.hostname, reactor, run_blocking,
+                        max_batches=MAILDIR_BATCHES),
+        DropDelivery(mailroot, reactor, run_blocking),
+        relay,
+        lmtp,
+    ]
+    return {agent.name: agent for agent in agents}
+
+
+def lmtp_agent(config: Config, reactor) -> LMTPDelivery:
+    """The agent of C{type = lmtp} domains, with the [delivery] limits."""
+    return LMTPDelivery(reactor, config.server.hostname, timeout=config.delivery.outbound_timeout,
+                        max_messages=config.delivery.max_messages_per_connection,
+                        max_connections=config.delivery.outbound_connections_per_domain)
+
+
+class AgentService(service.Service):
+    """On stop: closes a delivery agent's idle connections."""
+
+    def __init__(self, agent):
+        self.agent = agent
+
+    def stopService(self):
+        """Close the idle connections."""
+        service.Service.stopService(self)
+        return self.agent.stop()
+
+
 def build(config: Config, reactor) -> service.MultiService:
     """The whole server for C{config} on C{reactor}."""
     reactor.suggestThreadPoolSize(THREAD_POOL_SIZE)
@@ -190,23 +226,33 @@ def build(config: Config, reactor) -> service.MultiService:
 
     resolver = make_resolver(config.delivery.dns_servers, reactor)
     mx = MXResolver(resolver, reactor, config.server.hostname)
-    relay = RelayManager(config, reactor, mx, local_endpoints=group.addresses)
+    relay = RelayManager(config, reactor, mx, local_endpoints=group.addresses,
+                         run_blocking=run_blocking)
+    lmtp = lmtp_agent(config, reactor)
     qmgr = QueueManager(
         config,
         queue,
         reactor,
         users=users,
-        local=MaildirDelivery(mailroot, config.server.hostname, reactor, run_blocking,
-                              max_batches=MAILDIR_BATCHES),
-        drop=DropDelivery(mailroot, reactor, run_blocking),
-        relay=relay,
+        agents=delivery_agents(config, reactor, run_blocking, relay, lmtp),
         bounces=BounceBuilder(config.server.hostname, reactor),
         log=activity,
+        # The reports the queue makes (NDRs, DSNs) are new messages: stored.
+        submit=queue.store,
+        run_blocking=run_blocking,
     )
-    # Sessions hand messages to the queue manager, which may deliver them at once.
-    inbound.accept = qmgr.accept
+
+    def accept(envelope, message) -> Deferred[None]:
+        # Sessions hand messages to the queue manager, which may deliver them
+        # at once; a session still holding its message as bytes is wrapped.
+        if isinstance(message, bytes):
+            message = BytesSource(message)
+        return qmgr.accept(envelope, message)
+
+    inbound.accept = accept
     qmgr.setServiceParent(top)
     RelayService(relay, resolver).setServiceParent(top)
+    AgentService(lmtp).setServiceParent(top)
     InboundService(inbound, activity).setServiceParent(top)
     SignalService(reactor, None, activity.reopen).setServiceParent(top)
     top.pop3 = add_pop3(listeners, config, reactor, users, auth_pool.runner(reactor),

@@ -283,3 +283,68 @@ def _turn() -> defer.Deferred:
     return d
 
 
+
+
+class EndToEndTests(unittest.TestCase):
+    """The whole server: SMTP in, the queue, the lmtp agent, Dovecot."""
+
+    skip = DOVECOT_MISSING
+    timeout = 60
+
+    async def test_lmtp_domain(self):
+        """
+        Mail for a type = lmtp domain goes through the queue into Dovecot: each
+        user's mail store gets it, the user over quota is bounced alone (an
+        NDR to the sender's local Maildir), and the queue ends empty.
+        """
+        import glob
+        import os
+
+        from smtpd.config import load_config
+        from smtpd.directory.accounts import add
+        from smtpd.tap import build
+        from tests.inbound import connect
+        from tests.test_e2e import eventually
+
+        dovecot = start_dovecot(self, USERS)
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(root, "etc"))
+        for user in ("ann@example.com", "full@example.com", "sender@localhost"):
+            add(os.path.join(root, "etc", "users"), user, "secret-password", rounds=4)
+        with open(os.path.join(root, "etc", "smtpd.ini"), "w") as f:
+            f.write("[server]\nhostname = mx.local.test\nlisten = tcp:0:interface=127.0.0.1\n"
+                    "[logging]\npath = activity.log\nformat = json\n"
+                    "[domain:localhost]\ntype = local\n"
+                    f"[domain:example.com]\ntype = lmtp\nlmtp = tcp:127.0.0.1:{dovecot.port}\n")
+        top = build(load_config(os.path.join(root, "etc", "smtpd.ini")), reactor)
+        top.startService()
+        self.addCleanup(top.stopService)
+        [listener] = top.listeners.listeners
+        client = await connect(self, listener.address()[1])
+        await client.command(b"EHLO client.test\r\n")
+        await client.command(b"MAIL FROM:<sender@localhost>\r\n")
+        for rcpt in (b"ann@example.com", b"full@example.com"):
+            self.assertEqual(await client.command(b"RCPT TO:<" + rcpt + b">\r\n"), "250 2.1.5 Ok")
+        self.assertTrue(
+            (await client.command(b"RCPT TO:<nobody@example.com>\r\n")).startswith("550 5.1.1"))
+        await client.command(b"DATA\r\n")
+        message = MESSAGE.replace(b"x" * 3000, b"x" * 900 + b"\r\n" + b"y" * 900)
+        reply = await client.command(message.replace(b"\r\n.", b"\r\n..") + b".\r\n")
+        self.assertTrue(reply.startswith("250 2.0.0"), reply)
+
+        def bounced() -> list[str]:
+            return glob.glob(os.path.join(root, "mailroot", "mailbox", "localhost", "sender",
+                                          "new", "*"))
+
+        await eventually(lambda: dovecot.messages("ann@example.com") and bounced()
+                         and not glob.glob(os.path.join(root, "mailroot", "queue", "*.json")))
+        [stored] = dovecot.messages("ann@example.com")
+        self.assertIn(b"Received: from client.test", stored)
+        self.assertIn(b"\n.A line that starts with a dot.\n", stored)
+        self.assertEqual(dovecot.messages("full@example.com"), [])
+        [ndr_path] = bounced()
+        with open(ndr_path, "rb") as f:
+            ndr = f.read()
+        self.assertIn(b"full@example.com", ndr)
+        self.assertIn(b"5.2.2", ndr)
+        self.assertNotIn(b"Final-Recipient: rfc822; ann@example.com", ndr)

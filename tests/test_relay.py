@@ -19,6 +19,7 @@ from smtpd.config import Config, DeliveryConfig, DomainConfig, ServerConfig, Sma
 from smtpd.mail.envelope import DeliveryStatus, Envelope, Recipient
 from smtpd.delivery.mx import MXResolver, make_resolver
 from smtpd.delivery.relay import LocalAddresses, RelayManager, bindable
+from smtpd.mail.source import BytesSource
 from tests.support import (
     CertificateAuthority,
     SinkScript,
@@ -92,12 +93,28 @@ class RelayTests(unittest.TestCase):
         recipients = [r if isinstance(r, Recipient) else Recipient(r) for r in addresses]
         envelope = Envelope(id="0A1B2C", sender=sender, recipients=recipients, arrival=0.0,
                             **env)
-        statuses = await relay.deliver(envelope, recipients, data)
+        statuses = await relay.deliver(envelope, [(r, None) for r in recipients],
+                                       BytesSource(data))
         self.assertEqual([s.address for s in statuses], [r.address for r in recipients])
         return statuses
 
     def codes(self, statuses: list[DeliveryStatus]) -> list[tuple[int, str]]:
         return [(s.code, s.status) for s in statuses]
+
+    async def test_quoted_local_part(self) -> None:
+        """
+        A quoted local part with a space ("john smith"@..., accepted inbound)
+        is relayed as received, sender and recipient; a space outside quotes
+        is never put on the wire.
+        """
+        sinks = self.sinks(MX1=None)
+        statuses = await self.send(self.relay(), '"john smith"@example.test',
+                                   "bad address@example.test", sender='"jane doe"@ours.test')
+        self.assertEqual([s.code for s in statuses], [250, 553])
+        [got] = sinks["MX1"].messages
+        self.assertEqual((got.mail, got.rcpt),
+                         ('MAIL FROM:<"jane doe"@ours.test>',
+                          ['RCPT TO:<"john smith"@example.test>']))
 
     async def test_best_mx(self) -> None:
         """The message goes to the most preferred MX with the exact envelope and body."""
@@ -423,7 +440,8 @@ class RelayTests(unittest.TestCase):
             sinks = self.sinks(MX1=None)
             relay = self.relay(delivery={"outbound_connections_per_domain": limit})
             results = await gatherResults(
-                [relay.deliver(Envelope("A1", "a@ours.test", [], 0.0), [Recipient(r)], MESSAGE)
+                [relay.deliver(Envelope("A1", "a@ours.test", [], 0.0), [(Recipient(r), None)],
+                               BytesSource(MESSAGE))
                  for r in ("b@example.test", "c@example.test")]
             )
             self.assertEqual([s.code for [s] in results], [250, 250])
@@ -438,7 +456,8 @@ class RelayTests(unittest.TestCase):
             sinks = self.sinks(MX1=None)
             relay = self.relay(delivery={"outbound_connections": limit})
             await gatherResults(
-                [relay.deliver(Envelope("A1", "a@ours.test", [], 0.0), [Recipient(r)], MESSAGE)
+                [relay.deliver(Envelope("A1", "a@ours.test", [], 0.0), [(Recipient(r), None)],
+                               BytesSource(MESSAGE))
                  for r in ("b@example.test", "c@same.test")]
             )
             commands = sinks["MX1"].commands

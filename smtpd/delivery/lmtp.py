@@ -15,6 +15,7 @@ messages.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +32,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from smtpd.config.endpoints import lmtp_target_parts
-from smtpd.delivery.client import DotStuffer, enhanced_status, reply_text, xtext
+from smtpd.delivery.wire import (
+    DotStuffer,
+    OutboundMessage,
+    enhanced_status,
+    mail_command,
+    rcpt_command,
+    reply_text,
+    safe_address,
+)
 from smtpd.delivery.interfaces import IDeliveryAgent
 from smtpd.mail.envelope import DeliveryStatus, Envelope, Recipient
 
@@ -217,7 +226,7 @@ class LMTPClient(LineReceiver, TimeoutMixin):
             if reset.code != 250:
                 raise LMTPError(reset.code, reset.text)
         self.transactions += 1
-        rcpt_replies = await self._envelope(envelope, recipients, source.size)
+        rcpt_replies = await self._envelope(envelope, recipients, source)
         accepted = [i for i, r in enumerate(rcpt_replies) if 200 <= r.code < 300]
         if not accepted:
             return rcpt_replies
@@ -245,14 +254,19 @@ class LMTPClient(LineReceiver, TimeoutMixin):
         return results
 
     async def _envelope(self, envelope: Envelope, recipients: Sequence[tuple[str, Recipient]],
-                        size: int) -> list[Reply]:
+                        source: Any) -> list[Reply]:
         """MAIL and the RCPTs, pipelined when the store offers it; the RCPT replies."""
-        if not _safe(envelope.sender):
+        if not safe_address(envelope.sender):
             raise LMTPError(553, "553 5.1.7 bad sender address syntax")
-        mail = self._mail_command(envelope, size)
-        rcpts = [self._rcpt_command(address, r) for address, r in recipients]
-        if not all(_safe(address) for address, _ in recipients):
+        if not all(safe_address(address) for address, _ in recipients):
             raise LMTPError(553, "553 5.1.3 bad recipient address syntax")
+        message = OutboundMessage(
+            envelope.sender, tuple(r for _, r in recipients), source, envelope.ret,
+            envelope.envid, envelope.body == "8BITMIME",
+        )
+        mail = mail_command(message, source.size, self.extensions).decode("ascii")
+        rcpts = [rcpt_command(dataclasses.replace(r, address=address), self.extensions)
+                 .decode("ascii") for address, r in recipients]
         if "PIPELINING" in self.extensions:
             pending = [self.command(mail)] + [self.command(line) for line in rcpts]
             outcomes = await DeferredList(pending, consumeErrors=True)
@@ -269,29 +283,6 @@ class LMTPClient(LineReceiver, TimeoutMixin):
         if not rcpt_replies:
             rcpt_replies = [await self.command(line) for line in rcpts]
         return rcpt_replies
-
-    def _mail_command(self, envelope: Envelope, size: int) -> str:
-        params = [f"MAIL FROM:<{envelope.sender}>"]
-        if "SIZE" in self.extensions:
-            params.append(f"SIZE={size}")
-        if envelope.body == "8BITMIME" and "8BITMIME" in self.extensions:
-            params.append("BODY=8BITMIME")
-        if "DSN" in self.extensions:
-            if envelope.ret:
-                params.append(f"RET={envelope.ret.upper()}")
-            if envelope.envid:
-                params.append(f"ENVID={xtext(envelope.envid)}")
-        return " ".join(params)
-
-    def _rcpt_command(self, address: str, recipient: Recipient) -> str:
-        params = [f"RCPT TO:<{address}>"]
-        if "DSN" in self.extensions:
-            if recipient.notify:
-                params.append("NOTIFY=" + ",".join(recipient.notify))
-            kind, semi, original = recipient.orcpt.partition(";")
-            if semi:
-                params.append(f"ORCPT={kind};{xtext(original)}")
-        return " ".join(params)
 
     async def _send_message(self, source: Any) -> None:
         """Stream the message, dot-stuffed, then the final dot (RFC 5321 4.5.2)."""
@@ -317,11 +308,6 @@ class LMTPClient(LineReceiver, TimeoutMixin):
             self.command("QUIT").addErrback(lambda f: None)
         self.setTimeout(None)
         self.transport.loseConnection()
-
-
-def _safe(address: str) -> bool:
-    """Whether C{address} can go on a command line: printable, no spaces or brackets."""
-    return address.isprintable() and not any(c in address for c in " <>")
 
 
 @implementer(IDeliveryAgent)
@@ -350,6 +336,7 @@ class LMTPDelivery:
         self.max_messages = max_messages
         self.max_connections = max_connections
         self._stores: dict[str, _Store] = {}
+        self.stopped = False
 
     def deliver(self, envelope: Envelope, deliveries: Sequence[tuple[Recipient, Any]],
                 message: Any) -> Deferred[list[DeliveryStatus]]:
@@ -391,7 +378,8 @@ class LMTPDelivery:
                 for (_, recipient), r in zip(pairs, replies)]
 
     def stop(self) -> None:
-        """Close every idle connection."""
+        """Close every idle connection; connections in use close when done."""
+        self.stopped = True
         for store in self._stores.values():
             store.close_idle()
 
@@ -452,7 +440,8 @@ class _Store:
         return client
 
     def _release(self, client: LMTPClient) -> None:
-        if client.usable and client.transactions < self.agent.max_messages:
+        agent = self.agent
+        if client.usable and client.transactions < agent.max_messages and not agent.stopped:
             timer = self.agent.clock.callLater(IDLE_TIMEOUT, self._expire, client)
             self.idle.append((client, timer))
         else:
