@@ -74,19 +74,27 @@ class ResolverTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_local_and_alias(self):
-        """A mailbox of a local domain, or of its alias domain, is local; others are None."""
-        dest = yield self.resolver.resolve("Ann@localhost")
-        self.assertEqual((dest.kind, dest.mailbox), ("local", "ann@localhost"))
-        dest = yield self.resolver.resolve("ann@alias.test")
-        self.assertEqual((dest.kind, dest.mailbox), ("local", "ann@localhost"))
+        """
+        A mailbox of a local domain, or of its alias domain, is local and
+        queued under its mailbox address; others are None.
+        """
+        resolved = yield self.resolver.resolve("Ann@localhost")
+        self.assertEqual((resolved.destination.kind, resolved.destination.mailbox),
+                         ("local", "ann@localhost"))
+        self.assertEqual(resolved.recipients, ("ann@localhost",))
+        resolved = yield self.resolver.resolve("ann@alias.test")
+        self.assertEqual(resolved.destination.mailbox, "ann@localhost")
         self.assertIsNone((yield self.resolver.resolve("bob@localhost")))
 
     @defer.inlineCallbacks
     def test_postmaster_drop_remote(self):
         """postmaster always exists; drop and remote domains are not asked about."""
-        self.assertEqual((yield self.resolver.resolve("POSTMASTER@localhost")).kind, "local")
-        self.assertEqual((yield self.resolver.resolve("any@drop.test")).kind, "drop")
-        self.assertEqual((yield self.resolver.resolve("any@example.org")).kind, "remote")
+        resolved = yield self.resolver.resolve("POSTMASTER@localhost")
+        self.assertEqual((resolved.destination.kind, resolved.recipients),
+                         ("local", ("POSTMASTER@localhost",)))
+        self.assertEqual((yield self.resolver.resolve("any@drop.test")).destination.kind, "drop")
+        self.assertEqual((yield self.resolver.resolve("any@example.org")).destination.kind,
+                         "remote")
 
     @defer.inlineCallbacks
     def test_directory_down(self):
@@ -98,4 +106,4 @@ class ResolverTests(unittest.TestCase):
 
         resolver = RecipientResolver(self.config, Down())
         yield self.assertFailure(resolver.resolve("ann@localhost"), DirectoryUnavailable)
-        self.assertEqual((yield resolver.resolve("x@example.org")).kind, "remote")
+        self.assertEqual((yield resolver.resolve("x@example.org")).destination.kind, "remote")

@@ -344,7 +344,9 @@ class RecipientTests(SlapdTestCase):
     @defer.inlineCallbacks
     def test_rcpt_answers(self):
         """
-        A directory user and a list are accepted, an unknown user is not (the
+        A directory user (by an alternate address: queued under its mailbox
+        address), a list (queued as its members) and a routed user (queued as
+        the routing address) are accepted, an unknown user is not (the
         session's 550 5.1.1), and with slapd stopped the answer is
         DirectoryUnavailable (the session's 451 4.4.3), never 'unknown'.
         """
@@ -354,9 +356,13 @@ class RecipientTests(SlapdTestCase):
 
         config = make_config(self.mktemp(), domains=(DomainConfig("example.com"),))
         resolver = RecipientResolver(config, self.directory(positive_ttl=0, negative_ttl=0))
-        self.assertEqual((yield resolver.resolve("alice@example.com")).mailbox,
-                         "alice@example.com")
-        self.assertIsNotNone((yield resolver.resolve("sales@example.com")))
+        self.assertEqual((yield resolver.resolve("A.Example@example.com")).recipients,
+                         ("alice@example.com",))
+        self.assertEqual((yield resolver.resolve("sales@example.com")).recipients,
+                         ("alice@example.com", "bob@example.com",
+                          "partner@elsewhere.example.org"))
+        self.assertEqual((yield resolver.resolve("bob@example.com")).recipients,
+                         ("bob@branch.example.net",))
         self.assertIsNone((yield resolver.resolve("nobody@example.com")))
         self.slapd.stop()
         yield self.assertFailure(resolver.resolve("alice@example.com"), DirectoryUnavailable)

@@ -1,13 +1,19 @@
 # -*- test-case-name: tests.test_directory -*-
 """
 Recipient validation through an L{IDirectory}: the domain rules of
-L{smtpd.directory.routing.route} (local, alias, drop, remote), then, for an
-address of a domain whose mailboxes are ours, the directory's answer. Used by
-the inbound session at RCPT, asynchronously, so that an LDAP directory that is
-down gives C{451 4.4.3} and never C{550 5.1.1}.
+L{smtpd.directory.routing.route} (local, alias, drop, remote, lmtp), then, for
+an address of a domain whose mailboxes are ours, the directory's answer. Used
+by the inbound session at RCPT, asynchronously, so that an LDAP directory that
+is down gives C{451 4.4.3} and never C{550 5.1.1}.
+
+The answer also says which envelope recipients to queue for the address, as
+Postfix's virtual alias maps rewrite them before the queue: a list's members,
+a user's routing address, or the mailbox's canonical address.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
 
@@ -24,6 +30,21 @@ class _Everyone:
 
 
 EVERYONE = _Everyone()
+"""The accounts for L{route} when a directory has vouched for the recipients."""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """
+    Where an accepted recipient goes.
+
+    @ivar destination: its L{Destination}.
+    @ivar recipients: the addresses to queue in its place (itself, a list's
+        members, a routing address, or its mailbox's canonical address).
+    """
+
+    destination: Destination
+    recipients: tuple[str, ...]
 
 
 class RecipientResolver:
@@ -38,19 +59,23 @@ class RecipientResolver:
         self.config = config
         self.directory = directory
 
-    def resolve(self, address: str) -> Deferred[Destination | None]:
+    def resolve(self, address: str) -> Deferred[Resolved | None]:
         """
-        The destination of C{address}, or L{None} when its domain is ours but
-        the directory has no such mailbox (postmaster always exists). Fails
-        with L{DirectoryUnavailable} when the directory cannot say.
+        Where C{address} goes, or L{None} when its domain is ours but the
+        directory has no such mailbox (postmaster always exists). Fails with
+        L{DirectoryUnavailable} when the directory cannot say.
         """
         return Deferred.fromCoroutine(self._resolve(address))
 
-    async def _resolve(self, address: str) -> Destination | None:
+    async def _resolve(self, address: str) -> Resolved | None:
         destination = route(self.config, EVERYONE, address)
-        if destination is None or destination.kind in (DROP, REMOTE):
-            return destination
-        if destination.mailbox.partition("@")[0] == "postmaster":
-            return destination
+        if destination is None:
+            return None
+        if destination.kind in (DROP, REMOTE):
+            return Resolved(destination, (address,))
         found = await self.directory.lookup(destination.mailbox)
-        return destination if found is not None else None
+        if found is None:
+            if destination.mailbox.partition("@")[0] != "postmaster":
+                return None
+            return Resolved(destination, (address,))
+        return Resolved(destination, found.destinations)
