@@ -20,7 +20,6 @@ import sys
 
 from twisted.application import service
 from twisted.internet.threads import deferToThreadPool
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
@@ -39,12 +38,15 @@ from smtpd.service.privileges import UMASK, HandOver, run_as
 from smtpd.service.server import SMTPServer
 from smtpd.service.signals import SignalService
 from smtpd.util.activity import ActivityLog
-from smtpd.delivery.mx import MXResolver, close_resolver, make_resolver
+from smtpd.delivery.mx import MXResolver, make_resolver
+from smtpd.cleanup.stage import Cleanup
 from smtpd.inbound.policy import may_connect
-from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION, Inbound
+from smtpd.inbound.registry import Inbound
+from smtpd.pickup.sender import PickupSender
+from smtpd.pickup.service import PickupService
+from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION
 from smtpd.queue.manager import QueueManager
 from smtpd.queue.store import Queue
-from smtpd.mail.source import BytesSource
 from smtpd.delivery.relay import RelayManager
 from smtpd.directory.accounts import Users, UsersError
 
@@ -110,16 +112,14 @@ class ThreadPoolService(service.Service):
 
 
 class RelayService(service.Service):
-    """On stop: closes the relay's pooled connections and the DNS resolver."""
+    """On stop: closes the relay's pooled connections."""
 
-    def __init__(self, relay: RelayManager, resolver):
+    def __init__(self, relay: RelayManager):
         self.relay = relay
-        self.resolver = resolver
 
     def stopService(self):
-        """Close idle outbound connections; stop re-reading resolv.conf."""
+        """Close idle outbound connections."""
         service.Service.stopService(self)
-        close_resolver(self.resolver)
         return self.relay.stop()
 
 
@@ -210,8 +210,9 @@ def build(config: Config, reactor) -> service.MultiService:
     # flood of AUTH attempts cannot delay the fsyncs that answer "250".
     auth_pool = ThreadPoolService(AUTH_THREADS, "smtpd-auth")
     auth_pool.setServiceParent(top)
+    cleanup = Cleanup(config, queue, reactor, run_blocking)
     inbound = Inbound(
-        config, users, queue, reactor, auth_pool.runner(reactor), tls_options, activity
+        config, users, cleanup, reactor, auth_pool.runner(reactor), tls_options, activity
     )
     for kind, endpoints in (
         (LISTEN, config.server.listen),
@@ -237,23 +238,19 @@ def build(config: Config, reactor) -> service.MultiService:
         agents=delivery_agents(config, reactor, run_blocking, relay, lmtp),
         bounces=BounceBuilder(config.server.hostname, reactor),
         log=activity,
-        # The reports the queue makes (NDRs, DSNs) are new messages: stored.
-        submit=queue.store,
         run_blocking=run_blocking,
+        # The reports the queue makes (NDRs, DSNs) are new messages: they
+        # enter through cleanup like every other.
+        submit=cleanup.submit,
     )
-
-    def accept(envelope, message) -> Deferred[None]:
-        # Sessions hand messages to the queue manager, which may deliver them
-        # at once; a session still holding its message as bytes is wrapped.
-        if isinstance(message, bytes):
-            message = BytesSource(message)
-        return qmgr.accept(envelope, message)
-
-    inbound.accept = accept
+    # Everything enters through cleanup, which hands it to the queue manager's
+    # intake (local mail delivered at once, the rest stored); reports too.
+    cleanup.accept = qmgr.accept
     qmgr.setServiceParent(top)
-    RelayService(relay, resolver).setServiceParent(top)
+    RelayService(relay).setServiceParent(top)
     AgentService(lmtp).setServiceParent(top)
     InboundService(inbound, activity).setServiceParent(top)
+    top.pickup = add_pickup(top, config, cleanup, reactor, run_blocking)
     SignalService(reactor, None, activity.reopen).setServiceParent(top)
     top.pop3 = add_pop3(listeners, config, reactor, users, auth_pool.runner(reactor),
                         run_blocking, tls_options, activity)
@@ -277,6 +274,15 @@ def add_pop3(listeners: list[Listener], config: Config, reactor, users, check_pa
             listeners.append(Listener(reactor, description, pop3.factory(implicit_tls),
                                       config.access.proxy_from))
     return pop3
+
+
+def add_pickup(top, config: Config, cleanup: Cleanup, reactor, run_blocking) -> PickupService:
+    """The pickup folder watcher (SPEC 4), sending through C{cleanup}."""
+    mailroot = config.server.mailroot
+    sender = PickupSender(cleanup, os.path.join(mailroot, "badmail"), run_blocking)
+    pickup = PickupService(os.path.join(mailroot, "pickup"), sender, reactor)
+    pickup.setServiceParent(top)
+    return pickup
 
 
 def raise_file_limit() -> int:
