@@ -6,6 +6,8 @@ C{twistd smtpd}: command-line options and the service tree (assembly only).
      +- ThreadPoolService (password checks)
      +- QueueManager (scans the queue; local delivery, relay, bounces)
      +- RelayService (closes pooled connections and the resolver on stop)
+     +- ClosingService (the LMTP agent's idle connections; the LDAP
+                        directory's connection when [directory] is on)
      +- InboundService (drains sessions on stop)
      +- SignalService (SIGHUP, SIGUSR1)
      +- ListenerGroup (every listen / submission / smtps endpoint, and the
@@ -31,6 +33,8 @@ from smtpd.queue.bounce import BounceBuilder
 from smtpd.config import Config, ConfigError, load_config
 from smtpd.delivery.drop import DropDelivery
 from smtpd.delivery.lmtp import LMTPDelivery
+from smtpd.directory.ldap import LDAPDirectory, server_for
+from smtpd.directory.resolve import EVERYONE, RecipientResolver
 from smtpd.delivery.maildir import MaildirDelivery
 from smtpd.config.preflight import creates_certificate, preflight
 from smtpd.service.listeners import Listener, ListenerGroup, StartupError
@@ -176,16 +180,33 @@ def lmtp_agent(config: Config, reactor) -> LMTPDelivery:
                         max_connections=config.delivery.outbound_connections_per_domain)
 
 
-class AgentService(service.Service):
-    """On stop: closes a delivery agent's idle connections."""
+class ClosingService(service.Service):
+    """On stop: closes the connections a part keeps open (its C{stop()})."""
 
-    def __init__(self, agent):
-        self.agent = agent
+    def __init__(self, part):
+        self.part = part
 
     def stopService(self):
         """Close the idle connections."""
         service.Service.stopService(self)
-        return self.agent.stop()
+        return self.part.stop()
+
+
+def add_directory(top, config: Config, reactor, inbound: Inbound,
+                  qmgr: QueueManager) -> LDAPDirectory | None:
+    """
+    With [directory] url set: the LDAP directory answers RCPT (through a
+    L{RecipientResolver}) and AUTH, and the queue routes the recipients it
+    vouched for without etc/users. Returns the directory, or None.
+    """
+    if not config.directory.enabled:
+        return None
+    directory = LDAPDirectory(config.directory, reactor, server_for(config.directory))
+    inbound.directory = directory
+    inbound.recipients = RecipientResolver(config, directory)
+    qmgr.users = EVERYONE
+    ClosingService(directory).setServiceParent(top)
+    return directory
 
 
 def build(config: Config, reactor) -> service.MultiService:
@@ -248,13 +269,14 @@ def build(config: Config, reactor) -> service.MultiService:
     cleanup.accept = qmgr.accept
     qmgr.setServiceParent(top)
     RelayService(relay).setServiceParent(top)
-    AgentService(lmtp).setServiceParent(top)
+    ClosingService(lmtp).setServiceParent(top)
     InboundService(inbound, activity).setServiceParent(top)
     top.pickup = add_pickup(top, config, cleanup, reactor, run_blocking)
     SignalService(reactor, None, activity.reopen).setServiceParent(top)
     top.pop3 = add_pop3(listeners, config, reactor, users, auth_pool.runner(reactor),
                         run_blocking, tls_options, activity)
     group.setServiceParent(top)
+    top.directory = add_directory(top, config, reactor, inbound, qmgr)
     top.inbound = inbound
     top.qmgr = qmgr
     return top

@@ -121,6 +121,17 @@ rfc822MailMember: alice@example.com
 rfc822MailMember: bob
 rfc822MailMember: partner@elsewhere.example.org
 
+dn: cn=loop1@example.com,ou=lists,{suffix}
+objectClass: nisMailAlias
+cn: loop1@example.com
+rfc822MailMember: loop2@example.com
+rfc822MailMember: alice@example.com
+
+dn: cn=loop2@example.com,ou=lists,{suffix}
+objectClass: nisMailAlias
+cn: loop2@example.com
+rfc822MailMember: loop1@example.com
+
 dn: cn=staff,ou=lists,{suffix}
 objectClass: groupOfNames
 objectClass: extensibleObject

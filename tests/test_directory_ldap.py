@@ -345,8 +345,8 @@ class RecipientTests(SlapdTestCase):
     def test_rcpt_answers(self):
         """
         A directory user (by an alternate address: queued under its mailbox
-        address), a list (queued as its members) and a routed user (queued as
-        the routing address) are accepted, an unknown user is not (the
+        address), a list (queued as its members, themselves expanded) and a
+        routed user (queued as the routing address) are accepted, an unknown user is not (the
         session's 550 5.1.1), and with slapd stopped the answer is
         DirectoryUnavailable (the session's 451 4.4.3), never 'unknown'.
         """
@@ -358,12 +358,16 @@ class RecipientTests(SlapdTestCase):
         resolver = RecipientResolver(config, self.directory(positive_ttl=0, negative_ttl=0))
         self.assertEqual((yield resolver.resolve("A.Example@example.com")).recipients,
                          ("alice@example.com",))
+        # The list's member "bob" is itself routed elsewhere: expanded again.
         self.assertEqual((yield resolver.resolve("sales@example.com")).recipients,
-                         ("alice@example.com", "bob@example.com",
+                         ("alice@example.com", "bob@branch.example.net",
                           "partner@elsewhere.example.org"))
         self.assertEqual((yield resolver.resolve("bob@example.com")).recipients,
                          ("bob@branch.example.net",))
         self.assertIsNone((yield resolver.resolve("nobody@example.com")))
+        # Two lists naming each other: each address once, and an end.
+        self.assertEqual((yield resolver.resolve("loop1@example.com")).recipients,
+                         ("alice@example.com",))
         self.slapd.stop()
         yield self.assertFailure(resolver.resolve("alice@example.com"), DirectoryUnavailable)
         yield self.assertFailure(resolver.resolve("nobody@example.com"), DirectoryUnavailable)

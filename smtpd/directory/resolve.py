@@ -29,6 +29,9 @@ class _Everyone:
         return True
 
 
+MAX_DEPTH = 10  # lists of lists (Postfix: virtual_alias_recursion_limit 1000)
+MAX_EXPANSION = 1000  # addresses one RCPT may become (virtual_alias_expansion_limit)
+
 EVERYONE = _Everyone()
 """The accounts for L{route} when a directory has vouched for the recipients."""
 
@@ -78,4 +81,27 @@ class RecipientResolver:
             if destination.mailbox.partition("@")[0] != "postmaster":
                 return None
             return Resolved(destination, (address,))
-        return Resolved(destination, found.destinations)
+        seen = {address.lower(), destination.mailbox}
+        expanded = await self._expand(found.destinations, MAX_DEPTH, seen)
+        return Resolved(destination, tuple(expanded[:MAX_EXPANSION]))
+
+    async def _expand(self, addresses: tuple[str, ...], depth: int, seen: set[str]) -> list[str]:
+        """
+        C{addresses} with those of our domains that the directory rewrites
+        (lists, routing addresses) replaced by what they become, recursively;
+        each address once, at most C{depth} levels (a loop ends there).
+        """
+        result: list[str] = []
+        for address in addresses:
+            destination = route(self.config, EVERYONE, address)
+            if depth == 0 or destination is None or destination.kind in (DROP, REMOTE):
+                result.append(address)
+                continue
+            found = await self.directory.lookup(destination.mailbox)
+            if found is None or found.destinations == (destination.mailbox,):
+                result.append(address if found is None else destination.mailbox)
+                continue
+            fresh = tuple(a for a in found.destinations if a not in seen)
+            seen.update(fresh)
+            result += await self._expand(fresh, depth - 1, seen)
+        return list(dict.fromkeys(result))
