@@ -16,6 +16,7 @@ from smtpd.directory.accounts import Users
 from smtpd.directory.file import AccountsDirectory
 from smtpd.directory.interfaces import DirectoryUnavailable, IDirectory, Mailbox
 from smtpd.directory.resolve import RecipientResolver
+from tests.inbound import make_config
 from tests.test_users import hashed
 
 
@@ -67,7 +68,6 @@ class ResolverTests(unittest.TestCase):
     """Recipient validation with the directory's answer."""
 
     def setUp(self):
-        from tests.inbound import make_config
         self.config = make_config(self.mktemp())
         users = Users({"ann@localhost": hashed(b"x").encode("ascii")})
         self.resolver = RecipientResolver(self.config, AccountsDirectory(users, None))
@@ -101,6 +101,8 @@ class ResolverTests(unittest.TestCase):
         """A directory that cannot answer fails the resolution with DirectoryUnavailable."""
 
         class Down:
+            """A directory that is down."""
+
             def lookup(self, address):
                 return defer.fail(DirectoryUnavailable("ldap://x: connection refused"))
 

@@ -6,6 +6,7 @@ that is down refusing only for now (451 4.4.3, 454 4.7.0).
 
 from __future__ import annotations
 
+import base64
 import glob
 import json
 import os
@@ -30,6 +31,7 @@ class DirectoryServerTests(unittest.TestCase):
     timeout = 60
 
     def start(self) -> None:
+        """slapd, a smart-host sink, and the built server with [directory] on them."""
         self.slapd = start_slapd(self)
         self.sink = support.start_smtp_sink(self, "127.0.0.1")
         root = self.root = os.path.abspath(self.mktemp())
@@ -51,6 +53,7 @@ class DirectoryServerTests(unittest.TestCase):
         self.port = listener.address()[1]
 
     def maildir(self, user: str) -> list[str]:
+        """The new messages in the Maildir of C{user}@example.com."""
         return glob.glob(os.path.join(self.root, "mailroot", "mailbox", "example.com", user,
                                       "new", "*"))
 
@@ -84,7 +87,6 @@ class DirectoryServerTests(unittest.TestCase):
         self.start()
         client = await connect(self, self.port)
         await client.command(b"EHLO client.example.org\r\n")
-        import base64
         good = base64.b64encode(b"\0alice@example.com\0alice-secret")
         bad = base64.b64encode(b"\0alice@example.com\0wrong")
         self.assertTrue((await client.command(b"AUTH PLAIN " + bad + b"\r\n")).startswith("535"))
@@ -95,8 +97,6 @@ class DirectoryServerTests(unittest.TestCase):
         With slapd stopped, RCPT to a local address gets 451 4.4.3 and AUTH
         454 4.7.0, never a 5xx; mail accepted before is delivered all the same.
         """
-        import base64
-
         self.start()
         client = await connect(self, self.port)
         await client.command(b"EHLO client.example.org\r\n")

@@ -12,11 +12,13 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from smtpd.config import DirectoryConfig
+from smtpd.config import DirectoryConfig, DomainConfig
 from smtpd.directory.interfaces import DirectoryUnavailable, IDirectory, Mailbox
 from smtpd.directory.ldap import LDAPDirectory, address_value, server_for
 from smtpd.directory.ldapclient import Entry
 from smtpd.directory.ldapfilter import FilterTemplate
+from smtpd.directory.resolve import RecipientResolver
+from tests.inbound import make_config
 from tests.slapd import SLAPD_MISSING, SUFFIX, free_port, start_slapd
 
 SERVICE_DN = f"cn=smtpd,ou=services,{SUFFIX}"
@@ -217,6 +219,8 @@ class UnavailableTests(SlapdTestCase):
         received: defer.Deferred = defer.Deferred()
 
         class Silent(Protocol):
+            """Accepts and never answers."""
+
             def dataReceived(self, data):
                 if not received.called:
                     received.callback(None)
@@ -283,6 +287,7 @@ class TLSTests(unittest.TestCase):
         self.slapd = start_slapd(self, tls=True)
 
     def directory(self, url: str, **overrides) -> LDAPDirectory:
+        """An LDAPDirectory for C{url} on the TLS slapd, stopped at cleanup."""
         config = directory_config(url, **overrides)
         directory = LDAPDirectory(config, reactor, server_for(config))
         self.addCleanup(directory.stop)
@@ -350,10 +355,6 @@ class RecipientTests(SlapdTestCase):
         session's 550 5.1.1), and with slapd stopped the answer is
         DirectoryUnavailable (the session's 451 4.4.3), never 'unknown'.
         """
-        from smtpd.config import DomainConfig
-        from smtpd.directory.resolve import RecipientResolver
-        from tests.inbound import make_config
-
         config = make_config(self.mktemp(), domains=(DomainConfig("example.com"),))
         resolver = RecipientResolver(config, self.directory(positive_ttl=0, negative_ttl=0))
         self.assertEqual((yield resolver.resolve("A.Example@example.com")).recipients,

@@ -7,19 +7,26 @@ servers for what Dovecot does not do on demand (silence, a lost session).
 
 from __future__ import annotations
 
+import glob
+import os
+
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from smtpd.config import DomainConfig
+from smtpd.config import DomainConfig, load_config
 from smtpd.delivery.interfaces import IDeliveryAgent
 from smtpd.delivery.lmtp import LMTPDelivery
+from smtpd.directory.accounts import add
 from smtpd.directory.routing import Destination
 from smtpd.mail.envelope import Envelope, Recipient
 from smtpd.mail.source import BytesSource
+from smtpd.tap import build
 from tests.dovecot import DOVECOT_MISSING, start_dovecot
+from tests.inbound import connect
+from tests.test_e2e import eventually
 
 USERS = {
     "ann@example.com": "",
@@ -297,14 +304,6 @@ class EndToEndTests(unittest.TestCase):
         user's mail store gets it, the user over quota is bounced alone (an
         NDR to the sender's local Maildir), and the queue ends empty.
         """
-        import glob
-        import os
-
-        from smtpd.config import load_config
-        from smtpd.directory.accounts import add
-        from smtpd.tap import build
-        from tests.inbound import connect
-        from tests.test_e2e import eventually
 
         dovecot = start_dovecot(self, USERS)
         root = os.path.abspath(self.mktemp())

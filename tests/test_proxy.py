@@ -84,6 +84,7 @@ class ServerTestCase(unittest.TestCase):
     """A live inbound server on a haproxy: listener, with a W3C command log."""
 
     def start(self, **access) -> int:
+        """The inbound server on a haproxy: listener; a Deferred of its port."""
         root = os.path.abspath(self.mktemp())
         os.makedirs(os.path.join(root, "etc"))
         access.setdefault("proxy_from", LOOPBACK)
@@ -117,6 +118,7 @@ class ServerTestCase(unittest.TestCase):
         return client
 
     def logged(self) -> str:
+        """The W3C command log so far."""
         with open(self.log_path) as f:
             return f.read()
 
@@ -128,6 +130,7 @@ class HAProxyTests(ServerTestCase):
 
     @defer.inlineCallbacks
     def listening(self, version: int = 2, **access):
+        """The server behind a real HAProxy speaking PROXY v2 (or v1)."""
         port = yield self.start(**access)
         self.addCleanup(port.stopListening)
         return start_haproxy(self, port.getHost().port, version)

@@ -289,6 +289,7 @@ class LMTPClient(LineReceiver, TimeoutMixin):
         stuffer = DotStuffer()
 
         def transform(chunk: bytes) -> bytes:
+            """One chunk of the file, dot-stuffed; the session is making progress."""
             self.resetTimeout()
             return stuffer.feed(chunk)
 
