@@ -22,6 +22,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
+from smtpd.admin.manhole import ManholeError
+from smtpd.admin.service import AdministrationService
 from smtpd.util import tls
 from smtpd.queue.bounce import BounceBuilder
 from smtpd.config import Config, ConfigError, load_config
@@ -186,7 +188,7 @@ def load_tls(config: Config, clock):
     cert, key = config.tls.certificate, config.tls.key
     if tls.ensure_certificate(cert, key, config.server.hostname, clock.seconds()):
         log.info("Created a self-signed certificate {cert}", cert=cert)
-    return tls.server_tls_options(cert, key)
+    return tls.ReloadableTLS(tls.server_tls_options(cert, key))
 
 
 def build(config: Config, reactor) -> service.MultiService:
@@ -250,8 +252,15 @@ def build(config: Config, reactor) -> service.MultiService:
     InboundService(inbound, activity).setServiceParent(top)
     for listener in listeners:
         listener.setServiceParent(top)
+    admin = AdministrationService(
+        config, reactor, qmgr=qmgr, queue=queue, inbound=inbound, relay=relay,
+        activity=activity, run_blocking=run_blocking, server_tls=tls_options,
+    )
+    admin.setServiceParent(top)
     top.inbound = inbound
     top.qmgr = qmgr
+    top.admin = admin
+    top.reload = admin.reload
     return top
 
 
@@ -281,6 +290,9 @@ def makeService(options: Options) -> service.IService:
     raise_file_limit()
     try:
         return build(config, reactor)
+    except ManholeError as e:
+        print(str(e), file=sys.stderr)
+        raise SystemExit(1)
     except (tls.TLSError, UsersError, OSError) as e:
         print(f"{config.path}: cannot start: {e}", file=sys.stderr)
         raise SystemExit(1)

@@ -182,3 +182,17 @@ def server_tls_options(cert_path: str, key_path: str) -> CertificateOptions:
             f"cannot use {cert_path} with {key_path}: {_first_line(e)}"
         ) from None
     return options
+
+
+class ReloadableTLS:
+    """
+    Server TLS options that a reload may replace: every new TLS connection
+    (STARTTLS or implicit TLS) takes the context of the options in force.
+    """
+
+    def __init__(self, options: CertificateOptions):
+        self.options = options
+
+    def getContext(self):
+        """The OpenSSL context of the current options."""
+        return self.options.getContext()

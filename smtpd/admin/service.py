@@ -1,0 +1,44 @@
+# -*- test-case-name: tests.test_control -*-
+"""
+The administration part of the service tree: the manhole listeners, the
+control socket, and the reload that SIGHUP, C{admin.reload()} and
+C{smtpctl reload} run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.application import service
+from twisted.internet.defer import Deferred
+
+from smtpd.admin.api import Server
+from smtpd.admin.control import ControlService, socket_path
+from smtpd.admin.manhole import manhole_service
+from smtpd.admin.reload import Reloader
+from smtpd.config import Config
+
+
+class AdministrationService(service.MultiService):
+    """
+    Manhole and control socket for one server.
+
+    @ivar server: the L{Server} every admin API instance acts on.
+    """
+
+    def __init__(self, config: Config, reactor, *, qmgr, queue, inbound, relay, activity,
+                 run_blocking: Callable[..., Deferred], server_tls=None):
+        service.MultiService.__init__(self)
+        reloader = Reloader(config, inbound=inbound, qmgr=qmgr, relay=relay,
+                            activity=activity, server_tls=server_tls)
+        self.server = Server(reactor, qmgr, queue, inbound, run_blocking, config, reloader)
+        ControlService(reactor, socket_path(config.server.mailroot),
+                       self.server).setServiceParent(self)
+        manhole_service(config, reactor, self.server, run_blocking).setServiceParent(self)
+
+    def reload(self) -> dict:
+        """Re-read the configuration and the accounts (SIGHUP); the report."""
+        report = self.server.reloader.reload()
+        if report.get("ok"):
+            self.server.config = self.server.reloader.config
+        return report

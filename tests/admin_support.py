@@ -1,0 +1,175 @@
+"""
+Fixtures for administration tests: a whole server in this process (the real
+service tree of C{smtpd.tap.build}) on a short temporary root (UNIX socket
+paths are limited to 107 bytes), and real telnet and ssh manhole clients.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+
+from twisted.conch.telnet import ECHO, SGA, TelnetProtocol, TelnetTransport
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+from smtpd.admin.manhole import ManholeListener
+from smtpd.config import load_config
+from smtpd.directory.accounts import hash_password
+from smtpd.tap import Listener, build
+
+# CSI and other escape sequences of the insults terminal.
+_ESCAPES = re.compile(rb"\x1b(\[[0-9;?]*[A-Za-z]|[()][0-9A-Za-z]|[=>78DEHMc])")
+
+OPERATOR = "alice"
+PASSWORD = "manhole-secret"
+
+
+def short_root(testcase) -> str:
+    """A fresh deployment root under the system's temporary folder."""
+    root = tempfile.mkdtemp(prefix="smtpd-")
+    testcase.addCleanup(shutil.rmtree, root, True)
+    os.makedirs(os.path.join(root, "etc"))
+    return root
+
+
+def write_operators(root: str, lines: list[str] | None = None) -> str:
+    """etc/manhole.passwd with OPERATOR (bcrypt) or the given lines."""
+    path = os.path.join(root, "etc", "manhole.passwd")
+    if lines is None:
+        lines = [f"{OPERATOR}:{hash_password(PASSWORD, rounds=4).decode()}"]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def write_ini(root: str, text: str) -> str:
+    path = os.path.join(root, "etc", "smtpd.ini")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def services(top):
+    """Every service of a tree, depth first."""
+    for child in top:
+        yield child
+        if hasattr(child, "__iter__"):
+            yield from services(child)
+
+
+class RunningServer:
+    """The service tree of C{root}/etc/smtpd.ini, started on the real reactor."""
+
+    def __init__(self, testcase, root: str):
+        self.root = root
+        self.config = load_config(os.path.join(root, "etc", "smtpd.ini"))
+        self.top = build(self.config, reactor)
+        self.top.startService()
+        testcase.addCleanup(self.top.stopService)
+
+    def smtp_port(self) -> int:
+        [listener] = [s for s in services(self.top) if isinstance(s, Listener)]
+        return listener.address()[1]
+
+    def manhole_port(self, kind: str) -> int:
+        [listener] = [s for s in services(self.top)
+                      if isinstance(s, ManholeListener) and s.kind == kind]
+        return listener.port.getHost().port
+
+
+def sleep(seconds: float) -> defer.Deferred:
+    d = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+async def eventually(predicate, timeout: float = 10.0) -> None:
+    """Wait until C{predicate()} is true, polling the real reactor."""
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+class Screen:
+    """What a terminal client has received, without escape sequences."""
+
+    def __init__(self):
+        self.raw = b""
+        self._waiters: list[tuple[bytes, int, defer.Deferred]] = []
+
+    def add(self, data: bytes) -> None:
+        self.raw += data
+        self._check()
+
+    @property
+    def text(self) -> str:
+        return _ESCAPES.sub(b"", self.raw).decode("utf-8", "replace")
+
+    def _check(self) -> None:
+        clean = _ESCAPES.sub(b"", self.raw)
+        for item in list(self._waiters):
+            pattern, start, d = item
+            match = re.search(pattern, clean[start:])
+            if match:
+                self._waiters.remove(item)
+                d.callback(match)
+
+    def wait_for(self, pattern: bytes, timeout: float = 10.0) -> defer.Deferred:
+        """Fires with the match of C{pattern} in output received from now on."""
+        d: defer.Deferred = defer.Deferred()
+        self._waiters.append((pattern, len(_ESCAPES.sub(b"", self.raw)), d))
+        timer = reactor.callLater(timeout, lambda: d.called or d.errback(
+            AssertionError(f"{pattern!r} not seen; screen:\n{self.text}")))
+        d.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
+        self._check()
+        return d
+
+    def wait_for_any(self, pattern: bytes, timeout: float = 10.0) -> defer.Deferred:
+        """Like L{wait_for}, but output already received counts too."""
+        d = self.wait_for(pattern, timeout)
+        return d
+
+
+class TelnetClient(TelnetProtocol):
+    """A telnet client that lets the server echo (as a terminal's telnet does)."""
+
+    def __init__(self):
+        self.screen = Screen()
+
+    def enableRemote(self, option):
+        return option in (ECHO, SGA)
+
+    def disableRemote(self, option):
+        pass
+
+    def dataReceived(self, data):
+        self.screen.add(data)
+
+    def send(self, text: str) -> None:
+        self.transport.write(text.encode("utf-8"))
+
+
+async def telnet_login(testcase, port: int, name: str = OPERATOR,
+                       password: str = PASSWORD) -> TelnetClient:
+    """Connect to the telnet manhole and log in; returns the client at the prompt."""
+    client = TelnetClient()
+    transport = TelnetTransport(lambda: client)
+    protocol = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), transport)
+    testcase.addCleanup(protocol.transport.loseConnection)
+    await client.screen.wait_for(b"Username: ")
+    client.send(name + "\n")
+    await client.screen.wait_for(b"Password: ")
+    client.send(password + "\n")
+    return client
+
+
+async def run(client, line: str, until: bytes, timeout: float = 10.0):
+    """Type C{line} at the manhole prompt; the match of C{until} in the output."""
+    waiting = client.screen.wait_for(until, timeout)
+    client.send(line + "\n")
+    return await waiting
