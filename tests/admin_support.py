@@ -132,6 +132,8 @@ class Screen:
     def wait_for_any(self, pattern: bytes, timeout: float = 10.0) -> defer.Deferred:
         """Like L{wait_for}, but output already received counts too."""
         d = self.wait_for(pattern, timeout)
+        self._waiters[-1:] = [(pattern, 0, d)] if not d.called else []
+        self._check()
         return d
 
 
@@ -173,3 +175,66 @@ async def run(client, line: str, until: bytes, timeout: float = 10.0):
     waiting = client.screen.wait_for(until, timeout)
     client.send(line + "\n")
     return await waiting
+
+
+def ssh_client_factory(testcase, name: str, password: str, host_key_blob: bytes,
+                       opened: defer.Deferred):
+    """
+    A conch client factory: checks the server's host key against
+    C{host_key_blob}, logs in with a password, opens a session with a pty and
+    a shell, and fires C{opened} with the channel (its C{screen} and C{send}).
+    """
+    from twisted.conch.ssh import channel, common, connection, keys, session, transport, userauth
+    from twisted.internet.protocol import ClientFactory
+
+    class Shell(channel.SSHChannel):
+        name = b"session"
+
+        def channelOpen(self, data):
+            self.screen = Screen()
+            pty = session.packRequest_pty_req(b"xterm", (24, 100, 0, 0), b"")
+            d = self.conn.sendRequest(self, b"pty-req", pty, wantReply=1)
+            d.addCallback(lambda _: self.conn.sendRequest(self, b"shell", b"", wantReply=1))
+            d.addCallbacks(lambda _: opened.callback(self), opened.errback)
+
+        def dataReceived(self, data):
+            self.screen.add(data)
+
+        def send(self, text: str) -> None:
+            self.write(text.encode("utf-8"))
+
+    class Connection(connection.SSHConnection):
+        def serviceStarted(self):
+            connection.SSHConnection.serviceStarted(self)
+            self.openChannel(Shell(conn=self))
+
+    class Auth(userauth.SSHUserAuthClient):
+        tried = False
+
+        def getPassword(self, prompt=None):
+            if self.tried:
+                return None  # one try, as a person would before giving up
+            self.tried = True
+            return defer.succeed(password.encode("utf-8"))
+
+        def getPublicKey(self):
+            return None
+
+    class Client(transport.SSHClientTransport):
+        def verifyHostKey(self, hostKey, fingerprint):
+            if hostKey != host_key_blob:
+                return defer.fail(AssertionError("unexpected host key"))
+            return defer.succeed(True)
+
+        def connectionSecure(self):
+            self.requestService(Auth(name.encode("utf-8"), Connection()))
+
+        def connectionLost(self, reason):
+            transport.SSHClientTransport.connectionLost(self, reason)
+            if not opened.called:
+                opened.errback(reason)
+
+    factory = ClientFactory()
+    factory.protocol = Client
+    factory.noisy = False
+    return factory

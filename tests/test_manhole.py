@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import stat
 
-from twisted.internet import reactor
+from twisted.conch.ssh import keys
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from smtpd.admin import manhole
@@ -23,6 +24,7 @@ from tests.admin_support import (
     eventually,
     run,
     short_root,
+    ssh_client_factory,
     telnet_login,
     write_ini,
     write_operators,
@@ -153,3 +155,56 @@ class OperatorsTests(unittest.TestCase):
         path = os.path.join(folder, manhole.HOST_KEY)
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
         self.assertEqual(manhole.host_key(folder).fingerprint(), first.fingerprint())
+
+
+class SSHManholeTests(unittest.TestCase):
+    """The ssh manhole end to end, with a conch client."""
+
+    timeout = 30
+
+    async def test_deferred_message_retried_over_ssh(self):
+        """
+        Over ssh (host key made at start, checked by the client), the operator
+        sees the deferred message, retries it after the remote host recovers,
+        and it is delivered once.
+        """
+        script = support.SinkScript(rcpt={"user@remote.test": "451 4.2.0 mailbox busy"})
+        sink = support.start_smtp_sink(self, "127.0.0.1", script=script)
+        root = short_root(self)
+        write_operators(root)
+        write_ini(root, ini(sink.port, "ssh = tcp:0:interface=127.0.0.1"))
+        server = RunningServer(self, root)
+        key_path = os.path.join(root, "etc", "ssh", manhole.HOST_KEY)
+        self.assertEqual(stat.S_IMODE(os.stat(key_path).st_mode), 0o600)
+        with open(key_path, "rb") as f:
+            blob = keys.Key.fromString(f.read()).public().blob()
+        queue_id = await send(self, server.smtp_port(), b"user@remote.test")
+        await eventually(lambda: any("451" in r["last_reply"] for e in _queue(server)
+                                     for r in e["recipients"]))
+        opened = defer.Deferred()
+        factory = ssh_client_factory(self, OPERATOR, PASSWORD, blob, opened)
+        connector = reactor.connectTCP("127.0.0.1", server.manhole_port("ssh"), factory)
+        self.addCleanup(connector.disconnect)
+        shell = await opened
+        await shell.screen.wait_for_any(b">>> ")
+        await run(shell, "admin.queue()", rb"(?s)'id': '" + queue_id.encode() +
+                  rb"'.*?'state': 'deferred'")
+        script.rcpt.clear()
+        await run(shell, "admin.retry()", rb"\{'retried': 1\}")
+        await eventually(lambda: len(sink.messages) == 1 and not _queue(server))
+        await run(shell, "admin.status()", rb"'delivered': 1")
+        self.assertEqual(len(sink.messages), 1)
+
+    async def test_wrong_password_refused(self):
+        """A wrong ssh password gets no shell."""
+        root = short_root(self)
+        write_operators(root)
+        write_ini(root, ini(1, "ssh = tcp:0:interface=127.0.0.1"))
+        server = RunningServer(self, root)
+        with open(os.path.join(root, "etc", "ssh", manhole.HOST_KEY), "rb") as f:
+            blob = keys.Key.fromString(f.read()).public().blob()
+        opened = defer.Deferred()
+        factory = ssh_client_factory(self, OPERATOR, "wrong", blob, opened)
+        connector = reactor.connectTCP("127.0.0.1", server.manhole_port("ssh"), factory)
+        self.addCleanup(connector.disconnect)
+        await self.assertFailure(opened, Exception)
