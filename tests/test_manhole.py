@@ -13,7 +13,7 @@ from twisted.conch.ssh import keys
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from smtpd.admin import manhole
+from smtpd.admin import manhole, operators
 from smtpd.admin.operators import add_operator, read_operators
 from smtpd.config import load_config
 from tests import support
@@ -136,17 +136,17 @@ class OperatorsTests(unittest.TestCase):
         """An endpoint on all interfaces with no users is one config error line."""
         root = short_root(self)
         path = write_ini(root, ini(1, "telnet = tcp:0\nssh = tcp:0:interface=127.0.0.1"))
-        [line] = manhole.check(load_config(path))
+        [line] = operators.check(load_config(path))
         self.assertTrue(line.startswith(f"{path}: [manhole] telnet = tcp:0: listens beyond "
                                         "loopback"), line)
         write_operators(root)
-        self.assertEqual(manhole.check(load_config(path)), [])
+        self.assertEqual(operators.check(load_config(path)), [])
 
     def test_loopback_without_users_allowed(self):
         """Loopback endpoints start with no users (and nobody can log in)."""
         root = short_root(self)
         path = write_ini(root, ini(1, "telnet = tcp:0:interface=127.0.0.1"))
-        self.assertEqual(manhole.check(load_config(path)), [])
+        self.assertEqual(operators.check(load_config(path)), [])
 
     def test_host_key_created(self):
         """The ssh host key is made once, mode 0600, and read back after."""

@@ -210,6 +210,8 @@ class ControlClient:
 
     def call(self, action: str, **arguments) -> object:
         """The result of C{admin.<action>(**arguments)} on the running server."""
+        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
+            raise NotRunning(f"{self.path} is too long for a control socket")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:

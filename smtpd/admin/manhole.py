@@ -8,7 +8,6 @@ pretty-printed and Deferreds are printed when they fire.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import pprint
 import pydoc
@@ -30,10 +29,14 @@ from twisted.python import components
 from zope.interface import implementer
 
 from smtpd.admin.api import Admin, AdminError, Server
-from smtpd.admin.operators import OperatorChecker, OperatorsError, plain_passwords, read_operators
+from smtpd.admin.operators import (
+    OperatorChecker,
+    OperatorsError,
+    check,
+    plain_passwords,
+    read_operators,
+)
 from smtpd.config import Config
-from smtpd.config.endpoints import endpoint_parameters
-from smtpd.mail.address import ip_literal
 from smtpd.util.durable import fsync_directory, make_folder, write_file
 
 log = Logger(namespace="smtpd.admin")
@@ -43,39 +46,6 @@ HOST_KEY = "ssh_host_ed25519_key"
 
 class ManholeError(Exception):
     """The manhole cannot start; the message is one config error line."""
-
-
-def is_loopback(description: str) -> bool:
-    """Whether an endpoint string listens only on this host (loopback or a UNIX socket)."""
-    kind, bound = endpoint_parameters(description)
-    if kind == "unix":
-        return True
-    address = ip_literal(bound.get("interface", ""))
-    return address is not None and ipaddress.ip_address(address).is_loopback
-
-
-def check(config: Config) -> list[str]:
-    """
-    The problems that stop the manhole from starting, one line each: an
-    endpoint beyond loopback while the users file names nobody, or a users
-    file that cannot be read.
-    """
-    section = config.manhole
-    endpoints = [("telnet", e) for e in section.telnet] + [("ssh", e) for e in section.ssh]
-    if not endpoints:
-        return []
-    try:
-        operators = read_operators(section.users)
-    except OperatorsError as e:
-        return [f"{config.path}: [manhole] users: {e}"]
-    if operators:
-        return []
-    return [
-        f"{config.path}: [manhole] {kind} = {e}: listens beyond loopback and {section.users} "
-        "names no users; expected an interface=127.0.0.1 endpoint, or users added with "
-        "smtpctl manhole-user add NAME"
-        for kind, e in endpoints if not is_loopback(e)
-    ]
 
 
 def host_key(folder: str) -> keys.Key:

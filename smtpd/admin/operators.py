@@ -8,6 +8,7 @@ plain password in place of the hash is still accepted, with a warning.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import os
 import re
 from collections.abc import Callable
@@ -20,7 +21,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from smtpd.config import Config
+from smtpd.config.endpoints import endpoint_parameters
 from smtpd.directory.accounts import hash_password
+from smtpd.mail.address import ip_literal
 from smtpd.util.durable import fsync_directory, replace_file
 
 log = Logger(namespace="smtpd.admin")
@@ -150,3 +154,36 @@ class OperatorChecker:
             raise UnauthorizedLogin(name)
         log.info("manhole login: {name}", name=name)
         return name
+
+
+def is_loopback(description: str) -> bool:
+    """Whether an endpoint string listens only on this host (loopback or a UNIX socket)."""
+    kind, bound = endpoint_parameters(description)
+    if kind == "unix":
+        return True
+    address = ip_literal(bound.get("interface", ""))
+    return address is not None and ipaddress.ip_address(address).is_loopback
+
+
+def check(config: Config) -> list[str]:
+    """
+    The problems that stop the manhole from starting, one line each: an
+    endpoint beyond loopback while the users file names nobody, or a users
+    file that cannot be read.
+    """
+    section = config.manhole
+    endpoints = [("telnet", e) for e in section.telnet] + [("ssh", e) for e in section.ssh]
+    if not endpoints:
+        return []
+    try:
+        operators = read_operators(section.users)
+    except OperatorsError as e:
+        return [f"{config.path}: [manhole] users: {e}"]
+    if operators:
+        return []
+    return [
+        f"{config.path}: [manhole] {kind} = {e}: listens beyond loopback and {section.users} "
+        "names no users; expected an interface=127.0.0.1 endpoint, or users added with "
+        "smtpctl manhole-user add NAME"
+        for kind, e in endpoints if not is_loopback(e)
+    ]

@@ -1,0 +1,137 @@
+"""
+smtpctl against a real running server (C{twistd -n smtpd} in its own
+process) through the control socket, and without one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+from twisted.trial import unittest
+
+from smtpd.admin.control import socket_path
+from tests import support
+from tests.admin_support import eventually, short_root, write_ini
+from tests.test_manhole import send
+from tests.test_tap import spawn
+
+
+def ini(sink_port: int) -> str:
+    return (
+        "[server]\nhostname = mx.local.test\nlisten = tcp:0:interface=127.0.0.1\n"
+        f"[delivery]\nsmart_host = [127.0.0.1]:{sink_port}\noutbound_tls = none\n"
+        "retry = 1h\n"
+        "[domain:localhost]\ntype = local\n[logging]\nformat = json\n"
+    )
+
+
+class Ctl:
+    """Runs smtpctl processes against one deployment."""
+
+    def __init__(self, testcase, config: str):
+        self.testcase = testcase
+        self.config = config
+
+    async def __call__(self, *argv: str, stdin: str | None = None) -> tuple[int, str]:
+        process = spawn(self.testcase, ["smtpctl", "--config", self.config, *argv])
+        if stdin is not None:
+            process.transport.write(stdin.encode())
+            process.transport.closeStdin()
+        code = await process.ended
+        return code, process.output.decode()
+
+    async def queue(self) -> dict[str, dict]:
+        code, out = await self("queue", "list", "--json")
+        self.testcase.assertEqual(code, 0, out)
+        return {e["id"]: e for e in json.loads(out)}
+
+
+async def start(testcase, root: str):
+    """twistd smtpd on C{root}; the process and its SMTP port."""
+    config = os.path.join(root, "etc", "smtpd.ini")
+    process = spawn(testcase, ["twistd", "-n", "--pidfile=", "--logfile=-", "smtpd",
+                               "--config", config])
+    match = await process.wait_for(rb"Listening on \S+ \(127\.0\.0\.1:(\d+)\)")
+    await process.wait_for(rb"Control socket ")
+    return process, int(match.group(1))
+
+
+def on_disk(root: str, queue_id: str) -> str | None:
+    """The state stored in an entry's envelope file (None when there is none)."""
+    try:
+        with open(os.path.join(root, "mailroot", "queue", queue_id + ".json"), "rb") as f:
+            return json.load(f)["state"]
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+class ControlSocketTests(unittest.TestCase):
+    """smtpctl queue and session commands change a running server."""
+
+    timeout = 60
+
+    async def test_hold_release_retry_delete(self):
+        """
+        On a running twistd: a deferred message is held (retry skips it),
+        released (delivered once the remote host accepts), another is
+        deleted with an NDR; status counts it all; the socket is 0600.
+        """
+        script = support.SinkScript(rcpt={"user@remote.test": "451 4.2.0 mailbox busy"})
+        sink = support.start_smtp_sink(self, "127.0.0.1", script=script)
+        root = short_root(self)
+        config = write_ini(root, ini(sink.port))
+        process, port = await start(self, root)
+        ctl = Ctl(self, config)
+        path = socket_path(os.path.join(root, "mailroot"))
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+
+        first = await send(self, port, b"user@remote.test")
+        second = await send(self, port, b"user@remote.test")
+        await eventually(lambda: on_disk(root, first) == on_disk(root, second) == "deferred")
+        entries = await ctl.queue()
+        self.assertEqual(entries[first]["recipients"][0]["last_reply"],
+                         "451 4.2.0 mailbox busy")
+
+        self.assertEqual(await ctl("queue", "hold", first), (0, f"{first}: held\n"))
+        self.assertEqual((await ctl.queue())[first]["state"], "held")
+        script.rcpt.clear()
+        code, out = await ctl("queue", "retry")
+        self.assertEqual((code, out), (0, "1 message to be attempted now\n"))
+        await eventually(lambda: len(sink.messages) == 1)
+        self.assertEqual(set(await ctl.queue()), {first})
+
+        code, out = await ctl("queue", "show", first)
+        self.assertEqual(code, 0, out)
+        self.assertIn("state:     held", out)
+        self.assertIn("  Subject: manhole", out)
+
+        self.assertEqual(await ctl("queue", "release", first), (0, f"{first}: released\n"))
+        await eventually(lambda: len(sink.messages) == 2)
+
+        script.rcpt["user@remote.test"] = "451 4.2.0 busy again"
+        third = await send(self, port, b"user@remote.test")
+        await eventually(lambda: on_disk(root, third) == "deferred")
+        code, out = await ctl("queue", "delete", third, "--bounce")
+        self.assertEqual((code, out), (0, f"{third}: deleted (the sender gets an NDR)\n"))
+        self.assertNotIn(third, await ctl.queue())
+        code, out = await ctl("status", "--json")
+        status = json.loads(out)
+        # bounced: the deleted recipient, then the NDR itself (to a@localhost,
+        # no such account; from <>, so it goes to badmail).
+        self.assertEqual((status["delivered"], status["bounced"]), (2, 2), status)
+
+        code, out = await ctl("queue", "hold", "NOSUCH")
+        self.assertEqual(code, 1)
+        self.assertIn("no queue entry 'NOSUCH'", out)
+        self.assertEqual(len(sink.messages), 2)
+
+        process.transport.signalProcess("TERM")
+        await process.ended
+        self.assertFalse(os.path.exists(path))
+        code, out = await ctl("queue", "retry")
+        self.assertEqual(code, 1)
+        self.assertIn("the server is not running", out)
+        code, out = await ctl("queue", "list")
+        self.assertEqual((code, out), (0, "queue is empty\n"))
