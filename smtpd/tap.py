@@ -31,7 +31,11 @@ from smtpd.delivery.drop import DropDelivery
 from smtpd.delivery.maildir import MaildirDelivery
 from smtpd.util.activity import ActivityLog
 from smtpd.delivery.mx import MXResolver, close_resolver, make_resolver
-from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION, Inbound
+from smtpd.cleanup.stage import Cleanup
+from smtpd.inbound.registry import Inbound
+from smtpd.pickup.sender import PickupSender
+from smtpd.pickup.service import PickupService
+from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION
 from smtpd.queue.manager import QueueManager
 from smtpd.queue.store import Queue
 from smtpd.delivery.relay import RelayManager
@@ -42,7 +46,7 @@ log = Logger()
 # How long sessions in the middle of DATA may go on after SIGTERM.
 SHUTDOWN_GRACE = 5.0
 
-MAILROOT_FOLDERS = ("queue", "mailbox", "drop", "badmail")
+MAILROOT_FOLDERS = ("queue", "mailbox", "drop", "badmail", "pickup")
 
 # Threads for blocking disk work (the reactor's pool; Twisted's default is
 # 10). Maildir delivery uses one at a time while the disk keeps up (more only
@@ -191,6 +195,18 @@ def load_tls(config: Config, clock):
     return tls.ReloadableTLS(tls.server_tls_options(cert, key))
 
 
+def delivery_agents(config: Config, reactor, run_blocking, relay: RelayManager) -> dict:
+    """The delivery agents by name (C{[domain:NAME] type} and the queue's registry)."""
+    mailroot = config.server.mailroot
+    agents = [
+        MaildirDelivery(mailroot, config.server.hostname, reactor, run_blocking,
+                        max_batches=MAILDIR_BATCHES),
+        DropDelivery(mailroot, reactor, run_blocking),
+        relay,
+    ]
+    return {agent.name: agent for agent in agents}
+
+
 def build(config: Config, reactor) -> service.MultiService:
     """The whole server for C{config} on C{reactor}."""
     reactor.suggestThreadPoolSize(THREAD_POOL_SIZE)
@@ -212,8 +228,9 @@ def build(config: Config, reactor) -> service.MultiService:
     # flood of AUTH attempts cannot delay the fsyncs that answer "250".
     auth_pool = ThreadPoolService(AUTH_THREADS, "smtpd-auth")
     auth_pool.setServiceParent(top)
+    cleanup = Cleanup(config, queue, reactor, run_blocking)
     inbound = Inbound(
-        config, users, queue, reactor, auth_pool.runner(reactor), tls_options, activity
+        config, users, cleanup, reactor, auth_pool.runner(reactor), tls_options, activity
     )
     listeners = []
     for kind, endpoints in (
@@ -232,29 +249,32 @@ def build(config: Config, reactor) -> service.MultiService:
 
     resolver = make_resolver(config.delivery.dns_servers, reactor)
     mx = MXResolver(resolver, reactor, config.server.hostname)
-    relay = RelayManager(config, reactor, mx, local_endpoints=local_endpoints)
+    relay = RelayManager(config, reactor, mx, local_endpoints=local_endpoints,
+                         run_blocking=run_blocking)
     qmgr = QueueManager(
         config,
         queue,
         reactor,
         users=users,
-        local=MaildirDelivery(mailroot, config.server.hostname, reactor, run_blocking,
-                              max_batches=MAILDIR_BATCHES),
-        drop=DropDelivery(mailroot, reactor, run_blocking),
-        relay=relay,
+        agents=delivery_agents(config, reactor, run_blocking, relay),
         bounces=BounceBuilder(config.server.hostname, reactor),
         log=activity,
+        run_blocking=run_blocking,
+        submit=cleanup.submit,
     )
-    # Sessions hand messages to the queue manager, which may deliver them at once.
-    inbound.accept = qmgr.accept
+    # Everything enters through cleanup, which hands it to the queue manager's
+    # intake (local mail delivered at once, the rest stored); reports too.
+    cleanup.accept = qmgr.accept
     qmgr.setServiceParent(top)
     RelayService(relay, resolver).setServiceParent(top)
     InboundService(inbound, activity).setServiceParent(top)
     for listener in listeners:
         listener.setServiceParent(top)
+    top.pickup = add_pickup(top, config, cleanup, reactor, run_blocking)
     admin = AdministrationService(
         config, reactor, qmgr=qmgr, queue=queue, inbound=inbound, relay=relay,
         activity=activity, run_blocking=run_blocking, server_tls=tls_options,
+        configured=[cleanup],
     )
     admin.setServiceParent(top)
     top.inbound = inbound
@@ -262,6 +282,15 @@ def build(config: Config, reactor) -> service.MultiService:
     top.admin = admin
     top.reload = admin.reload
     return top
+
+
+def add_pickup(top, config: Config, cleanup: Cleanup, reactor, run_blocking) -> PickupService:
+    """The pickup folder watcher (SPEC 4), sending through C{cleanup}."""
+    mailroot = config.server.mailroot
+    sender = PickupSender(cleanup, os.path.join(mailroot, "badmail"), run_blocking)
+    pickup = PickupService(os.path.join(mailroot, "pickup"), sender, reactor)
+    pickup.setServiceParent(top)
+    return pickup
 
 
 def raise_file_limit() -> int:

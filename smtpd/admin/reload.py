@@ -55,15 +55,18 @@ class Reloader:
     @param relay: the relay manager (C{reconfigure(config)}).
     @param activity: the activity log (C{hostname}).
     @param server_tls: the L{tls.ReloadableTLS} every TLS listener uses, or None.
+    @param configured: more parts whose C{config} attribute is replaced (cleanup).
     """
 
-    def __init__(self, config: Config, *, inbound, qmgr, relay, activity, server_tls=None):
+    def __init__(self, config: Config, *, inbound, qmgr, relay, activity, server_tls=None,
+                 configured=()):
         self.config = config
         self.inbound = inbound
         self.qmgr = qmgr
         self.relay = relay
         self.activity = activity
         self.server_tls = server_tls
+        self.configured = list(configured)
 
     def reload(self) -> dict:
         """
@@ -130,5 +133,7 @@ class Reloader:
         self.qmgr.users = users
         self.relay.reconfigure(new)
         self.activity.hostname = new.server.hostname
+        for part in self.configured:
+            part.config = new
         if options is not None:
             self.server_tls.options = options

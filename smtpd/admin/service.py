@@ -27,10 +27,10 @@ class AdministrationService(service.MultiService):
     """
 
     def __init__(self, config: Config, reactor, *, qmgr, queue, inbound, relay, activity,
-                 run_blocking: Callable[..., Deferred], server_tls=None):
+                 run_blocking: Callable[..., Deferred], server_tls=None, configured=()):
         service.MultiService.__init__(self)
         reloader = Reloader(config, inbound=inbound, qmgr=qmgr, relay=relay,
-                            activity=activity, server_tls=server_tls)
+                            activity=activity, server_tls=server_tls, configured=configured)
         self.server = Server(reactor, qmgr, queue, inbound, run_blocking, config, reloader)
         ControlService(reactor, socket_path(config.server.mailroot),
                        self.server).setServiceParent(self)
