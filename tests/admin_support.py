@@ -15,10 +15,14 @@ from twisted.conch.telnet import ECHO, SGA, TelnetProtocol, TelnetTransport
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
-from smtpd.admin.manhole import ManholeListener
+from twisted.conch.manhole_ssh import ConchFactory
+
+from smtpd.admin.manhole import TelnetFactory
 from smtpd.config import load_config
 from smtpd.directory.accounts import hash_password
-from smtpd.tap import Listener, build
+from smtpd.inbound.registry import SMTPFactory
+from smtpd.service.listeners import Listener, ListenerGroup
+from smtpd.tap import build
 
 # CSI and other escape sequences of the insults terminal.
 _ESCAPES = re.compile(rb"\x1b(\[[0-9;?]*[A-Za-z]|[()][0-9A-Za-z]|[=>78DEHMc])")
@@ -70,14 +74,17 @@ class RunningServer:
         self.top.startService()
         testcase.addCleanup(self.top.stopService)
 
+    def listener(self, factory_type) -> Listener:
+        [group] = [s for s in services(self.top) if isinstance(s, ListenerGroup)]
+        [listener] = [l for l in group.listeners if isinstance(l.factory, factory_type)]
+        return listener
+
     def smtp_port(self) -> int:
-        [listener] = [s for s in services(self.top) if isinstance(s, Listener)]
-        return listener.address()[1]
+        return self.listener(SMTPFactory).address()[1]
 
     def manhole_port(self, kind: str) -> int:
-        [listener] = [s for s in services(self.top)
-                      if isinstance(s, ManholeListener) and s.kind == kind]
-        return listener.port.getHost().port
+        factory_type = TelnetFactory if kind == "telnet" else ConchFactory
+        return self.listener(factory_type).address()[1]
 
 
 def sleep(seconds: float) -> defer.Deferred:

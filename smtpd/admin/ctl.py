@@ -31,6 +31,7 @@ from smtpd.admin import remote
 from smtpd.admin.operators import OperatorsError, add_operator, check as check_manhole
 from smtpd.admin.remote import CommandError
 from smtpd.config import Config, ConfigError, load_config
+from smtpd.config.preflight import preflight
 from smtpd.directory.accounts import Users, UsersError, add, normalize_address, remove
 
 DEFAULT_CONFIG = os.path.join("etc", "smtpd.ini")
@@ -105,8 +106,14 @@ def _users(config: Config) -> Users:
 
 
 def check(options: argparse.Namespace) -> None:
-    """Validate the configuration and the accounts file it names."""
+    """
+    Validate the configuration, everything start would refuse (folders,
+    certificate, listeners) and the accounts file it names.
+    """
     config = _config(options.config)
+    problems = preflight(config)
+    if problems:
+        raise CommandError(*problems)
     _users(config)
     problems = check_manhole(config)
     if problems:

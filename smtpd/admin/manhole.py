@@ -15,14 +15,12 @@ import sys
 from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from twisted.application import service
 from twisted.conch import manhole, manhole_ssh, telnet
 from twisted.conch.insults import insults
 from twisted.conch.interfaces import IConchUser, ISession
 from twisted.conch.ssh import keys
 from twisted.cred import portal
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python import components
@@ -206,11 +204,11 @@ class TelnetFactory(ServerFactory):
         return transport
 
 
-def manhole_service(config: Config, reactor, server: Server,
-                    run_blocking: Callable[..., Deferred]) -> service.MultiService:
+def manhole_listeners(config: Config, server: Server,
+                      run_blocking: Callable[..., Deferred]) -> list[tuple[str, ServerFactory]]:
     """
-    The listeners of C{[manhole] telnet} and C{ssh} (none when both are
-    empty).
+    The C{(endpoint, factory)} pairs of C{[manhole] telnet} and C{ssh}, for
+    the server's listeners (bound with the others, before anything starts).
 
     @raise ManholeError: when C{check} finds a problem or the host key
         cannot be made.
@@ -219,26 +217,31 @@ def manhole_service(config: Config, reactor, server: Server,
     if problems:
         raise ManholeError(problems[0])
     section = config.manhole
-    top = service.MultiService()
+    if not (section.telnet or section.ssh):
+        return []
+    _warn_plain(section.users)
     checker = OperatorChecker(section.users, run_blocking)
-    if section.telnet or section.ssh:
-        _warn_plain(section.users)
-    for description in section.telnet:
-        factory = TelnetFactory(portal.Portal(TelnetRealm(server), [checker]))
-        ManholeListener(reactor, "telnet", description, factory).setServiceParent(top)
+    pairs: list[tuple[str, ServerFactory]] = []
+    telnet_factory = TelnetFactory(portal.Portal(TelnetRealm(server), [checker]))
+    pairs.extend((description, telnet_factory) for description in section.telnet)
     if section.ssh:
-        try:
-            key = host_key(section.ssh_key_dir)
-        except (OSError, ValueError, keys.BadKeyError) as e:
-            raise ManholeError(f"{config.path}: [manhole] ssh_key_dir: cannot make or read "
-                               f"{os.path.join(section.ssh_key_dir, HOST_KEY)}: {e}") from e
-        factory = manhole_ssh.ConchFactory(portal.Portal(SSHRealm(server), [checker]))
-        factory.noisy = False
-        factory.publicKeys = {key.sshType(): key.public()}
-        factory.privateKeys = {key.sshType(): key}
-        for description in section.ssh:
-            ManholeListener(reactor, "ssh", description, factory).setServiceParent(top)
-    return top
+        pairs.extend((description, _ssh_factory(config, server, checker))
+                     for description in section.ssh)
+    return pairs
+
+
+def _ssh_factory(config: Config, server: Server, checker) -> manhole_ssh.ConchFactory:
+    section = config.manhole
+    try:
+        key = host_key(section.ssh_key_dir)
+    except (OSError, ValueError, keys.BadKeyError) as e:
+        raise ManholeError(f"{config.path}: [manhole] ssh_key_dir: cannot make or read "
+                           f"{os.path.join(section.ssh_key_dir, HOST_KEY)}: {e}") from e
+    factory = manhole_ssh.ConchFactory(portal.Portal(SSHRealm(server), [checker]))
+    factory.noisy = False
+    factory.publicKeys = {key.sshType(): key.public()}
+    factory.privateKeys = {key.sshType(): key}
+    return factory
 
 
 def _warn_plain(path: str) -> None:
@@ -249,39 +252,3 @@ def _warn_plain(path: str) -> None:
     for name in names:
         log.warn("manhole user {name} has a plain-text password in {path}; replace it with "
                  "`smtpctl manhole-user add {name}`", name=name, path=path)
-
-
-class ManholeListener(service.Service):
-    """Listens on one manhole endpoint; logs the bound address, or why it cannot."""
-
-    def __init__(self, reactor, kind: str, description: str, factory):
-        self.reactor = reactor
-        self.kind = kind
-        self.description = description
-        self.factory = factory
-        self.port = None
-
-    def startService(self):
-        """Start listening; a failure is logged and stops the process."""
-        service.Service.startService(self)
-        d = serverFromString(self.reactor, self.description).listen(self.factory)
-        d.addCallbacks(self._listening, self._failed)
-
-    def _listening(self, port):
-        self.port = port
-        host = port.getHost()
-        log.info("Manhole ({kind}) listening on {endpoint} ({host}:{port})", kind=self.kind,
-                 endpoint=self.description, host=getattr(host, "host", ""),
-                 port=getattr(host, "port", ""))
-
-    def _failed(self, failure):
-        log.error("Cannot listen on {endpoint}: {why}", endpoint=self.description,
-                  why=failure.getErrorMessage())
-        self.reactor.stop()
-
-    def stopService(self):
-        """Stop listening."""
-        service.Service.stopService(self)
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()

@@ -14,16 +14,18 @@ from twisted.internet.defer import Deferred
 
 from smtpd.admin.api import Server
 from smtpd.admin.control import ControlService, socket_path
-from smtpd.admin.manhole import manhole_service
+from smtpd.admin.manhole import manhole_listeners
 from smtpd.admin.reload import Reloader
 from smtpd.config import Config
 
 
 class AdministrationService(service.MultiService):
     """
-    Manhole and control socket for one server.
+    The control socket and the reload for one server, and the manhole's
+    listeners for the service tree to bind with the others.
 
     @ivar server: the L{Server} every admin API instance acts on.
+    @ivar listening: the manhole's C{(endpoint, factory)} pairs.
     """
 
     def __init__(self, config: Config, reactor, *, qmgr, queue, inbound, relay, activity,
@@ -34,7 +36,7 @@ class AdministrationService(service.MultiService):
         self.server = Server(reactor, qmgr, queue, inbound, run_blocking, config, reloader)
         ControlService(reactor, socket_path(config.server.mailroot),
                        self.server).setServiceParent(self)
-        manhole_service(config, reactor, self.server, run_blocking).setServiceParent(self)
+        self.listening = manhole_listeners(config, self.server, run_blocking)
 
     def reload(self) -> dict:
         """Re-read the configuration and the accounts (SIGHUP); the report."""
