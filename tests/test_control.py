@@ -12,8 +12,10 @@ import stat
 from twisted.trial import unittest
 
 from smtpd.admin.control import socket_path
+from smtpd.directory.accounts import add
 from tests import support
 from tests.admin_support import eventually, short_root, write_ini
+from tests.inbound import connect
 from tests.test_manhole import send
 from tests.test_tap import spawn
 
@@ -135,3 +137,53 @@ class ControlSocketTests(unittest.TestCase):
         self.assertIn("the server is not running", out)
         code, out = await ctl("queue", "list")
         self.assertEqual((code, out), (0, "queue is empty\n"))
+
+
+class ReloadProcessTests(unittest.TestCase):
+    """Reload of a real twistd: smtpctl user add, SIGHUP, smtpctl reload."""
+
+    timeout = 60
+
+    async def rcpt(self, port: int, address: bytes) -> str:
+        client = await connect(self, port)
+        await client.command(b"EHLO client.example\r\n")
+        await client.command(b"MAIL FROM:<a@example.org>\r\n")
+        reply = await client.command(b"RCPT TO:<" + address + b">\r\n")
+        await client.command(b"QUIT\r\n")
+        return reply
+
+    async def test_user_add_sighup_and_broken_config(self):
+        """
+        smtpctl user add tells the running server (the next RCPT succeeds);
+        an account written to the file behind its back is known after SIGHUP;
+        a broken config on SIGHUP or smtpctl reload changes nothing and the
+        errors are logged and printed.
+        """
+        root = short_root(self)
+        config = write_ini(root, ini(1))
+        process, port = await start(self, root)
+        ctl = Ctl(self, config)
+        self.assertTrue((await self.rcpt(port, b"new@localhost")).startswith("550 5.1.1"))
+        code, out = await ctl("user", "add", "new@localhost", "--password-stdin", stdin="pw\n")
+        self.assertEqual(code, 0, out)
+        self.assertIn("the running server now has 1 accounts", out)
+        self.assertEqual(await self.rcpt(port, b"new@localhost"), "250 2.1.5 Ok")
+
+        add(os.path.join(root, "etc", "users"), "other@localhost", "pw", rounds=4)
+        self.assertTrue((await self.rcpt(port, b"other@localhost")).startswith("550 5.1.1"))
+        reloaded = process.wait_for(rb"reloaded \S+smtpd.ini: changed nothing")
+        process.transport.signalProcess("HUP")
+        await reloaded
+        self.assertEqual(await self.rcpt(port, b"other@localhost"), "250 2.1.5 Ok")
+
+        with open(config, "a") as f:
+            f.write("[messages]\nmax_recipients = lots\n")
+        refused = process.wait_for(rb"reload refused: \S+ \[messages\] max_recipients = lots")
+        process.transport.signalProcess("HUP")
+        await refused
+        # smtpctl reads the same file first and shows the same problems.
+        code, out = await ctl("reload")
+        self.assertEqual(code, 1)
+        self.assertIn("[messages] max_recipients = lots: 'lots' is not a whole number", out)
+        self.assertEqual(await self.rcpt(port, b"other@localhost"), "250 2.1.5 Ok")
+        self.assertFalse(process.ended.called)
