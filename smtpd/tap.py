@@ -179,7 +179,8 @@ def build(config: Config, reactor) -> service.MultiService:
     mailroot = config.server.mailroot
     queue = Queue(os.path.join(mailroot, "queue"), reactor, run_blocking)
     activity = ActivityLog(
-        config.logging.format, config.logging.path, reactor, config.server.hostname
+        config.logging.format, config.logging.path, reactor, config.server.hostname,
+        rotate=config.logging.rotate, rotate_size=config.logging.rotate_size,
     )
     listeners: list[Listener] = []
     group = ListenerGroup(listeners)
