@@ -19,6 +19,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.names import client, dns, error, hosts, resolve
 
+from smtpd.delivery.quietudp import QuietDatagramReactor
 from smtpd.mail.address import ip_literal
 
 # Answers are cached at most this long, whatever their TTL says.
@@ -355,10 +356,12 @@ def make_resolver(dns_servers: tuple[tuple[str, int], ...] | list, reactor: Any)
     through C{dns_servers} (C{(ip, port)} pairs) or those of
     C{/etc/resolv.conf} when there are none.
     """
+    # One UDP port per query (a random source port), without four log lines each.
+    quiet = QuietDatagramReactor(reactor)
     if dns_servers:
-        theResolver = client.Resolver(servers=list(dns_servers), reactor=reactor)
+        theResolver = client.Resolver(servers=list(dns_servers), reactor=quiet)
     else:
-        theResolver = client.Resolver(resolv=b"/etc/resolv.conf", reactor=reactor)
+        theResolver = client.Resolver(resolv=b"/etc/resolv.conf", reactor=quiet)
     return resolve.ResolverChain([hosts.Resolver(b"/etc/hosts"), theResolver])
 
 
