@@ -187,3 +187,35 @@ class ReloadProcessTests(unittest.TestCase):
         self.assertIn("[messages] max_recipients = lots: 'lots' is not a whole number", out)
         self.assertEqual(await self.rcpt(port, b"other@localhost"), "250 2.1.5 Ok")
         self.assertFalse(process.ended.called)
+
+
+class SessionsProcessTests(unittest.TestCase):
+    """smtpctl sessions against a real twistd."""
+
+    timeout = 60
+
+    async def test_sessions_and_kill(self):
+        """smtpctl sessions lists a client with its HELO name; sessions kill gets it 421 4.3.2."""
+        root = short_root(self)
+        config = write_ini(root, ini(1))
+        process, port = await start(self, root)
+        ctl = Ctl(self, config)
+        client = await connect(self, port)
+        await client.command(b"EHLO client.example\r\n")
+        code, out = await ctl("sessions")
+        self.assertEqual(code, 0, out)
+        header, row = out.splitlines()
+        self.assertEqual(header.split(), ["ID", "PEER", "HELO", "USER", "TLS", "AGE", "IN", "OUT",
+                                          "MSGS", "COMMAND"])
+        cells = row.split()
+        self.assertEqual((cells[1], cells[2], cells[3], cells[-1]),
+                         ("127.0.0.1", "client.example", "-", "EHLO"))
+        code, out = await ctl("sessions", "kill", cells[0])
+        self.assertEqual((code, out), (0, f"session {cells[0]}: closed\n"))
+        replies = await client.wait(3)
+        self.assertTrue(replies[2].startswith("421 4.3.2 "), replies)
+        code, out = await ctl("sessions", "--json")
+        self.assertEqual(json.loads(out), [])
+        code, out = await ctl("sessions", "kill", "999")
+        self.assertEqual(code, 1)
+        self.assertIn("no session '999'", out)

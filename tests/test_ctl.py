@@ -252,3 +252,22 @@ class ConsoleScriptTests(CtlTestCase):
                              (os.path.join("etc", "smtpd.ini").encode() + b": OK\n", b"", 0))
 
         return d.addCallback(check)
+
+
+class ManholeUserTests(CtlTestCase):
+    """C{smtpctl manhole-user add}."""
+
+    def test_add(self) -> None:
+        """An operator is written with a bcrypt hash; a bad name is refused."""
+        from smtpd.admin.operators import read_operators
+
+        self.assertEqual(self.run_ctl("manhole-user", "add", "alice", "--password-stdin",
+                                      stdin="s3cret\n"), 0)
+        path = os.path.join(self.root, "etc", "manhole.passwd")
+        stored = read_operators(path)["alice"]
+        self.assertTrue(stored.startswith(b"$2b$"))
+        self.assertIn(f"operator alice written to {path}", self.stdout.getvalue())
+        self.assertEqual(self.run_ctl("manhole-user", "add", "bad name", "--password-stdin",
+                                      stdin="x\n"), 1)
+        self.assertIn("is not an operator name", self.stderr.getvalue())
+        self.assertNoTraceback()

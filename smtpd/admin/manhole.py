@@ -164,6 +164,16 @@ class TelnetRealm:
         return telnet.ITelnetProtocol, shell, lambda: None
 
 
+class SSHShellSession(manhole_ssh.TerminalSession):
+    """An ssh session running the manhole; window changes and EOF are not errors."""
+
+    def windowChanged(self, newWindowSize):
+        """The client's terminal was resized: nothing to redraw for a shell prompt."""
+
+    def eofReceived(self):
+        """The client will send no more: the shell ends when the channel closes."""
+
+
 @implementer(portal.IRealm)
 class SSHRealm:
     """SSH logins: an interactive session (with a pty) running the manhole."""
@@ -178,7 +188,7 @@ class SSHRealm:
         names = namespace(self.server, _text(avatarId))
         holder = components.Componentized()
         user = manhole_ssh.TerminalUser(holder, avatarId)
-        shell = manhole_ssh.TerminalSession(holder)
+        shell = SSHShellSession(holder)
         shell.chainedProtocolFactory = lambda: insults.ServerProtocol(AdminManhole, names)
         holder.setComponent(IConchUser, user)
         holder.setComponent(ISession, shell)
