@@ -163,10 +163,18 @@ class TelnetClient(TelnetProtocol):
         self.transport.write(text.encode("utf-8"))
 
 
+class RefusingTelnetClient(TelnetClient):
+    """A client that refuses every option, as netcat or a scripted client does."""
+
+    def enableRemote(self, option):
+        return False
+
+
 async def telnet_login(testcase, port: int, name: str = OPERATOR,
-                       password: str = PASSWORD) -> TelnetClient:
+                       password: str = PASSWORD, client: TelnetClient | None = None
+                       ) -> TelnetClient:
     """Connect to the telnet manhole and log in; returns the client at the prompt."""
-    client = TelnetClient()
+    client = client or TelnetClient()
     transport = TelnetTransport(lambda: client)
     protocol = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), transport)
     testcase.addCleanup(protocol.transport.loseConnection)

@@ -20,6 +20,7 @@ from tests import support
 from tests.admin_support import (
     OPERATOR,
     PASSWORD,
+    RefusingTelnetClient,
     RunningServer,
     eventually,
     run,
@@ -110,6 +111,23 @@ class TelnetManholeTests(unittest.TestCase):
         self.assertIn("Close every inbound session with", text)
         self.assertTrue(match)
         await run(client, "admin.hold('NOSUCHID')", rb"error: no queue entry 'NOSUCHID'")
+
+
+class RefusingClientTests(unittest.TestCase):
+    """A telnet client that lets the server echo nothing."""
+
+    timeout = 20
+
+    async def test_login_without_echo(self):
+        """Refusing the server's echo does not stop the login (Twisted's own would hang)."""
+        root = short_root(self)
+        write_operators(root)
+        write_ini(root, ini(1, "telnet = tcp:0:interface=127.0.0.1"))
+        server = RunningServer(self, root)
+        client = await telnet_login(self, server.manhole_port("telnet"),
+                                    client=RefusingTelnetClient())
+        await client.screen.wait_for_any(b">>> ")
+        await run(client, "admin.status()['sessions']", rb"\b0\b")
 
 
 def _queue(server: RunningServer) -> list[dict]:

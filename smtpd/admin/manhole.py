@@ -19,7 +19,8 @@ from twisted.conch import manhole, manhole_ssh, telnet
 from twisted.conch.insults import insults
 from twisted.conch.interfaces import IConchUser, ISession
 from twisted.conch.ssh import keys
-from twisted.cred import portal
+from twisted.cred import credentials, portal
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
@@ -199,6 +200,46 @@ def _text(name) -> str:
     return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
 
 
+class OperatorLogin(telnet.AuthenticatingTelnetProtocol):
+    """
+    The telnet login prompts. Unlike Twisted's, the password is checked even
+    when the client refused to let the server echo (netcat, scripted
+    clients): Twisted's waits for an echo negotiation that then never ends.
+    """
+
+    def telnet_User(self, line):
+        """Take the name; ask for the password (without echo when the client agrees)."""
+        self.username = line
+        self.transport.will(telnet.ECHO).addErrback(_declined)
+        self.transport.write(b"Password: ")
+        return "Password"
+
+    def telnet_Password(self, line):
+        """Check the name and password; on success the manhole takes over."""
+        username, password = self.username, line
+        del self.username
+        d = self.transport.wont(telnet.ECHO)
+        d.addErrback(_declined)
+        d.addCallback(lambda _: self.portal.login(
+            credentials.UsernamePassword(username, password), None, telnet.ITelnetProtocol))
+        d.addCallbacks(self._logged_in, self._refused)
+        return "Discard"
+
+    def _logged_in(self, result) -> None:
+        interface, protocol, logout = result
+        self.protocol = protocol
+        self.logout = logout
+        self.state = "Command"
+        protocol.makeConnection(self.transport)
+        self.transport.protocol = protocol
+
+    def _refused(self, failure) -> None:
+        failure.trap(UnauthorizedLogin)
+        self.transport.write(b"\nAuthentication failed\n")
+        self.transport.write(b"Username: ")
+        self.state = "User"
+
+
 class TelnetFactory(ServerFactory):
     """Telnet connections: the login prompts, then the manhole."""
 
@@ -209,7 +250,7 @@ class TelnetFactory(ServerFactory):
 
     def buildProtocol(self, addr):
         """A telnet transport asking for the operator's name and password."""
-        transport = telnet.TelnetTransport(telnet.AuthenticatingTelnetProtocol, self.portal)
+        transport = telnet.TelnetTransport(OperatorLogin, self.portal)
         transport.factory = self
         return transport
 
