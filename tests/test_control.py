@@ -219,3 +219,22 @@ class SessionsProcessTests(unittest.TestCase):
         code, out = await ctl("sessions", "kill", "999")
         self.assertEqual(code, 1)
         self.assertIn("no session '999'", out)
+
+
+class ManholeStartTests(unittest.TestCase):
+    """twistd refuses a manhole open beyond loopback with nobody to log in."""
+
+    timeout = 60
+
+    async def test_refused_without_users(self):
+        """One config error line, exit 1, no traceback; smtpctl check says the same."""
+        root = short_root(self)
+        config = write_ini(root, ini(1) + "[manhole]\ntelnet = tcp:0\n")
+        process = spawn(self, ["twistd", "-n", "--pidfile=", "--logfile=-", "smtpd",
+                               "--config", config])
+        self.assertEqual(await process.ended, 1)
+        lines = process.output.decode().strip().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("[manhole] telnet = tcp:0: listens beyond loopback", lines[0])
+        code, out = await Ctl(self, config)("check")
+        self.assertEqual((code, out.strip()), (1, lines[0]))

@@ -48,6 +48,20 @@ class Server:
         self.config = config
         self.started = clock.seconds()
 
+    def reload(self) -> dict:
+        """
+        Re-read the configuration and the accounts through the reloader; the
+        report (see L{smtpd.admin.reload.Reloader.reload}).
+
+        @raise AdminError: when this server has no reloader.
+        """
+        if self.reloader is None:
+            raise AdminError("this server cannot reload")
+        report = self.reloader.reload()
+        if report.get("ok"):
+            self.config = self.reloader.config
+        return report
+
 
 class Admin:
     """
@@ -229,14 +243,8 @@ class Admin:
         they are. The result says what changed and what needs a restart, or
         lists the errors (and then nothing changed).
         """
-        reloader = self._server.reloader
-        if reloader is None:
-            raise AdminError("this server cannot reload")
         self._did("reload")
-        report = reloader.reload()
-        if report.get("ok"):
-            self._server.config = reloader.config
-        return report
+        return self._server.reload()
 
     def reload_accounts(self) -> dict:
         """Re-read only the accounts file (C{smtpctl user add/del} asks for this)."""

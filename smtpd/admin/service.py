@@ -40,7 +40,4 @@ class AdministrationService(service.MultiService):
 
     def reload(self) -> dict:
         """Re-read the configuration and the accounts (SIGHUP); the report."""
-        report = self.server.reloader.reload()
-        if report.get("ok"):
-            self.server.config = self.server.reloader.config
-        return report
+        return self.server.reload()
