@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from twisted.internet import defer, reactor
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from smtpd.admin.api import Admin, AdminError, Server
@@ -131,8 +132,13 @@ class HeldTests(QueueManagerMixin, unittest.TestCase):
         self.clock.advance(0)
         self.assertEqual(len(self.relay.for_entry(queue_id)), 1)
         admin = self.admin()
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         self.assertEqual(self.successResultOf(admin.hold(queue_id)),
                          {"id": queue_id, "done": "hold"})
+        # Every action is logged with the operator's name (IIS "Operators").
+        self.assertIn(f"admin: tester hold id={queue_id}", [formatEvent(e) for e in events])
         [listed] = self.successResultOf(admin.queue())
         self.assertEqual((listed["id"], listed["state"]), (queue_id, "held"))
         self.clock.advance(DAY)
@@ -167,3 +173,40 @@ class HeldTests(QueueManagerMixin, unittest.TestCase):
 
 class _NoSessions:
     sessions: dict = {}
+
+
+class TLSReloadTests(unittest.TestCase):
+    """A new certificate applies to the next STARTTLS after reload."""
+
+    timeout = 20
+
+    async def peer_name(self, port: int) -> str:
+        """The subject CN of the certificate the server shows after STARTTLS."""
+        from twisted.internet import ssl
+
+        client = await connect(self, port)
+        await client.command(b"EHLO client.example\r\n")
+        reply = await client.command(b"STARTTLS\r\n")
+        self.assertTrue(reply.startswith("220 "), reply)
+        client.transport.startTLS(ssl.CertificateOptions())
+        await client.command(b"EHLO client.example\r\n")
+        cert = ssl.Certificate.peerFromTransport(client.transport)
+        client.transport.loseConnection()
+        return cert.getSubject().commonName.decode()
+
+    async def test_new_certificate(self):
+        """After [tls] names a new certificate and key, reload() serves them."""
+        from smtpd.util import tls
+
+        root = short_root(self)
+        write_ini(root, INI.replace("hostname = mx.local.test", "hostname = old.local.test"))
+        server = RunningServer(self, root)
+        admin = Admin(server.top.admin.server, "tester")
+        self.assertEqual(await self.peer_name(server.smtp_port()), "old.local.test")
+        cert, key = (os.path.join(root, "etc", "tls", n) for n in ("new.pem", "new.key"))
+        tls.ensure_certificate(cert, key, "new.local.test", reactor.seconds())
+        write_ini(root, INI.replace("hostname = mx.local.test", "hostname = old.local.test")
+                  + f"[tls]\ncertificate = {cert}\nkey = {key}\n")
+        report = admin.reload()
+        self.assertEqual(report["changed"], ["tls.certificate", "tls.key"])
+        self.assertEqual(await self.peer_name(server.smtp_port()), "new.local.test")
