@@ -27,6 +27,10 @@ from smtpd.tap import build
 # CSI and other escape sequences of the insults terminal.
 _ESCAPES = re.compile(rb"\x1b(\[[0-9;?]*[A-Za-z]|[()][0-9A-Za-z]|[=>78DEHMc])")
 
+# Lines twistd's log must not get per lookup or per connection.
+NOISE = (b"DNSDatagramProtocol", b"UDP Port", b"Starting factory", b"Stopping factory",
+         b"Starting protocol", b"Stopping protocol")
+
 OPERATOR = "alice"
 PASSWORD = "manhole-secret"
 

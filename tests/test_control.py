@@ -14,7 +14,7 @@ from twisted.trial import unittest
 from smtpd.admin.control import socket_path
 from smtpd.directory.accounts import add
 from tests import support
-from tests.admin_support import eventually, short_root, write_ini
+from tests.admin_support import NOISE, eventually, short_root, write_ini
 from tests.inbound import connect
 from tests.test_manhole import send
 from tests.test_tap import spawn
@@ -128,6 +128,9 @@ class ControlSocketTests(unittest.TestCase):
         self.assertEqual(code, 1)
         self.assertIn("no queue entry 'NOSUCH'", out)
         self.assertEqual(len(sink.messages), 2)
+        # Neither the smtpctl connections nor the relay's left lines in twistd's log.
+        for word in NOISE:
+            self.assertNotIn(word, process.output)
 
         process.transport.signalProcess("TERM")
         await process.ended

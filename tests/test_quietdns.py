@@ -16,12 +16,10 @@ from twisted.trial import unittest
 from smtpd.delivery.mx import close_resolver, make_resolver
 from smtpd.delivery.quietudp import QuietDatagramReactor
 from tests import support
-from tests.admin_support import eventually, short_root, write_ini
+from tests.admin_support import NOISE, eventually, short_root, write_ini
 from tests.test_control import start
 from tests.test_manhole import send
 
-NOISE = (b"DNSDatagramProtocol", b"UDP Port", b"Starting factory", b"Stopping factory",
-         b"Starting protocol", b"Stopping protocol")
 
 
 class QuietResolverTests(unittest.TestCase):
