@@ -203,7 +203,7 @@ def ssh_client_factory(testcase, name: str, password: str, host_key_blob: bytes,
     C{host_key_blob}, logs in with a password, opens a session with a pty and
     a shell, and fires C{opened} with the channel (its C{screen} and C{send}).
     """
-    from twisted.conch.ssh import channel, common, connection, keys, session, transport, userauth
+    from twisted.conch.ssh import channel, connection, session, transport, userauth
     from twisted.internet.protocol import ClientFactory
 
     class Shell(channel.SSHChannel):

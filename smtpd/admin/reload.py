@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_reload -*-
+# -*- test-case-name: tests.test_admin -*-
 """
 Live reload (C{admin.reload()}, C{smtpctl reload}, SIGHUP): re-read
 C{etc/smtpd.ini} and the accounts file, and hand them to the parts that read
