@@ -72,12 +72,21 @@ def _next(entry: dict, now: float) -> str:
     return "now" if due <= 0 else f"in {human_age(due)}"
 
 
+def _attempts(entry: dict) -> str:
+    n = entry["attempts"]
+    tried = f"{n} attempt{'s' if n != 1 else ''}"
+    if entry["state"] == "held":
+        return f"{tried}; not attempted until released"
+    due = entry["next_attempt"]
+    return f"{tried}; next {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(due))}"
+
+
 def show_lines(entry: dict, now: float) -> list[str]:
     """The lines of C{queue show ID}: envelope, recipients, header fields."""
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(entry["arrival"]))
     lines = [
         f"id:        {entry['id']}",
-        f"state:     {entry['state']} ({entry['attempts']} attempts, next {_next(entry, now)})",
+        f"state:     {entry['state']} ({_attempts(entry)})",
         f"arrival:   {when} ({human_age(now - entry['arrival'])} ago)",
         f"size:      {entry.get('size', 0)} octets",
         f"sender:    <{entry['sender']}>",
