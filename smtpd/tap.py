@@ -229,7 +229,7 @@ def build(config: Config, reactor) -> service.MultiService:
     admin = AdministrationService(
         config, reactor, qmgr=qmgr, queue=queue, inbound=inbound, relay=relay,
         activity=activity, run_blocking=run_blocking, server_tls=tls_options,
-        configured=[cleanup],
+        configured=[cleanup], resolver=resolver,
     )
     admin.setServiceParent(top)
     # The manhole's listeners are bound first with the others (bind or exit 1).

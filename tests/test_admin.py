@@ -61,6 +61,31 @@ class SessionsTests(unittest.TestCase):
         self.assertTrue(replies[-1].startswith("421 4.3.2 "), replies)
 
 
+class ReverseNameTests(unittest.TestCase):
+    """Reverse names of session peers, looked up in the background."""
+
+    timeout = 20
+
+    async def test_reverse_name_once_known(self):
+        """The first listing has no name; once the PTR answer is in, the peer's name shows."""
+        from twisted.names import dns
+
+        from tests import support
+
+        server_dns = support.start_dns_server(self, {"127.in-addr.arpa": {
+            "1.0.0.127.in-addr.arpa": [dns.Record_PTR("client.example.test")]}})
+        root = short_root(self)
+        write_ini(root, INI + f"[delivery]\ndns_servers = 127.0.0.1:{server_dns[1]}\n")
+        server = RunningServer(self, root)
+        admin = Admin(server.top.admin.server, "tester")
+        client = await connect(self, server.smtp_port())
+        await client.command(b"EHLO client.example\r\n")
+        [first] = admin.sessions()
+        self.assertEqual(first["reverse_name"], "")
+        await eventually(lambda: admin.sessions()[0]["reverse_name"] == "client.example.test")
+        self.assertEqual(server_dns.query_count("PTR"), 1)
+
+
 class ReloadTests(unittest.TestCase):
     """admin.reload() on a running server."""
 

@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
 from smtpd.admin import listing
+from smtpd.admin.reverse import ReverseNames
 
 log = Logger(namespace="smtpd.admin")
 
@@ -35,10 +36,11 @@ class Server:
     @param run_blocking: C{run_blocking(f, *args)}: a Deferred of C{f(*args)} in a thread.
     @param reloader: an object with C{reload()} returning the reload report, or L{None}.
     @param config: the L{Config} the server started with (a reload replaces it).
+    @param resolver: an C{IResolver} for the peers' reverse names, or None.
     """
 
     def __init__(self, clock, qmgr, queue, inbound, run_blocking: Callable[..., Deferred],
-                 config, reloader=None):
+                 config, reloader=None, resolver=None):
         self.clock = clock
         self.qmgr = qmgr
         self.queue = queue
@@ -47,6 +49,7 @@ class Server:
         self.reloader = reloader
         self.config = config
         self.started = clock.seconds()
+        self.reverse_names = ReverseNames(resolver)
 
     def reload(self) -> dict:
         """
@@ -207,11 +210,16 @@ class Admin:
     def sessions(self) -> list[dict]:
         """
         The inbound sessions open now (IIS Current Sessions), oldest first:
-        C{id}, C{peer}, C{reverse_name}, C{helo}, C{user}, C{tls},
-        C{started}, C{bytes_in}, C{bytes_out}, C{messages}, C{command}.
+        C{id}, C{peer}, C{reverse_name} (once looked up in the background;
+        "" until then), C{helo}, C{user}, C{tls}, C{started}, C{bytes_in},
+        C{bytes_out}, C{messages}, C{command} (the last one received).
         """
         inbound = self._server.inbound
-        return [describe_session(inbound.sessions[k]) for k in sorted(inbound.sessions)]
+        listed = [describe_session(inbound.sessions[k]) for k in sorted(inbound.sessions)]
+        names = self._server.reverse_names
+        for session in listed:
+            session["reverse_name"] = names.name(session["peer"])
+        return listed
 
     def terminate(self, id: int) -> dict:
         """Close session C{id} with C{421 4.3.2}."""

@@ -29,11 +29,13 @@ class AdministrationService(service.MultiService):
     """
 
     def __init__(self, config: Config, reactor, *, qmgr, queue, inbound, relay, activity,
-                 run_blocking: Callable[..., Deferred], server_tls=None, configured=()):
+                 run_blocking: Callable[..., Deferred], server_tls=None, configured=(),
+                 resolver=None):
         service.MultiService.__init__(self)
         reloader = Reloader(config, inbound=inbound, qmgr=qmgr, relay=relay,
                             activity=activity, server_tls=server_tls, configured=configured)
-        self.server = Server(reactor, qmgr, queue, inbound, run_blocking, config, reloader)
+        self.server = Server(reactor, qmgr, queue, inbound, run_blocking, config, reloader,
+                             resolver)
         ControlService(reactor, socket_path(config.server.mailroot),
                        self.server).setServiceParent(self)
         self.listening = manhole_listeners(config, self.server, run_blocking)

@@ -290,8 +290,8 @@ class SessionCore(smtp.ESMTP):
 
     def info(self) -> dict:
         """
-        This session as plain data: C{id}, C{peer}, C{reverse_name} (not
-        looked up: ""), C{helo}, C{user}, C{tls} (the protocol version, or
+        This session as plain data: C{id}, C{peer}, C{reverse_name} (the
+        admin API fills it in; "" here), C{helo}, C{user}, C{tls} (the protocol version, or
         ""), C{started} (Unix time), C{bytes_in}, C{bytes_out}, C{messages}
         (accepted), C{command} (the last one received).
         """
