@@ -39,7 +39,8 @@ DEFAULT_CONFIG = os.path.join("etc", "smtpd.ini")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="smtpctl", description="Administer an smtpd deployment offline.")
+        prog="smtpctl",
+        description="Administer an smtpd deployment, offline or through the running server.")
     parser.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH",
                         help=f"the configuration file (default: {DEFAULT_CONFIG})")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
