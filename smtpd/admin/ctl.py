@@ -33,6 +33,7 @@ from smtpd.admin.remote import CommandError
 from smtpd.config import Config, ConfigError, load_config
 from smtpd.config.preflight import preflight
 from smtpd.directory.accounts import Users, UsersError, add, normalize_address, remove
+from smtpd.util.ownership import hand_over_to_deployment
 
 DEFAULT_CONFIG = os.path.join("etc", "smtpd.ini")
 
@@ -162,6 +163,7 @@ def user_add(options: argparse.Namespace) -> None:
     except UsersError as e:
         raise CommandError(*(f"smtpctl: {p}" for p in e.problems)) from e
     print(f"added {address} to {config.auth.users}", file=sys.stdout)
+    _hand_over(config)
     _tell_server(config)
 
 
@@ -173,6 +175,7 @@ def user_del(options: argparse.Namespace) -> None:
     except UsersError as e:
         raise CommandError(*(f"smtpctl: {p}" for p in e.problems)) from e
     print(f"removed {options.address.lower()} from {config.auth.users}", file=sys.stdout)
+    _hand_over(config)
     _tell_server(config)
 
 
@@ -192,6 +195,18 @@ def manhole_user_add(options: argparse.Namespace) -> None:
     except OperatorsError as e:
         raise CommandError(f"smtpctl: {e}") from e
     print(f"operator {options.name} written to {config.manhole.users}", file=sys.stdout)
+
+
+def _hand_over(config: Config) -> None:
+    """
+    Run as root, leave the accounts file to the user the deployment belongs
+    to (the owner of the mailroot), so the server running as that user can
+    still read it; say so.
+    """
+    user = hand_over_to_deployment(config.auth.users, config.server.mailroot)
+    if user is not None:
+        print(f"smtpctl: running as root: {config.auth.users} now belongs to {user}, "
+              f"the owner of {config.server.mailroot}", file=sys.stdout)
 
 
 def user_list(options: argparse.Namespace) -> None:

@@ -55,7 +55,8 @@ class Reloader:
     @param relay: the relay manager (C{reconfigure(config)}).
     @param activity: the activity log (C{hostname}).
     @param server_tls: the L{tls.ReloadableTLS} every TLS listener uses, or None.
-    @param configured: more parts whose C{config} attribute is replaced (cleanup).
+    @param configured: more parts whose C{config} attribute is replaced, and
+        C{users} when they have one (cleanup, POP3).
     """
 
     def __init__(self, config: Config, *, inbound, qmgr, relay, activity, server_tls=None,
@@ -111,6 +112,9 @@ class Reloader:
             return {"ok": False, "errors": list(e.problems)}
         self.inbound.users = users
         self.qmgr.users = users
+        for part in self.configured:
+            if hasattr(part, "users"):
+                part.users = users
         log.info("reloaded {path}: {accounts} accounts", path=self.config.auth.users,
                  accounts=len(users))
         return {"ok": True, "accounts": len(users)}
@@ -135,5 +139,7 @@ class Reloader:
         self.activity.hostname = new.server.hostname
         for part in self.configured:
             part.config = new
+            if hasattr(part, "users"):
+                part.users = users
         if options is not None:
             self.server_tls.options = options
