@@ -39,7 +39,11 @@ class QuietResolverTests(unittest.TestCase):
         globalLogPublisher.removeObserver(events.append)
         self.assertEqual([a.payload.name.name for a in answers], [b"mx.remote.test"])
         text = [formatEvent(e) for e in events]
-        self.assertEqual([t for t in text if any(w.decode() in t for w in NOISE)], [], text)
+        # Ports opened in this window announce themselves when noisy; closing
+        # lines could also come from an earlier test's server going away (the
+        # real twistd test below checks every kind of line).
+        opening = ("starting on", "Starting protocol", "Starting factory")
+        self.assertEqual([t for t in text if any(w in t for w in opening)], [], text)
         # Every socket opened for the lookup is closed again.
         self.assertEqual({r for r in reactor.getReaders() if hasattr(r, "socket")}, readers)
 
