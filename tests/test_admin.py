@@ -235,3 +235,29 @@ class TLSReloadTests(unittest.TestCase):
         report = admin.reload()
         self.assertEqual(report["changed"], ["tls.certificate", "tls.key"])
         self.assertEqual(await self.peer_name(server.smtp_port()), "new.local.test")
+
+
+class ControlSocketStartTests(unittest.TestCase):
+    """The control socket at start."""
+
+    timeout = 20
+
+    async def test_stale_socket_replaced(self):
+        """A socket left by a killed server is replaced; smtpctl's client gets answers."""
+        import socket
+
+        from twisted.internet import threads
+
+        from smtpd.admin.control import ControlClient, socket_path
+
+        root = short_root(self)
+        write_ini(root, INI)
+        path = socket_path(os.path.join(root, "mailroot"))
+        os.makedirs(os.path.dirname(path))
+        dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        dead.bind(path)
+        dead.close()
+        RunningServer(self, root)
+        status = await threads.deferToThread(ControlClient(path).call, "status")
+        self.assertEqual(status["sessions"], 0)
+        self.assertEqual(sorted(os.listdir(os.path.dirname(path))).count("smtpd.sock"), 1)

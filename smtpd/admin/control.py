@@ -12,6 +12,7 @@ import json
 import os
 import pwd
 import socket
+import stat
 import struct
 
 from twisted.application import service
@@ -162,13 +163,17 @@ class ControlService(service.Service):
         self.port = None
 
     def startService(self):
-        """Listen (mode 0600; a stale socket of a dead server is replaced)."""
+        """
+        Listen (mode 0600). Runs after the mailroot lock is taken, so a socket
+        already there is a dead server's and is replaced.
+        """
         service.Service.startService(self)
         if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
             log.error("The control socket path {path} is too long for a UNIX socket; "
                       "smtpctl cannot reach this server", path=self.path)
             return
-        description = f"unix:{_escape(self.path)}:mode=600:lockfile=1"
+        _remove_stale(self.path)
+        description = f"unix:{_escape(self.path)}:mode=600:lockfile=0"
         d = serverFromString(self.reactor, description).listen(self.factory)
         d.addCallbacks(self._listening, self._failed)
 
@@ -186,6 +191,15 @@ class ControlService(service.Service):
         if self.port is not None:
             port, self.port = self.port, None
             return port.stopListening()
+
+
+def _remove_stale(path: str) -> None:
+    """Remove a socket left by a server that died (never any other kind of file)."""
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _escape(path: str) -> str:
