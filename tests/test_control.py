@@ -72,7 +72,8 @@ def on_disk(root: str, queue_id: str) -> str | None:
 class ControlSocketTests(unittest.TestCase):
     """smtpctl queue and session commands change a running server."""
 
-    timeout = 60
+    # Each smtpctl is a new Python process: slow on a loaded machine.
+    timeout = 120
 
     async def test_hold_release_retry_delete(self):
         """
@@ -97,12 +98,13 @@ class ControlSocketTests(unittest.TestCase):
                          "451 4.2.0 mailbox busy")
 
         self.assertEqual(await ctl("queue", "hold", first), (0, f"{first}: held\n"))
-        self.assertEqual((await ctl.queue())[first]["state"], "held")
+        self.assertEqual(on_disk(root, first), "held")
         script.rcpt.clear()
         code, out = await ctl("queue", "retry")
         self.assertEqual((code, out), (0, "1 message to be attempted now\n"))
         await eventually(lambda: len(sink.messages) == 1)
-        self.assertEqual(set(await ctl.queue()), {first})
+        await eventually(lambda: on_disk(root, second) is None)
+        self.assertEqual(on_disk(root, first), "held")
 
         code, out = await ctl("queue", "show", first)
         self.assertEqual(code, 0, out)
@@ -117,7 +119,7 @@ class ControlSocketTests(unittest.TestCase):
         await eventually(lambda: on_disk(root, third) == "deferred")
         code, out = await ctl("queue", "delete", third, "--bounce")
         self.assertEqual((code, out), (0, f"{third}: deleted (the sender gets an NDR)\n"))
-        self.assertNotIn(third, await ctl.queue())
+        self.assertIsNone(on_disk(root, third))
         code, out = await ctl("status", "--json")
         status = json.loads(out)
         # bounced: the deleted recipient, then the NDR itself (to a@localhost,
