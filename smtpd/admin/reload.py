@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_admin -*-
 """
 Live reload (C{admin.reload()}, C{smtpctl reload}, SIGHUP): re-read
-C{etc/smtpd.ini} and the accounts file, and hand them to the parts that read
-them at each new session or delivery attempt. A configuration with errors
+C{etc/smtpd.ini}, the accounts file, the TLS certificate and the DNS servers
+(C{/etc/resolv.conf} when none are configured), and hand them to the parts
+that read them at each new session or delivery attempt. A configuration with errors
 changes nothing; listeners are never rebound (the report says when their
 keys changed).
 """
@@ -14,6 +15,7 @@ import dataclasses
 from twisted.logger import Logger
 
 from smtpd.config import Config, ConfigError, load_config
+from smtpd.delivery.mx import make_resolver
 from smtpd.directory.accounts import Users, UsersError
 from smtpd.util import tls
 
@@ -24,7 +26,6 @@ AT_RESTART = frozenset({
     "server.listen", "server.submission", "server.smtps", "server.mailroot",
     "manhole.telnet", "manhole.ssh", "manhole.users", "manhole.ssh_key_dir",
     "logging.path", "logging.format", "logging.rotate", "logging.rotate_size",
-    "delivery.dns_servers",
 })
 
 
@@ -57,10 +58,13 @@ class Reloader:
     @param server_tls: the L{tls.ReloadableTLS} every TLS listener uses, or None.
     @param configured: more parts whose C{config} attribute is replaced, and
         C{users} when they have one (cleanup, POP3).
+    @param mx: the relay's L{MXResolver}: it gets a new resolver for
+        C{[delivery] dns_servers} (or C{/etc/resolv.conf}) as they are now.
+    @param reactor: for that resolver.
     """
 
     def __init__(self, config: Config, *, inbound, qmgr, relay, activity, server_tls=None,
-                 configured=()):
+                 configured=(), mx=None, reactor=None):
         self.config = config
         self.inbound = inbound
         self.qmgr = qmgr
@@ -68,6 +72,8 @@ class Reloader:
         self.activity = activity
         self.server_tls = server_tls
         self.configured = list(configured)
+        self.mx = mx
+        self.reactor = reactor
 
     def reload(self) -> dict:
         """
@@ -141,5 +147,7 @@ class Reloader:
             part.config = new
             if hasattr(part, "users"):
                 part.users = users
+        if self.mx is not None:
+            self.mx.use_resolver(make_resolver(new.delivery.dns_servers, self.reactor))
         if options is not None:
             self.server_tls.options = options
