@@ -13,7 +13,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.names import dns
 from twisted.trial import unittest
 
-from smtpd.delivery.mx import close_resolver, make_resolver
+from smtpd.delivery.mx import make_resolver
 from smtpd.delivery.quietudp import QuietDatagramReactor
 from tests import support
 from tests.admin_support import NOISE, eventually, short_root, write_ini
@@ -34,7 +34,6 @@ class QuietResolverTests(unittest.TestCase):
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         resolver = make_resolver([server], reactor)
-        self.addCleanup(close_resolver, resolver)
         answers, _, _ = await resolver.lookupMailExchange("remote.test")
         globalLogPublisher.removeObserver(events.append)
         self.assertEqual([a.payload.name.name for a in answers], [b"mx.remote.test"])
