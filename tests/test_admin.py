@@ -272,17 +272,19 @@ class DNSReloadTests(unittest.TestCase):
         """After [delivery] dns_servers changes, reload() makes the next lookup ask the new server."""
         from tests import support
 
-        zone = {"remote.test": {"remote.test": [support.mx(10, "mx.remote.test")],
-                                "mx.remote.test": [support.a("127.0.0.1")]}}
-        old, new = support.start_dns_server(self, zone), support.start_dns_server(self, zone)
+        def zone():
+            return {"remote.test": {"remote.test": [support.mx(10, "mx.remote.test")],
+                                    "mx.remote.test": [support.a("127.0.0.1")]}}
+
+        old, new = support.start_dns_server(self, zone()), support.start_dns_server(self, zone())
         root = short_root(self)
-        write_ini(root, INI + f"[delivery]\\ndns_servers = 127.0.0.1:{old[1]}\\n")
+        write_ini(root, INI + f"[delivery]\ndns_servers = 127.0.0.1:{old[1]}\n")
         server = RunningServer(self, root)
         admin = Admin(server.top.admin.server, "tester")
         mx = server.top.admin.server.reloader.mx
         await mx.lookup("remote.test")
         self.assertEqual((old.query_count("MX"), new.query_count("MX")), (1, 0))
-        write_ini(root, INI + f"[delivery]\\ndns_servers = 127.0.0.1:{new[1]}\\n")
+        write_ini(root, INI + f"[delivery]\ndns_servers = 127.0.0.1:{new[1]}\n")
         self.assertEqual(admin.reload()["changed"], ["delivery.dns_servers"])
         await mx.lookup("remote.test")
         self.assertEqual((old.query_count("MX"), new.query_count("MX")), (1, 1))
