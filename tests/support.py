@@ -565,8 +565,14 @@ class CertificateAuthority:
         pem = self.certificate.public_bytes(Encoding.PEM)
         return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(pem)])
 
-    def server_options(self, hostname: str) -> Any:
-        """Server TLS options with a certificate for C{hostname} issued by this CA."""
+    def ca_pem(self) -> bytes:
+        """The CA certificate in PEM (for clients outside Twisted)."""
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        return self.certificate.public_bytes(Encoding.PEM)
+
+    def server_pem(self, hostname: str) -> tuple[bytes, bytes]:
+        """A new key and a certificate for C{hostname} issued by this CA, in PEM."""
         from cryptography.hazmat.primitives import serialization
 
         x509 = self._x509
@@ -577,9 +583,14 @@ class CertificateAuthority:
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), False)
             .sign(self.key, self._hashes.SHA256())
         )
-        pem = key.private_bytes(
+        key_pem = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
-        ) + cert.public_bytes(serialization.Encoding.PEM)
-        return ssl.PrivateCertificate.loadPEM(pem).options()
+        )
+        return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+
+    def server_options(self, hostname: str) -> Any:
+        """Server TLS options with a certificate for C{hostname} issued by this CA."""
+        key_pem, cert_pem = self.server_pem(hostname)
+        return ssl.PrivateCertificate.loadPEM(key_pem + cert_pem).options()

@@ -72,9 +72,10 @@ class MaildirTests(DeliveryTestCase):
         self.assertEqual(os.listdir(os.path.join(self.maildir, "tmp")), [])
         self.assertEqual(os.listdir(os.path.join(self.maildir, "cur")), [])
         [name] = os.listdir(os.path.join(self.maildir, "new"))
-        size = len(self.delivered()[0])
+        content = self.delivered()[0]
+        size, wire_size = len(content), len(content) + content.count(b"\n")
         self.assertRegex(name, rf"\A1700000000\.M250000P{os.getpid()}Q1R[0-9a-f]+"
-                               rf"\.mx\.example\.com,S={size}\Z")
+                               rf"\.mx\.example\.com,S={size},W={wire_size}\Z")
 
     def test_headers_and_line_endings(self) -> None:
         """The message starts with Return-Path and Delivered-To and has LF endings."""

@@ -17,7 +17,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from smtpd.config import load_config
-from smtpd.tap import Listener, build
+from smtpd.tap import build
 from tests.inbound import connect
 from tests.test_e2e import eventually
 from tests.test_tap import deployment, start_server
@@ -100,7 +100,7 @@ class MemoryTests(unittest.TestCase):
         top = build(load_config(config_path), reactor)
         top.startService()
         self.addCleanup(top.stopService)
-        [listener] = [s for s in top if isinstance(s, Listener)]
+        [listener] = top.listeners.listeners
         await eventually(lambda: listener.address() is not None)
         tracemalloc.start()
         self.addCleanup(tracemalloc.stop)
