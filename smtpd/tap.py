@@ -219,6 +219,7 @@ def build(config: Config, reactor) -> service.MultiService:
         bounces=BounceBuilder(config.server.hostname, reactor),
         log=activity,
         run_blocking=run_blocking,
+        # The reports the queue makes (NDRs, DSNs) are new messages: through cleanup.
         submit=cleanup.submit,
     )
     # Everything enters through cleanup, which hands it to the queue manager's

@@ -17,8 +17,9 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.names import client, dns, error, hosts, resolve
+from twisted.names import client, dns, error, resolve
 
+from smtpd.delivery.hostsfile import HostsFile
 from smtpd.mail.address import ip_literal
 
 # Answers are cached at most this long, whatever their TTL says.
@@ -349,26 +350,73 @@ def _describe(e: Exception) -> str:
     return e.__class__.__name__
 
 
-def make_resolver(dns_servers: tuple[tuple[str, int], ...] | list, reactor: Any) -> Any:
+class ResolverTimers:
     """
-    The resolver for outbound mail: the hosts file for addresses, then DNS
-    through C{dns_servers} (C{(ip, port)} pairs) or those of
-    C{/etc/resolv.conf} when there are none.
+    The reactor as a DNS resolver sees it, keeping track of the timers it
+    sets (query timeouts, the minutely re-reading of resolv.conf) so that
+    L{cancel} can stop them all when the server stops.
+
+    @param reactor: the real reactor; everything but C{callLater} goes to it.
     """
+
+    def __init__(self, reactor: Any):
+        self._reactor = reactor
+        self._calls: list[Any] = []
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
+        """Schedule C{f} on the real reactor, remembering the call."""
+        call = self._reactor.callLater(delay, f, *args, **kwargs)
+        if len(self._calls) >= 64:
+            self._calls = [c for c in self._calls if c.active()]
+        self._calls.append(call)
+        return call
+
+    def cancel(self) -> None:
+        """Cancel every timer still pending."""
+        calls, self._calls = self._calls, []
+        for call in calls:
+            if call.active():
+                call.cancel()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+
+class OutboundResolver(resolve.ResolverChain):
+    """
+    The chain of L{make_resolver}: the hosts file, then DNS.
+
+    @ivar timers: the L{ResolverTimers} of its DNS resolver.
+    """
+
+    def __init__(self, resolvers: list[Any], timers: ResolverTimers):
+        resolve.ResolverChain.__init__(self, resolvers)
+        self.timers = timers
+
+    def close(self) -> None:
+        """Stop what it does in the background (re-reading resolv.conf)."""
+        self.timers.cancel()
+
+
+def make_resolver(dns_servers: tuple[tuple[str, int], ...] | list, reactor: Any,
+                  hosts_file: str = "/etc/hosts",
+                  resolv_conf: str = "/etc/resolv.conf") -> OutboundResolver:
+    """
+    The resolver for outbound mail: the hosts file for addresses (kept
+    parsed, read again only when it changes), then DNS through
+    C{dns_servers} (C{(ip, port)} pairs) or those of C{resolv_conf} (read
+    again every minute when it changed) when there are none.
+    """
+    timers = ResolverTimers(reactor)
     if dns_servers:
-        theResolver = client.Resolver(servers=list(dns_servers), reactor=reactor)
+        dns_resolver = client.Resolver(servers=list(dns_servers), reactor=timers)
     else:
-        theResolver = client.Resolver(resolv=b"/etc/resolv.conf", reactor=reactor)
-    return resolve.ResolverChain([hosts.Resolver(b"/etc/hosts"), theResolver])
+        dns_resolver = client.Resolver(resolv=resolv_conf.encode(), reactor=timers)
+    return OutboundResolver([HostsFile(hosts_file), dns_resolver], timers)
 
 
 def close_resolver(resolver: Any) -> None:
-    """
-    Stop what a resolver from L{make_resolver} keeps doing in the background:
-    re-reading /etc/resolv.conf every minute (Twisted keeps the timer in
-    C{_parseCall}).
-    """
-    for each in getattr(resolver, "resolvers", [resolver]):
-        call = getattr(each, "_parseCall", None)
-        if call is not None and call.active():
-            call.cancel()
+    """Stop what a resolver from L{make_resolver} keeps doing in the background."""
+    close = getattr(resolver, "close", None)
+    if close is not None:
+        close()
