@@ -342,18 +342,18 @@ def _write_into(folder: str, name: str, header: bytes, message: IMessageSource) 
     C{new/}; its path there. Nothing stays behind on failure.
     """
     tmp = os.path.join(folder, "tmp", name)
-    lines = [0]
+    newlines = [0]
 
     def counted(chunks):
         for chunk in chunks:
-            lines[0] += chunk.count(b"\n")
+            newlines[0] += chunk.count(b"\n")
             yield chunk
 
     chunks = itertools.chain([header], convert_chunks(read_chunks(message), b"\n"))
     size = write_chunks(tmp, counted(chunks))
     # S= the size on disk, W= the size with CRLF line ends (Dovecot's fields):
     # POP3 (smtpd's and Dovecot's) lists sizes without reading every message.
-    final = os.path.join(folder, "new", f"{name},S={size},W={size + lines[0]}")
+    final = os.path.join(folder, "new", f"{name},S={size},W={size + newlines[0]}")
     try:
         os.rename(tmp, final)
     except BaseException:
