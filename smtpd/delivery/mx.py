@@ -350,73 +350,35 @@ def _describe(e: Exception) -> str:
     return e.__class__.__name__
 
 
-class ResolverTimers:
+def resolv_conf_servers(path: str = "/etc/resolv.conf") -> list[tuple[str, int]]:
     """
-    The reactor as a DNS resolver sees it, keeping track of the timers it
-    sets (query timeouts, the minutely re-reading of resolv.conf) so that
-    L{cancel} can stop them all when the server stops.
-
-    @param reactor: the real reactor; everything but C{callLater} goes to it.
+    The name servers of C{path} (C{nameserver} lines), port 53; the local
+    server when there is none or the file cannot be read, as the C resolver does.
     """
-
-    def __init__(self, reactor: Any):
-        self._reactor = reactor
-        self._calls: list[Any] = []
-
-    def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
-        """Schedule C{f} on the real reactor, remembering the call."""
-        call = self._reactor.callLater(delay, f, *args, **kwargs)
-        if len(self._calls) >= 64:
-            self._calls = [c for c in self._calls if c.active()]
-        self._calls.append(call)
-        return call
-
-    def cancel(self) -> None:
-        """Cancel every timer still pending."""
-        calls, self._calls = self._calls, []
-        for call in calls:
-            if call.active():
-                call.cancel()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reactor, name)
-
-
-class OutboundResolver(resolve.ResolverChain):
-    """
-    The chain of L{make_resolver}: the hosts file, then DNS.
-
-    @ivar timers: the L{ResolverTimers} of its DNS resolver.
-    """
-
-    def __init__(self, resolvers: list[Any], timers: ResolverTimers):
-        resolve.ResolverChain.__init__(self, resolvers)
-        self.timers = timers
-
-    def close(self) -> None:
-        """Stop what it does in the background (re-reading resolv.conf)."""
-        self.timers.cancel()
+    servers = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                words = line.split()
+                if len(words) >= 2 and words[0] == "nameserver":
+                    address = ip_literal(words[1].split("%", 1)[0])
+                    if address is not None:
+                        servers.append((address, 53))
+    except OSError:
+        pass
+    return servers or [("127.0.0.1", 53)]
 
 
 def make_resolver(dns_servers: tuple[tuple[str, int], ...] | list, reactor: Any,
                   hosts_file: str = "/etc/hosts",
-                  resolv_conf: str = "/etc/resolv.conf") -> OutboundResolver:
+                  resolv_conf: str = "/etc/resolv.conf") -> Any:
     """
     The resolver for outbound mail: the hosts file for addresses (kept
     parsed, read again only when it changes), then DNS through
-    C{dns_servers} (C{(ip, port)} pairs) or those of C{resolv_conf} (read
-    again every minute when it changed) when there are none.
+    C{dns_servers} (C{(ip, port)} pairs) or, when there are none, those of
+    C{resolv_conf} as they are now (read again on reload or restart; no timer
+    re-reads it in the background, and no line is logged per re-read).
     """
-    timers = ResolverTimers(reactor)
-    if dns_servers:
-        dns_resolver = client.Resolver(servers=list(dns_servers), reactor=timers)
-    else:
-        dns_resolver = client.Resolver(resolv=resolv_conf.encode(), reactor=timers)
-    return OutboundResolver([HostsFile(hosts_file), dns_resolver], timers)
-
-
-def close_resolver(resolver: Any) -> None:
-    """Stop what a resolver from L{make_resolver} keeps doing in the background."""
-    close = getattr(resolver, "close", None)
-    if close is not None:
-        close()
+    servers = list(dns_servers) or resolv_conf_servers(resolv_conf)
+    theResolver = client.Resolver(servers=servers, reactor=reactor)
+    return resolve.ResolverChain([HostsFile(hosts_file), theResolver])
