@@ -78,7 +78,7 @@ class FilterTests(unittest.TestCase):
         """Authenticated and relay clients, pickup files and our reports are ours; others not."""
         self.assertTrue(trusted(None))
         self.assertTrue(trusted(ClientInfo("h", "192.0.2.9", user="ann@example.com")))
-        self.assertTrue(trusted(ClientInfo("h", "127.0.0.1", relay_client=True)))
+        self.assertTrue(trusted(ClientInfo("h", "127.0.0.1", relay_check=lambda: True)))
         self.assertFalse(trusted(PLAIN))
 
     async def test_sign_only_trusted(self):
@@ -86,7 +86,7 @@ class FilterTests(unittest.TestCase):
         signer = DKIMSignFilter(DKIMSigner({"example.com": [RSA_KEY]}, deferToThread),
                                 deferToThread)
         source = BytesSource(message("ann@example.com"))
-        relay = ClientInfo("h", "127.0.0.1", relay_client=True)
+        relay = ClientInfo("h", "127.0.0.1", relay_check=lambda: True)
         signed = await signer.check(self.envelope("ann@example.com"), source, relay)
         self.assertTrue(signed.prepend[0].startswith(b"DKIM-Signature: v=1; a=rsa-sha256;"))
         self.assertEqual(await signer.check(self.envelope("ann@example.com"), source, PLAIN),
