@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_auth -*-
+# -*- test-case-name: tests.test_sasl -*-
 """
 SMTP AUTH (RFC 4954) through C{twisted.cred}.
 

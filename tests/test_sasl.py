@@ -1,5 +1,5 @@
 """
-Tests for L{smtpd.inbound.auth}: the SASL mechanisms PLAIN and LOGIN, the
+Tests for L{smtpd.inbound.sasl}: the SASL mechanisms PLAIN and LOGIN, the
 twisted.cred portal over the accounts file, and the bounded password pool.
 """
 
@@ -12,7 +12,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from smtpd.directory.accounts import Users, hash_password
-from smtpd.inbound.auth import (
+from smtpd.inbound.sasl import (
     AuthBusy,
     PasswordPool,
     SASLError,
