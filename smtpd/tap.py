@@ -29,7 +29,9 @@ from smtpd.delivery.drop import DropDelivery
 from smtpd.delivery.maildir import MaildirDelivery
 from smtpd.util.activity import ActivityLog
 from smtpd.delivery.mx import MXResolver, close_resolver, make_resolver
-from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION, Inbound
+from smtpd.cleanup.stage import Cleanup
+from smtpd.inbound.registry import Inbound
+from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION
 from smtpd.queue.manager import QueueManager
 from smtpd.queue.store import Queue
 from smtpd.delivery.relay import RelayManager
@@ -210,8 +212,9 @@ def build(config: Config, reactor) -> service.MultiService:
     # flood of AUTH attempts cannot delay the fsyncs that answer "250".
     auth_pool = ThreadPoolService(AUTH_THREADS, "smtpd-auth")
     auth_pool.setServiceParent(top)
+    cleanup = Cleanup(config, queue, reactor, run_blocking)
     inbound = Inbound(
-        config, users, queue, reactor, auth_pool.runner(reactor), tls_options, activity
+        config, users, cleanup, reactor, auth_pool.runner(reactor), tls_options, activity
     )
     listeners = []
     for kind, endpoints in (
@@ -244,7 +247,7 @@ def build(config: Config, reactor) -> service.MultiService:
         log=activity,
     )
     # Sessions hand messages to the queue manager, which may deliver them at once.
-    inbound.accept = qmgr.accept
+    cleanup.accept = qmgr.accept
     qmgr.setServiceParent(top)
     RelayService(relay, resolver).setServiceParent(top)
     InboundService(inbound, activity).setServiceParent(top)

@@ -22,7 +22,9 @@ from smtpd.config import (
     ServerConfig,
     TLSConfig,
 )
-from smtpd.inbound.session import LISTEN, SMTPS, Inbound
+from smtpd.cleanup.stage import Cleanup
+from smtpd.inbound.registry import Inbound
+from smtpd.inbound.session import LISTEN, SMTPS
 from smtpd.queue.store import Queue
 from smtpd.directory.accounts import Users
 
@@ -75,10 +77,11 @@ class SMTPServerFixture:
         self.queue = Queue(self.queue_dir, self.clock, run_blocking)
         self.stored = []
         self.queue.add_observer(self.stored.append)
+        self.cleanup = Cleanup(config, self.queue, self.clock, run_blocking)
         self.inbound = Inbound(
             config,
             users if users is not None else Users.load(os.path.join(config.root, "no-users")),
-            self.queue,
+            self.cleanup,
             self.clock,
             run_blocking,
             tls_options,

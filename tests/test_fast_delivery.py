@@ -20,6 +20,7 @@ from twisted.trial import unittest
 
 from smtpd.queue.bounce import BounceBuilder
 from smtpd.config import Config, DeliveryConfig, DomainConfig, ServerConfig
+from smtpd.mail.source import read_all
 from smtpd.mail.envelope import Envelope, Recipient
 from smtpd.delivery.drop import DropDelivery
 from smtpd.delivery.maildir import MailboxError, MaildirDelivery
@@ -397,12 +398,12 @@ class SessionAcceptTests(unittest.TestCase):
         port = fixture.listen()
         calls = []
 
-        def accept(envelope, data):
+        def accept(envelope, message):
             d: Deferred = Deferred()
-            calls.append((envelope, data, d))
+            calls.append((envelope, read_all(message), d))
             return d
 
-        fixture.inbound.accept = accept
+        fixture.inbound.cleanup.accept = accept
         client = await connect(self, port)
         for line in (b"EHLO c.example\r\n", b"MAIL FROM:<a@example.org>\r\n",
                      b"RCPT TO:<postmaster@localhost>\r\n", b"DATA\r\n"):

@@ -15,7 +15,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.trial import unittest
 
 from smtpd.util.activity import ActivityLog
-from smtpd.inbound.session import Inbound
+from smtpd.cleanup.stage import Cleanup
+from smtpd.inbound.registry import Inbound
 from smtpd.queue.store import Queue
 from smtpd.directory.accounts import Users
 from tests.inbound import SMTPServerFixture, connect, make_config
@@ -114,7 +115,8 @@ class LogAfterDisconnectTests(unittest.TestCase):
         activity = ActivityLog("w3c", log_path, clock, "localhost")
         activity.open()
         self.addCleanup(activity.close)
-        inbound = Inbound(config, Users.load(os.path.join(root, "none")), queue, clock,
+        inbound = Inbound(config, Users.load(os.path.join(root, "none")),
+                          Cleanup(config, queue, clock, gated), clock,
                           gated, None, activity)
         port = reactor.listenTCP(0, inbound.factory(), interface="127.0.0.1")
         self.addCleanup(port.stopListening)

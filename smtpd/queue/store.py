@@ -23,6 +23,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from smtpd.mail.envelope import Envelope, valid_queue_id
+from smtpd.mail.source import BytesSource, IMessageSource
+from smtpd.queue.spool import Spool, place_blocking
 from smtpd.util.durable import (
     TEMP_SUFFIX,
     FolderSync,
@@ -158,35 +160,45 @@ class Queue:
 
     # -- writing
 
-    def store(self, envelope: Envelope, data: bytes) -> Deferred[None]:
+    def store(self, envelope: Envelope, message: IMessageSource | bytes) -> Deferred[None]:
         """
         Make a new entry durable: data first, envelope last. Fires when both
         files and their names are on disk; fails with the L{OSError} (nothing
         left behind) when they cannot be.
-        """
-        return Deferred.fromCoroutine(self._store(envelope, data))
 
-    async def _store(self, envelope: Envelope, data: bytes) -> None:
+        @param message: the data: an L{IMessageSource} (a
+            L{smtpd.queue.spool.Spool} on disk becomes the data file by fsync
+            and rename, without a copy) or C{bytes}.
+        """
+        if isinstance(message, (bytes, bytearray)):
+            message = BytesSource(message)
+        return Deferred.fromCoroutine(self._store(envelope, message))
+
+    async def _store(self, envelope: Envelope, message: IMessageSource) -> None:
         # Serialised here, on the caller's thread: later changes to the
         # envelope object cannot race with the write.
         record = envelope.to_json()
-        await self._run(self._store_blocking, envelope.id, data, record)
+        await self._run(self._store_blocking, envelope.id, message, record)
         self._notify(envelope)
 
-    def _store_blocking(self, queue_id: str, data: bytes, record: bytes) -> None:
+    def _store_blocking(self, queue_id: str, message: IMessageSource, record: bytes) -> None:
         eml, js = self.data_path(queue_id), self.envelope_path(queue_id)
         placed: list[str] = []
         try:
             self._ensure_directory()
-            for path, content in ((eml, data), (js, record)):
+            for path in (eml, js):
                 if os.path.lexists(path):
                     raise OSError(errno.EEXIST, "queue entry exists", path)
-                replace_file(path, content)
-                placed.append(path)
+            place_blocking(message, eml)
+            placed.append(eml)
+            replace_file(js, record)
+            placed.append(js)
             self._sync_directory()
         except BaseException:
             for path in reversed(placed):
                 unlink_quietly(path)
+            if placed and isinstance(message, Spool):
+                message.uncommit_blocking()
             raise
 
     def update(self, envelope: Envelope) -> Deferred[None]:

@@ -1,0 +1,120 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""
+What every inbound session shares (L{Inbound}): configuration, accounts, the
+cleanup stage, the live sessions and their counters, and the factory that
+makes sessions for an endpoint.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable
+
+from twisted.internet import defer
+from twisted.internet.protocol import ServerFactory
+
+from smtpd.inbound.session import LISTEN, SMTPSession
+
+
+class Inbound:
+    """
+    What every inbound session shares. One per server process; C{config} and
+    C{users} may be swapped at run time (reload) and sessions see the new ones
+    at their next command.
+
+    @param cleanup: the L{smtpd.cleanup.stage.Cleanup} every message goes
+        through on its way to the queue.
+    @ivar sessions: the live sessions by id (for the admin API).
+    @ivar per_ip: live sessions per client address.
+    @ivar received: messages accepted since start.
+    """
+
+    def __init__(
+        self,
+        config,
+        users,
+        cleanup,
+        clock,
+        run_blocking: Callable[..., defer.Deferred],
+        tls_options=None,
+        command_log=None,
+    ):
+        self.config = config
+        self.users = users
+        self.cleanup = cleanup
+        self.clock = clock
+        self.run_blocking = run_blocking
+        self.tls_options = tls_options
+        self.command_log = command_log
+        self.sessions: dict[int, SMTPSession] = {}
+        self.per_ip: Counter[str] = Counter()
+        self.received = 0
+        self._next_id = 0
+        self._stopping = False
+
+    def factory(self, kind: str = LISTEN) -> SMTPFactory:
+        """A protocol factory for one kind of endpoint (L{LISTEN}, ...)."""
+        return SMTPFactory(self, kind)
+
+    def register(self, session: SMTPSession) -> str | None:
+        """
+        Admit a new session, or say why not: the C{421} reply text when a
+        connection limit is reached or the server is stopping.
+        """
+        server = self.config.server
+        if self._stopping:
+            return "4.3.2 Service shutting down"
+        if server.max_connections and len(self.sessions) >= server.max_connections:
+            return "4.7.0 Error: too many connections"
+        limit = server.max_connections_per_ip
+        if limit and self.per_ip[session.peer_ip] >= limit:
+            return "4.7.0 Error: too many connections from your address"
+        self._next_id += 1
+        session.session_id = self._next_id
+        self.sessions[session.session_id] = session
+        self.per_ip[session.peer_ip] += 1
+        return None
+
+    def unregister(self, session: SMTPSession) -> None:
+        """Forget a session whose connection is gone."""
+        if self.sessions.pop(session.session_id, None) is not None:
+            self.per_ip[session.peer_ip] -= 1
+            if not self.per_ip[session.peer_ip]:
+                del self.per_ip[session.peer_ip]
+
+    def shutdown(self, grace: float) -> defer.Deferred[None]:
+        """
+        Stop admitting sessions, let sessions in DATA finish for up to C{grace}
+        seconds, then close every session with C{421 4.3.2}.
+        """
+        self._stopping = True
+        done: defer.Deferred[None] = defer.Deferred()
+        deadline = self.clock.seconds() + grace
+
+        def check() -> None:
+            busy = [s for s in self.sessions.values() if s.in_transfer]
+            if busy and self.clock.seconds() < deadline:
+                self.clock.callLater(0.1, check)
+                return
+            for s in list(self.sessions.values()):
+                s.terminate("4.3.2 Service shutting down")
+            done.callback(None)
+
+        check()
+        return done
+
+
+class SMTPFactory(ServerFactory):
+    """Builds L{SMTPSession}s of one kind for an endpoint."""
+
+    noisy = False
+
+    def __init__(self, inbound: Inbound, kind: str):
+        self.inbound = inbound
+        self.kind = kind
+
+    def buildProtocol(self, addr):
+        """A new session for a connection from C{addr}."""
+        session = SMTPSession(self.inbound, self.kind)
+        session.factory = self
+        return session

@@ -1,0 +1,222 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""
+The mail transaction (RFC 5321 4.1.1.2-4, RFC 1870, RFC 3461): MAIL, RCPT and
+DATA. The data streams into the cleanup stage as it arrives: the terminator
+and the stuffed dots are handled by L{DotDecoder}, the rules by cleanup, so
+memory does not grow with the message; the client is paused while the disk
+lags behind.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from smtpd.cleanup.interfaces import ClientInfo, MessageRefused
+from smtpd.directory.routing import LOCAL, route
+from smtpd.inbound import policy
+from smtpd.inbound.core import COMMAND, DATA, SUBMISSION
+from smtpd.inbound.dotstream import DotDecoder
+from smtpd.mail import address
+from smtpd.mail.envelope import Envelope, Recipient
+
+log = Logger()
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class Transaction:
+    """MAIL, RCPT and DATA of L{smtpd.inbound.session.SMTPSession}."""
+
+    _session_bytes = 0
+    _message = None
+    _decoder: DotDecoder | None = None
+
+    def _reset(self) -> None:
+        self._sender: str | None = None
+        self._mail_params = address.MailParams()
+        self._rcpts: list[Recipient] = []
+        self._rcpt_seen: set[str] = set()
+
+    def smtp_MAIL(self, arg: str):
+        """RFC 5321 4.1.1.2 with SIZE, BODY, RET, ENVID."""
+        config = self.inbound.config
+        if self._helo is None:
+            return self._reply(503, "5.5.1", "Error: send HELO/EHLO first")
+        if self._sender is not None:
+            return self._reply(503, "5.5.1", "Error: nested MAIL command")
+        if config.tls.require and not self._tls:
+            return self._reply(530, "5.7.0", "Must issue a STARTTLS command first")
+        if self._user is None and (self.kind == SUBMISSION or not config.auth.anonymous):
+            return self._reply(530, "5.7.0", "Authentication required")
+        if arg[:5].upper() != "FROM:":
+            return self._reply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
+        try:
+            sender, rest = address.parse_path(arg[5:].lstrip(" "), null_ok=True)
+            if rest and not self._esmtp:
+                raise address.ParameterError("parameters need EHLO", unknown=True)
+            params = address.mail_params(rest)
+        except address.AddressError as e:
+            return self._reply(501, "5.5.4", f"Bad sender address syntax: {e}")
+        except address.ParameterError as e:
+            return self._param_error(e)
+        messages = config.messages
+        if params.size is not None:
+            if messages.max_message_size and params.size > messages.max_message_size:
+                return self._reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+            room = self._session_room()
+            if room is not None and params.size > room:
+                return self._reply(552, "5.3.4", "Session size limit exceeded")
+        self._sender, self._mail_params = sender, params
+        return self._reply(250, "2.1.0", "Ok")
+
+    def _session_room(self) -> int | None:
+        """What the session may still send (C{max_session_size}); L{None}: no limit."""
+        limit = self.inbound.config.messages.max_session_size
+        return max(0, limit - self._session_bytes) if limit else None
+
+    def _param_error(self, e: address.ParameterError):
+        if e.unknown:
+            return self._reply(555, "5.5.4", f"Error: {e}")
+        return self._reply(501, "5.5.4", f"Error: {e}")
+
+    def smtp_RCPT(self, arg: str):
+        """RFC 5321 4.1.1.3 with NOTIFY and ORCPT; the relay rule of SPEC 5."""
+        config = self.inbound.config
+        if self._sender is None:
+            return self._reply(503, "5.5.1", "Error: need MAIL command")
+        if arg[:3].upper() != "TO:":
+            return self._reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
+        try:
+            rcpt, rest = address.parse_path(arg[3:].lstrip(" "), null_ok=False)
+            if rest and not self._esmtp:
+                raise address.ParameterError("parameters need EHLO", unknown=True)
+            params = address.rcpt_params(rest)
+        except address.AddressError as e:
+            return self._reply(501, "5.5.4", f"Bad recipient address syntax: {e}")
+        except address.ParameterError as e:
+            return self._param_error(e)
+        if len(self._rcpts) >= config.messages.max_recipients > 0:
+            return self._reply(452, "4.5.3", "Error: too many recipients")
+        dest = route(config, self.inbound.users, rcpt)
+        if dest is None:
+            return self._reply(550, "5.1.1", f"<{rcpt}>: User unknown")
+        if not policy.may_relay(config, self.peer_ip, self._user is not None, dest):
+            return self._reply(554, "5.7.1", "Relay access denied")
+        key = _same_recipient_key(rcpt, dest.kind == LOCAL)
+        if key not in self._rcpt_seen:
+            self._rcpt_seen.add(key)
+            self._rcpts.append(Recipient(rcpt, params.notify, params.orcpt))
+        return self._reply(250, "2.1.5", "Ok")
+
+    def smtp_DATA(self, arg: str):
+        """RFC 5321 4.1.1.4: the message streams into cleanup up to CRLF.CRLF."""
+        if arg:
+            return self._reply(501, "5.5.4", "Syntax: DATA")
+        if self._sender is None:
+            return self._reply(503, "5.5.1", "Error: need MAIL command")
+        if not self._rcpts:
+            return self._reply(554, "5.5.1", "Error: no valid recipients")
+        params = self._mail_params
+        self._message = self.inbound.cleanup.begin(
+            self._sender or "", self._rcpts, client=self.client_info(), ret=params.ret,
+            envid=params.envid, body=params.body, room=self._session_room(),
+            messages=self.inbound.config.messages,
+        )
+        self._send("354 End data with <CR><LF>.<CR><LF>\r\n")
+        self._log(354)
+        self._command = ("DATA", "")
+        self._mode = DATA
+        self.in_transfer = True
+        self._decoder = DotDecoder()
+
+    def client_info(self) -> ClientInfo:
+        """Who this session's client is, for the trace header and the filters."""
+        proto = "ESMTP" if self._esmtp else "SMTP"
+        if self._esmtp and self._tls:
+            proto += "S"
+        if self._esmtp and self._user is not None:
+            proto += "A"
+        config = self.inbound.config
+        return ClientInfo(self._helo or "", self.peer_ip, proto, self._user, self._tls,
+                          policy.in_networks(self.peer_ip, config.access.relay))
+
+    def data_received(self) -> defer.Deferred | None:
+        """Take the buffered input as message data, up to the terminator."""
+        data, self._buf = self._buf, b""
+        body, rest = self._decoder.feed(data)
+        keep_going = True
+        if body and self._message is not None:
+            try:
+                keep_going = self._message.write(body)
+            except Exception:
+                log.failure("Unexpected error receiving data in SMTP session {id}",
+                            id=self.session_id)
+                self.step_failed()
+        if rest is None:
+            return None if keep_going else self._message.drained()
+        self._buf = rest
+        self._mode = COMMAND
+        self._decoder = None
+        return self._end_of_data()
+
+    def step_failed(self) -> bool:
+        """
+        A step raised. In DATA the message is given up and the rest of the
+        data still read as data: the 451 comes at its end (C{False}: not now).
+        """
+        if self._message is not None:
+            self._message.abort()
+            self._message = None
+        return self._mode != DATA
+
+    def abort_transfer(self) -> None:
+        """The connection is gone: nothing half received is queued."""
+        if self._message is not None:
+            self._message.abort()
+            self._message = None
+
+    def _end_of_data(self) -> defer.Deferred | None:
+        message, self._message = self._message, None
+        self._reset()
+        if message is None:
+            self.in_transfer = False
+            return self._reply(451, "4.3.0", "Error: internal error")
+        d = message.finish()
+        d.addCallbacks(self._stored, self._store_failed, (message,))
+        d.addBoth(self._transfer_done)
+        return d
+
+    def _stored(self, envelope: Envelope, message) -> None:
+        self._session_bytes += message.size
+        self.inbound.received += 1
+        self._reply(250, "2.0.0", f"Ok: queued as {envelope.id}")
+
+    def _store_failed(self, failure: Failure) -> None:
+        if failure.check(MessageRefused):
+            e = failure.value
+            return self._reply(e.code, e.status, e.text)
+        if failure.check(OSError) and failure.value.errno in _DISK_FULL:
+            log.error("Queue write failed: {e}", e=failure.value)
+            return self._reply(452, "4.3.1", "Insufficient system storage")
+        log.failure("Queue write failed in session {id}", failure, id=self.session_id)
+        self._reply(451, "4.3.0", "Error: local error in processing")
+
+    def _transfer_done(self, result):
+        self.in_transfer = False
+        return result
+
+
+def _same_recipient_key(rcpt: str, local: bool) -> str:
+    """
+    What makes two RCPT addresses the same recipient: the domain is
+    case-insensitive, and so is the local part of our own accounts; a remote
+    host decides about its own local parts (C{Bob@x} and C{bob@x} may differ).
+    """
+    local_part, domain = address.split_address(rcpt)
+    if local or not domain:
+        return rcpt.lower()
+    return f"{local_part}@{domain.lower()}"
