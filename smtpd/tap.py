@@ -31,6 +31,7 @@ from smtpd.util.activity import ActivityLog
 from smtpd.delivery.mx import MXResolver, close_resolver, make_resolver
 from smtpd.cleanup.stage import Cleanup
 from smtpd.inbound.registry import Inbound
+from smtpd.inbound.sasl import DEFAULT_QUEUE
 from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION
 from smtpd.queue.manager import QueueManager
 from smtpd.queue.store import Queue
@@ -51,7 +52,10 @@ MAILROOT_FOLDERS = ("queue", "mailbox", "drop", "badmail")
 # free for the queue.
 THREAD_POOL_SIZE = 16
 MAILDIR_BATCHES = THREAD_POOL_SIZE // 2
-AUTH_THREADS = 2
+# Four threads take a burst of logins (bcrypt cost 12 is ~0.25 s each); up to
+# AUTH_QUEUE more checks wait, beyond that AUTH gets "454 4.7.0".
+AUTH_THREADS = 4
+AUTH_QUEUE = DEFAULT_QUEUE
 
 
 class Options(usage.Options):
@@ -183,12 +187,16 @@ def prepare_mailroot(config: Config) -> None:
         os.makedirs(os.path.join(config.server.mailroot, name), exist_ok=True)
 
 
-def load_tls(config: Config, clock):
-    """The server TLS options, creating a self-signed certificate when missing."""
+def load_tls(config: Config, clock) -> tls.ReloadableTLSOptions:
+    """
+    The server TLS options ([tls] certificate, key, min_version, ciphers),
+    creating a self-signed certificate when missing; C{reload(config.tls)}
+    re-reads them.
+    """
     cert, key = config.tls.certificate, config.tls.key
     if tls.ensure_certificate(cert, key, config.server.hostname, clock.seconds()):
         log.info("Created a self-signed certificate {cert}", cert=cert)
-    return tls.server_tls_options(cert, key)
+    return tls.ReloadableTLSOptions(tls.options_for(config.tls))
 
 
 def build(config: Config, reactor) -> service.MultiService:
@@ -213,8 +221,10 @@ def build(config: Config, reactor) -> service.MultiService:
     auth_pool = ThreadPoolService(AUTH_THREADS, "smtpd-auth")
     auth_pool.setServiceParent(top)
     cleanup = Cleanup(config, queue, reactor, run_blocking)
+    resolver = make_resolver(config.delivery.dns_servers, reactor)
     inbound = Inbound(
-        config, users, cleanup, reactor, auth_pool.runner(reactor), tls_options, activity
+        config, users, cleanup, reactor, auth_pool.runner(reactor), tls_options, activity,
+        resolver=resolver, auth_limit=AUTH_THREADS + AUTH_QUEUE,
     )
     listeners = []
     for kind, endpoints in (
@@ -231,7 +241,6 @@ def build(config: Config, reactor) -> service.MultiService:
     def local_endpoints() -> set[tuple[str, int]]:
         return {a for a in (l.address() for l in listeners) if a is not None}
 
-    resolver = make_resolver(config.delivery.dns_servers, reactor)
     mx = MXResolver(resolver, reactor, config.server.hostname)
     relay = RelayManager(config, reactor, mx, local_endpoints=local_endpoints)
     qmgr = QueueManager(

@@ -31,11 +31,13 @@ def reverse_zones(**extra) -> dict:
             "1.0.0.127.in-addr.arpa": [ptr("mail.example.test")],
             "2.0.0.127.in-addr.arpa": [ptr("liar.example.test")],
             "4.0.0.127.in-addr.arpa": [ptr("gone.example.test"), ptr("mail2.example.test")],
+            "5.0.0.127.in-addr.arpa": [dns.Record_PTR(b"evil\r\nX-Bad: 1.example.test")],
         },
         "ip6.arpa": {reverse_name("::1"): [ptr("six.example.test")]},
         "example.test": {
             "mail.example.test": [a("127.0.0.1")],
             "mail2.example.test": [a("127.0.0.4")],
+            "evil\r\nX-Bad: 1.example.test": [a("127.0.0.5")],
             "liar.example.test": [a("192.0.2.1")],
             "six.example.test": [aaaa("::1")],
         },
@@ -66,6 +68,10 @@ class ReverseDNSTests(unittest.TestCase):
     async def test_second_name_confirmed(self):
         """Of several PTR names, the first that leads back counts (NXDOMAIN on the others)."""
         self.assertEqual(await self.lookup("127.0.0.4"), "mail2.example.test")
+
+    async def test_not_a_host_name(self):
+        """A PTR target that is not a host name (CR LF in a label) never becomes the name."""
+        self.assertIsNone(await self.lookup("127.0.0.5"))
 
     async def test_no_ptr(self):
         """No PTR record (NXDOMAIN): no name."""

@@ -24,6 +24,8 @@ class ClientInfo:
     @ivar tls: whether the session was encrypted.
     @ivar relay_client: whether it may relay (in C{[access] relay}); with
         C{user} this decides outbound signing versus inbound checks.
+    @ivar name: its forward-confirmed DNS name, C{"unknown"} when the reverse
+        lookup found none, empty when no lookup was made (C{reverse_dns = no}).
     """
 
     helo: str
@@ -32,6 +34,7 @@ class ClientInfo:
     user: str | None = None
     tls: bool = False
     relay_client: bool = False
+    name: str = ""
 
 
 @dataclass(frozen=True)

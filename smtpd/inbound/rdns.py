@@ -14,6 +14,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.names import dns, error
 
+from smtpd.mail import address
+
 log = Logger()
 
 MAX_NAMES = 3  # PTR names tried for a forward confirmation
@@ -25,6 +27,18 @@ def reverse_name(ip: str) -> str:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
         addr = addr.ipv4_mapped
     return addr.reverse_pointer
+
+
+def _host_name(raw: bytes) -> str | None:
+    """
+    A PTR target as a lower-case host name, or L{None} when it is not one (a
+    DNS label may hold any octet: nothing else may reach a header).
+    """
+    try:
+        name = raw.decode("ascii").rstrip(".").lower()
+    except UnicodeDecodeError:
+        return None
+    return name if address.is_domain(name) else None
 
 
 class ReverseDNS:
@@ -65,12 +79,8 @@ class ReverseDNS:
         answers, _, _ = await self.resolver.lookupPointer(
             reverse_name(str(addr)), timeout=(timeout,)
         )
-        names = [
-            str(rr.payload.name).rstrip(".").lower()
-            for rr in answers
-            if rr.type == dns.PTR
-        ]
-        for name in names[:MAX_NAMES]:
+        names = [_host_name(rr.payload.name.name) for rr in answers if rr.type == dns.PTR]
+        for name in [n for n in names if n is not None][:MAX_NAMES]:
             if await self._leads_back(name, addr, timeout):
                 return name
         return None
