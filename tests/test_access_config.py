@@ -67,3 +67,11 @@ class AccessKeysTests(ConfigTestCase):
         """The deadlines cannot be zero."""
         path, lines = self.problems("[server]\ncommand_timeout = 0\ndata_timeout = 0\n")
         self.assertEqual(len(lines), 2, lines)
+
+    def test_reject_unknown_needs_reverse_dns(self) -> None:
+        """reject_unknown_client without reverse_dns is one problem line."""
+        self.assertEqual(
+            self.problem("[access]\nreject_unknown_client = yes\n"),
+            "[access] reject_unknown_client = yes: it needs reverse_dns = yes to know "
+            "client names; expected no, or reverse_dns = yes",
+        )

@@ -149,7 +149,10 @@ def segmented(draw, stream: bytes) -> list[bytes]:
 class Harness:
     """A fresh server (config, accounts, queue on disk) for one stream."""
 
+    runs = 0  # streams run in this process (reported in the long mode)
+
     def __init__(self, root: str, users: Users):
+        Harness.runs += 1
         shutil.rmtree(root, ignore_errors=True)
         os.makedirs(os.path.join(root, "mailroot", "queue"))
         self.config = make_config(
@@ -214,6 +217,11 @@ class FuzzTests(unittest.TestCase):
     def setUp(self):
         self.base = os.path.abspath(self.mktemp())
         self.users = Users({"bob@localhost": hash_password("secret", 4)})
+        if EXAMPLES:
+            started = Harness.runs
+            self.addCleanup(
+                lambda: print(f"\n{self.id()}: {Harness.runs - started} streams run")
+            )
 
     def check_replies(self, output: bytes) -> list[str]:
         """Every line well formed, enhanced codes after EHLO; the replies as text."""

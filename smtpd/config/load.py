@@ -13,6 +13,7 @@ from typing import cast
 
 from smtpd.config.endpoints import endpoint_parameters
 from smtpd.config.model import (
+    AccessConfig,
     AuthConfig,
     Config,
     ConfigError,
@@ -258,6 +259,16 @@ def _check_across(
             "empty, but [server] submission requires AUTH",
             "PLAIN and/or LOGIN",
         )
+    access = cast(AccessConfig, sections["access"])
+    if access.reject_unknown_client and not access.reverse_dns:
+        if ("access", "reverse_dns") not in bad:
+            problems.bad(
+                "access",
+                "reject_unknown_client",
+                "yes",
+                "it needs reverse_dns = yes to know client names",
+                "no, or reverse_dns = yes",
+            )
     if delivery.smart_host_fallback and delivery.smart_host is None:
         if ("delivery", "smart_host") not in bad:
             problems.bad(
