@@ -7,7 +7,7 @@ VENV_PY   := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 CONFIG    ?= etc/smtpd.ini
 
-.PHONY: run test check venv clean
+.PHONY: run test check docs venv clean engines bench
 
 run: $(STAMP)
 	$(VENV)/bin/twistd -n smtpd --config $(CONFIG)
@@ -18,7 +18,17 @@ test: $(STAMP)
 check: $(STAMP)
 	$(VENV)/bin/smtpctl --config $(CONFIG) check
 
+# The configuration reference, generated from the schema (tests/test_docs.py checks it).
+docs: $(STAMP)
+	$(VENV_PY) -m smtpd.config.reference docs/configuration.md
+
 venv: $(STAMP)
+
+# The real engines the tests and benchmarks talk to (postfix, slapd, dovecot, haproxy,
+# chromium, ...), from Debian packages, installed when missing (needs root); instant
+# when all are present. Tests skip, naming the package, when one is not installed.
+engines:
+	@sh tools/engines.sh
 
 # The interpreter: the first of python3.13, python3.12, python3 on PATH, then pyenv's
 # versions, that really runs and is >= 3.12 (pyenv shims exist but fail when the
@@ -36,11 +46,14 @@ $(VENV_PY):
 	echo "Creating $(VENV) with $$py ($$("$$py" -c 'import sys; print(sys.version.split()[0])'))"; \
 	"$$py" -m venv $(VENV)
 
-# compat editable mode puts the checkout itself on sys.path, so the twistd dropin in
-# twisted/plugins/ is found from any working directory.
+# A normal editable install, plus one .pth line with the checkout's path: twistd finds
+# dropins by scanning sys.path for twisted/plugins/ folders, which an editable
+# install's import hook does not provide. (A wheel, `pip install .`, carries the
+# dropin itself: tests/test_packaging.py.)
 $(STAMP): $(VENV_PY) setup.cfg pyproject.toml
 	$(VENV_PY) -m pip install -q --upgrade pip
-	$(VENV_PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	$(VENV_PY) -m pip install -q -e '.[test]'
+	@echo "$(CURDIR)" > "$$($(VENV_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/smtpd-checkout.pth"
 	@touch $(STAMP)
 
 clean:

@@ -1,11 +1,14 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-C{twistd smtpd}: command-line options and the service tree.
+C{twistd smtpd}: command-line options and the service tree (assembly only).
 
-    MultiService
-     +- Listener (one per listen / submission / smtps endpoint)
+    SMTPServer: binds the listeners, then locks the mailroot, then starts:
+     +- ThreadPoolService (password checks)
+     +- QueueManager (scans the queue; local delivery, relay, bounces)
+     +- RelayService (closes pooled connections and the resolver on stop)
      +- InboundService (drains sessions on stop)
-     +- QueueManager (local delivery, relay, bounces)
+     +- SignalService (SIGHUP, SIGUSR1)
+     +- ListenerGroup (every listen / submission / smtps endpoint; stops first)
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import resource
 import sys
 
 from twisted.application import service
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -27,6 +29,10 @@ from smtpd.queue.bounce import BounceBuilder
 from smtpd.config import Config, ConfigError, load_config
 from smtpd.delivery.drop import DropDelivery
 from smtpd.delivery.maildir import MaildirDelivery
+from smtpd.config.preflight import creates_certificate, preflight
+from smtpd.service.listeners import Listener, ListenerGroup, StartupError
+from smtpd.service.server import SMTPServer
+from smtpd.service.signals import SignalService
 from smtpd.util.activity import ActivityLog
 from smtpd.delivery.mx import MXResolver, close_resolver, make_resolver
 from smtpd.cleanup.stage import Cleanup
@@ -42,8 +48,6 @@ log = Logger()
 
 # How long sessions in the middle of DATA may go on after SIGTERM.
 SHUTDOWN_GRACE = 5.0
-
-MAILROOT_FOLDERS = ("queue", "mailbox", "drop", "badmail")
 
 # Threads for blocking disk work (the reactor's pool; Twisted's default is
 # 10). Maildir delivery uses one at a time while the disk keeps up (more only
@@ -71,59 +75,16 @@ class Options(usage.Options):
         at once, one line each, before twistd daemonises; then exit 1.
         """
         try:
-            self["parsed"] = load_config(self["config"])
+            config = load_config(self["config"])
         except ConfigError as e:
-            for line in e.problems:
+            problems = e.problems
+        else:
+            problems = preflight(config)
+        if problems:
+            for line in problems:
                 print(line, file=sys.stderr)
             raise SystemExit(1)
-
-
-class Listener(service.Service):
-    """Listens on one endpoint with one factory; remembers the bound address."""
-
-    def __init__(self, reactor, description: str, factory):
-        self.reactor = reactor
-        self.description = description
-        self.factory = factory
-        self.port = None
-
-    def startService(self):
-        """Start listening; a failure to bind stops the process with the reason."""
-        service.Service.startService(self)
-        d = serverFromString(self.reactor, self.description).listen(self.factory)
-        d.addCallbacks(self._listening, self._failed)
-
-    def _listening(self, port):
-        self.port = port
-        host, bound = self.address()
-        log.info(
-            "Listening on {endpoint} ({host}:{port})",
-            endpoint=self.description,
-            host=host,
-            port=bound,
-        )
-
-    def _failed(self, failure):
-        log.error(
-            "Cannot listen on {endpoint}: {why}",
-            endpoint=self.description,
-            why=failure.getErrorMessage(),
-        )
-        self.reactor.stop()
-
-    def stopService(self):
-        """Stop listening."""
-        service.Service.stopService(self)
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
-
-    def address(self) -> tuple[str, int] | None:
-        """The (host, port) actually bound, once listening."""
-        if self.port is None:
-            return None
-        host = self.port.getHost()
-        return (getattr(host, "host", ""), getattr(host, "port", 0))
+        self["parsed"] = config
 
 
 class ThreadPoolService(service.Service):
@@ -181,21 +142,17 @@ class InboundService(service.Service):
         return d
 
 
-def prepare_mailroot(config: Config) -> None:
-    """Create C{mailroot/} and its folders when missing."""
-    for name in MAILROOT_FOLDERS:
-        os.makedirs(os.path.join(config.server.mailroot, name), exist_ok=True)
-
-
 def load_tls(config: Config, clock) -> tls.ReloadableTLSOptions:
     """
-    The server TLS options ([tls] certificate, key, min_version, ciphers),
-    creating a self-signed certificate when missing; C{reload(config.tls)}
+    The server TLS options ([tls] certificate, key, min_version, ciphers); a
+    self-signed certificate is created when missing, at the default paths
+    only (preflight refuses other missing paths). C{reload(config.tls)}
     re-reads them.
     """
     cert, key = config.tls.certificate, config.tls.key
-    if tls.ensure_certificate(cert, key, config.server.hostname, clock.seconds()):
-        log.info("Created a self-signed certificate {cert}", cert=cert)
+    if creates_certificate(config):
+        if tls.ensure_certificate(cert, key, config.server.hostname, clock.seconds()):
+            log.info("Created a self-signed certificate {cert}", cert=cert)
     return tls.ReloadableTLSOptions(tls.options_for(config.tls))
 
 
@@ -207,7 +164,6 @@ def build(config: Config, reactor) -> service.MultiService:
     def run_blocking(f, *args, **kwargs):
         return deferToThreadPool(reactor, pool, f, *args, **kwargs)
 
-    prepare_mailroot(config)
     tls_options = load_tls(config, reactor)
     users = Users.load(config.auth.users)
     mailroot = config.server.mailroot
@@ -215,7 +171,9 @@ def build(config: Config, reactor) -> service.MultiService:
     activity = ActivityLog(
         config.logging.format, config.logging.path, reactor, config.server.hostname
     )
-    top = service.MultiService()
+    listeners: list[Listener] = []
+    group = ListenerGroup(listeners)
+    top = SMTPServer(mailroot, group)
     # Password checks (bcrypt, ~0.3 s each) get threads of their own, so a
     # flood of AUTH attempts cannot delay the fsyncs that answer "250".
     auth_pool = ThreadPoolService(AUTH_THREADS, "smtpd-auth")
@@ -226,7 +184,6 @@ def build(config: Config, reactor) -> service.MultiService:
         config, users, cleanup, reactor, auth_pool.runner(reactor), tls_options, activity,
         resolver=resolver, auth_limit=AUTH_THREADS + AUTH_QUEUE,
     )
-    listeners = []
     for kind, endpoints in (
         (LISTEN, config.server.listen),
         (SUBMISSION, config.server.submission),
@@ -238,11 +195,8 @@ def build(config: Config, reactor) -> service.MultiService:
                 factory = TLSMemoryBIOFactory(tls_options, False, factory)
             listeners.append(Listener(reactor, description, factory))
 
-    def local_endpoints() -> set[tuple[str, int]]:
-        return {a for a in (l.address() for l in listeners) if a is not None}
-
     mx = MXResolver(resolver, reactor, config.server.hostname)
-    relay = RelayManager(config, reactor, mx, local_endpoints=local_endpoints)
+    relay = RelayManager(config, reactor, mx, local_endpoints=group.addresses)
     qmgr = QueueManager(
         config,
         queue,
@@ -260,8 +214,8 @@ def build(config: Config, reactor) -> service.MultiService:
     qmgr.setServiceParent(top)
     RelayService(relay, resolver).setServiceParent(top)
     InboundService(inbound, activity).setServiceParent(top)
-    for listener in listeners:
-        listener.setServiceParent(top)
+    SignalService(reactor, None, activity.reopen).setServiceParent(top)
+    group.setServiceParent(top)
     top.inbound = inbound
     top.qmgr = qmgr
     return top
@@ -285,6 +239,21 @@ def raise_file_limit() -> int:
     return wanted
 
 
+def _quiet_startup_errors(hook=sys.excepthook):
+    """
+    A L{StartupError} raised while twistd starts the services (a listener that
+    cannot bind, the mailroot locked) was logged as one line already: exit 1
+    without a traceback. Anything else is shown as Python would.
+    """
+
+    def excepthook(kind, value, traceback):
+        if isinstance(value, StartupError):
+            return
+        hook(kind, value, traceback)
+
+    sys.excepthook = excepthook
+
+
 def makeService(options: Options) -> service.IService:
     """twistd's entry point: the service tree for the validated configuration."""
     from twisted.internet import reactor
@@ -292,7 +261,9 @@ def makeService(options: Options) -> service.IService:
     config = options["parsed"]
     raise_file_limit()
     try:
-        return build(config, reactor)
+        top = build(config, reactor)
     except (tls.TLSError, UsersError, OSError) as e:
         print(f"{config.path}: cannot start: {e}", file=sys.stderr)
         raise SystemExit(1)
+    _quiet_startup_errors()
+    return top

@@ -15,7 +15,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from smtpd.config import load_config
-from smtpd.tap import Listener, build
+from smtpd.tap import build
 from tests import support
 from tests.inbound import connect
 
@@ -62,7 +62,7 @@ class EndToEndTests(unittest.TestCase):
         top = build(config, reactor)
         top.startService()
         self.addCleanup(top.stopService)
-        [listener] = [s for s in top if isinstance(s, Listener)]
+        [listener] = top.listeners.listeners
         self.port = listener.address()[1]
         self.root = root
         return root
@@ -213,7 +213,7 @@ class AuthPoolTests(unittest.TestCase):
         top = build(load_config(path), reactor)
         top.startService()
         self.addCleanup(top.stopService)
-        [listener] = [s for s in top if isinstance(s, Listener)]
+        [listener] = top.listeners.listeners
         client = await connect(self, listener.address()[1])
         await client.command(b"EHLO c\r\n")
         token = base64.b64encode(b"\0bob@localhost\0secret")

@@ -10,7 +10,6 @@ import os
 import re
 import resource
 import threading
-import time
 
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -68,26 +67,36 @@ class FolderSyncTests(unittest.TestCase):
 
     def test_concurrent_callers_share_fsyncs(self):
         """
-        Callers arriving while an fsync runs share the next one: 16 threads
-        make do with far fewer fsyncs than calls, and every call returns.
+        Callers arriving while an fsync runs share the next one: while the
+        first caller's fsync is under way, 15 more callers arrive; they are
+        all served by one more fsync, two in all, and every call returns.
         """
         folder = self.mktemp()
         os.makedirs(folder)
         done = []
+        entered, release = threading.Event(), threading.Event()
 
-        def slow_fsync(path):
-            time.sleep(0.01)
+        def blocking_fsync(path):
+            if not done:
+                entered.set()
+                release.wait(30)
             done.append(path)
 
-        sync = FolderSync(folder, slow_fsync)
-        threads = [threading.Thread(target=sync.sync) for _ in range(16)]
-        for t in threads:
+        sync = FolderSync(folder, blocking_fsync)
+        first = threading.Thread(target=sync.sync)
+        first.start()
+        self.assertTrue(entered.wait(30))
+        others = [threading.Thread(target=sync.sync) for _ in range(15)]
+        for t in others:
             t.start()
-        for t in threads:
-            t.join(10)
-        self.assertTrue(all(not t.is_alive() for t in threads))
-        self.assertGreaterEqual(len(done), 1)
-        self.assertLessEqual(len(done), 4)
+        # Every caller has taken its ticket before the first fsync ends.
+        while sync.requested < 16 and all(t.is_alive() for t in others):
+            threading.Event().wait(0.001)
+        release.set()
+        for t in [first, *others]:
+            t.join(30)
+        self.assertTrue(all(not t.is_alive() for t in [first, *others]))
+        self.assertEqual(len(done), 2)
 
     def test_each_call_after_a_change_fsyncs(self):
         """Calls one after the other each get an fsync of their own."""

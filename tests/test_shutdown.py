@@ -30,6 +30,7 @@ class ShutdownTests(SessionTestsMixin, unittest.TestCase):
         self.assertFalse(stopped.called)
         fixture.clock.advance(0.1)
         await stopped
+        self.assertTrue(idle.replies[-1].startswith("421 4.3.2 "), idle.replies)
         await client.lost
         await idle.lost
         self.assertTrue(client.replies[-1].startswith("421 4.3.2 "), client.replies)

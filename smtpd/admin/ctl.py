@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from twisted.internet import defer
 
 from smtpd.config import Config, ConfigError, load_config
+from smtpd.config.preflight import preflight
 from smtpd.mail.envelope import Envelope
 from smtpd.queue.store import Queue
 from smtpd.directory.accounts import Users, UsersError, add, normalize_address, remove
@@ -76,8 +77,14 @@ def _users(config: Config) -> Users:
 
 
 def check(options: argparse.Namespace) -> None:
-    """Validate the configuration and the accounts file it names."""
+    """
+    Validate the configuration, everything start would refuse (folders,
+    certificate, listeners) and the accounts file it names.
+    """
     config = _config(options.config)
+    problems = preflight(config)
+    if problems:
+        raise CommandError(*problems)
     _users(config)
     print(f"{options.config}: OK", file=sys.stdout)
 

@@ -30,18 +30,47 @@ _ENDPOINT_PARAMETERS = {
 _ENDPOINT_FILES = ("privateKey", "certKey", "extraCertChain", "dhParameters")
 
 
+def split_endpoint(description: str) -> tuple[list[str], dict[str, str]]:
+    """
+    The positional and named parameters of an endpoint string, split as
+    Twisted's parsers split them: at unescaped colons, C{name=value} at the
+    first unescaped equals sign, a backslash escaping the next character.
+
+    @raise ValueError: for a string that ends in a lone backslash.
+    """
+    parts: list[list[tuple[str, bool]]] = [[]]
+    escaped = False
+    for char in description:
+        if escaped:
+            parts[-1].append((char, True))
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append([])
+        else:
+            parts[-1].append((char, False))
+    if escaped:
+        raise ValueError(f"{description!r} ends in a lone backslash")
+    args: list[str] = []
+    kw: dict[str, str] = {}
+    for part in parts:
+        equals = next((i for i, (c, esc) in enumerate(part) if c == "=" and not esc), None)
+        text = "".join(c for c, _ in part)
+        if equals is None:
+            args.append(text)
+        else:
+            kw["".join(c for c, _ in part[:equals])] = "".join(c for c, _ in part[equals + 1 :])
+    return args, kw
+
+
 def endpoint_parameters(description: str) -> tuple[str, dict[str, str]]:
     """
     The kind (tcp, ssl, unix) and the named parameters of an endpoint string,
     positional ones bound to their names as Twisted's own parsers bind them.
     """
-    from twisted.internet.endpoints import _parse
-
-    try:
-        args, kw = _parse(description)
-    except RuntimeError:
-        raise ValueError(f"{description!r} ends in a lone backslash") from None
-    if not args:
+    args, kw = split_endpoint(description)
+    if not args or not args[0]:
         raise ValueError(f"{description!r}: no endpoint type")
     kind, positional = args[0], args[1:]
     names = _ENDPOINT_PARAMETERS.get(kind)

@@ -70,6 +70,7 @@ class Inbound:
         self.received = 0
         self._next_id = 0
         self._stopping = False
+        self._on_empty: tuple[defer.Deferred[None], object] | None = None
 
     def factory(self, kind: str = LISTEN) -> SMTPFactory:
         """A protocol factory for one kind of endpoint (L{LISTEN}, ...)."""
@@ -116,27 +117,55 @@ class Inbound:
             self.per_ip[session.peer_ip] -= 1
             if not self.per_ip[session.peer_ip]:
                 del self.per_ip[session.peer_ip]
+        if not self.sessions and self._on_empty is not None:
+            self._closed_all()
 
-    def shutdown(self, grace: float) -> defer.Deferred[None]:
+    def shutdown(self, grace: float, flush: float = 2.0) -> defer.Deferred[None]:
         """
-        Stop admitting sessions, let sessions in DATA finish for up to C{grace}
-        seconds, then close every session with C{421 4.3.2}.
+        Stop admitting sessions; close every session not in the middle of a
+        message with C{421 4.3.2} at once; let sessions in DATA finish for up
+        to C{grace} seconds (each is closed with the 421 as soon as its
+        message is answered), then close the rest with the 421 too. Fires once
+        every connection is closed (the 421s written), at most C{flush}
+        seconds after that.
         """
         self._stopping = True
         done: defer.Deferred[None] = defer.Deferred()
         deadline = self.clock.seconds() + grace
+        why = "4.3.2 Service shutting down"
 
         def check() -> None:
-            busy = [s for s in self.sessions.values() if s.in_transfer]
+            busy = False
+            for s in list(self.sessions.values()):
+                if s.in_transfer:
+                    busy = True
+                else:
+                    s.terminate(why)
             if busy and self.clock.seconds() < deadline:
                 self.clock.callLater(0.1, check)
                 return
             for s in list(self.sessions.values()):
-                s.terminate("4.3.2 Service shutting down")
-            done.callback(None)
+                s.terminate(why)
+            self._wait_closed(done, flush)
 
         check()
         return done
+
+    def _wait_closed(self, done: defer.Deferred[None], flush: float) -> None:
+        """Fire C{done} when no session is left, or after C{flush} seconds."""
+        if not self.sessions:
+            done.callback(None)
+            return
+        timer = self.clock.callLater(flush, self._closed_all)
+        self._on_empty = (done, timer)
+
+    def _closed_all(self) -> None:
+        done, timer = self._on_empty or (None, None)
+        self._on_empty = None
+        if timer is not None and timer.active():
+            timer.cancel()
+        if done is not None and not done.called:
+            done.callback(None)
 
 
 class SMTPFactory(ServerFactory):

@@ -88,6 +88,16 @@ class ActivityLog:
             self._file = open(self.path, "ab", buffering=0)
             self._header_written = self._file.tell() > 0
 
+    def reopen(self) -> None:
+        """
+        Close and open the log file again (SIGUSR1, after logrotate renamed
+        it): later lines go to a new file at C{path}, which starts with the
+        W3C header.
+        """
+        if self._file is not None:
+            self.close()
+            self.open()
+
     def close(self) -> None:
         """Close the log file."""
         if self._file is not None:

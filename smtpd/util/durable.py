@@ -45,6 +45,11 @@ class FolderSync:
         self._requested = 0
         self._synced = 0
 
+    @property
+    def requested(self) -> int:
+        """How many calls to L{sync} have been made so far."""
+        return self._requested
+
     def sync(self) -> None:
         """Return once every change made to the folder before the call is durable."""
         with self._ticket_lock:

@@ -1,0 +1,1 @@
+"""The server process: listeners bound first, the mailroot lock, signals."""
