@@ -20,7 +20,9 @@ from twisted.internet.threads import deferToThread
 from twisted.names import client as dns_client
 from twisted.trial import unittest
 
+from smtpd.config import TLSConfig
 from smtpd.directory import accounts
+from smtpd.util import tls
 from smtpd.inbound.session import SUBMISSION
 from tests.inbound import RawClient, SMTPServerFixture, connect, make_config
 from tests.support import a, start_dns_server, start_silent_dns_server
@@ -362,3 +364,40 @@ class SubmissionTests(AccessTestsMixin, unittest.TestCase):
         client = await self.tls_client()
         await client.command(b"AUTH PLAIN " + plain("bob@localhost", "secret") + b"\r\n")
         self.assertEqual(await client.command(b"MAIL FROM:<ann@localhost>\r\n"), "250 2.1.0 Ok")
+
+
+class TLSReloadTests(AccessTestsMixin, unittest.TestCase):
+    """Inbound.reload_tls: a renewed certificate is used by the next STARTTLS."""
+
+    async def serial(self) -> int:
+        client = await connect(self, self.port)
+        await client.command(b"EHLO c\r\n")
+        await client.command(b"STARTTLS\r\n")
+        client.transport.startTLS(ssl.CertificateOptions())
+        await client.command(b"NOOP\r\n")
+        return client.transport.getPeerCertificate().get_serial_number()
+
+    async def test_renewed_certificate(self):
+        """After reload_tls the new certificate is served; a broken one is refused, the old kept."""
+        root = os.path.abspath(self.mktemp())
+        section = TLSConfig(
+            certificate=os.path.join(root, "c.pem"), key=os.path.join(root, "c.key")
+        )
+        tls.ensure_certificate(section.certificate, section.key, "localhost", 1.7e9)
+        options = tls.ReloadableTLSOptions(tls.options_for(section))
+        os.makedirs(os.path.join(root, "srv"))
+        self.fixture = SMTPServerFixture(
+            self, make_config(os.path.join(root, "srv"), tls=vars(section)), None, options
+        )
+        self.port = self.fixture.listen()
+        first = await self.serial()
+        os.remove(section.certificate)
+        tls.ensure_certificate(section.certificate, section.key, "localhost", 1.8e9)
+        self.assertEqual(self.fixture.inbound.reload_tls(self.fixture.config), [])
+        second = await self.serial()
+        self.assertNotEqual(first, second)
+        with open(section.certificate, "w") as f:
+            f.write("garbage\n")
+        problems = self.fixture.inbound.reload_tls(self.fixture.config)
+        self.assertEqual(len(problems), 1, problems)
+        self.assertEqual(await self.serial(), second)
