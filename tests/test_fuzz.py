@@ -44,6 +44,7 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     derandomize=EXAMPLES is None,
+    database=None if EXAMPLES is None else settings.default.database,
 )
 
 _REPLY_LINE = re.compile(rb"\A[2-5]\d\d[ -][^\r\n]*\Z")
