@@ -38,6 +38,8 @@ from smtpd.delivery.mx import MXResolver, close_resolver, make_resolver
 from smtpd.cleanup.stage import Cleanup
 from smtpd.inbound.registry import Inbound
 from smtpd.inbound.sasl import DEFAULT_QUEUE
+from smtpd.pickup.sender import PickupSender
+from smtpd.pickup.service import PickupService
 from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION
 from smtpd.queue.manager import QueueManager
 from smtpd.queue.store import Queue
@@ -156,6 +158,18 @@ def load_tls(config: Config, clock) -> tls.ReloadableTLSOptions:
     return tls.ReloadableTLSOptions(tls.options_for(config.tls))
 
 
+def delivery_agents(config: Config, reactor, run_blocking, relay: RelayManager) -> dict:
+    """The delivery agents by name (C{[domain:NAME] type} and the queue's registry)."""
+    mailroot = config.server.mailroot
+    agents = [
+        MaildirDelivery(mailroot, config.server.hostname, reactor, run_blocking,
+                        max_batches=MAILDIR_BATCHES),
+        DropDelivery(mailroot, reactor, run_blocking),
+        relay,
+    ]
+    return {agent.name: agent for agent in agents}
+
+
 def build(config: Config, reactor) -> service.MultiService:
     """The whole server for C{config} on C{reactor}."""
     reactor.suggestThreadPoolSize(THREAD_POOL_SIZE)
@@ -196,29 +210,40 @@ def build(config: Config, reactor) -> service.MultiService:
             listeners.append(Listener(reactor, description, factory))
 
     mx = MXResolver(resolver, reactor, config.server.hostname)
-    relay = RelayManager(config, reactor, mx, local_endpoints=group.addresses)
+    relay = RelayManager(config, reactor, mx, local_endpoints=group.addresses,
+                         run_blocking=run_blocking)
     qmgr = QueueManager(
         config,
         queue,
         reactor,
         users=users,
-        local=MaildirDelivery(mailroot, config.server.hostname, reactor, run_blocking,
-                              max_batches=MAILDIR_BATCHES),
-        drop=DropDelivery(mailroot, reactor, run_blocking),
-        relay=relay,
+        agents=delivery_agents(config, reactor, run_blocking, relay),
         bounces=BounceBuilder(config.server.hostname, reactor),
         log=activity,
+        run_blocking=run_blocking,
+        submit=cleanup.submit,
     )
-    # Sessions hand messages to the queue manager, which may deliver them at once.
+    # Everything enters through cleanup, which hands it to the queue manager's
+    # intake (local mail delivered at once, the rest stored); reports too.
     cleanup.accept = qmgr.accept
     qmgr.setServiceParent(top)
     RelayService(relay, resolver).setServiceParent(top)
     InboundService(inbound, activity).setServiceParent(top)
     SignalService(reactor, None, activity.reopen).setServiceParent(top)
+    top.pickup = add_pickup(top, config, cleanup, reactor, run_blocking)
     group.setServiceParent(top)
     top.inbound = inbound
     top.qmgr = qmgr
     return top
+
+
+def add_pickup(top, config: Config, cleanup: Cleanup, reactor, run_blocking) -> PickupService:
+    """The pickup folder watcher (SPEC 4), sending through C{cleanup}."""
+    mailroot = config.server.mailroot
+    sender = PickupSender(cleanup, os.path.join(mailroot, "badmail"), run_blocking)
+    pickup = PickupService(os.path.join(mailroot, "pickup"), sender, reactor)
+    pickup.setServiceParent(top)
+    return pickup
 
 
 def raise_file_limit() -> int:

@@ -25,6 +25,7 @@ from smtpd.delivery.client import (
     xtext,
 )
 from smtpd.mail.envelope import Recipient
+from smtpd.mail.source import BytesSource
 from tests.support import (
     CertificateAuthority,
     SinkScript,
@@ -105,7 +106,7 @@ class ClientTests(unittest.TestCase):
     def message(self, *addresses, data=MESSAGE, **kw) -> OutboundMessage:
         addresses = addresses or ("b@example.test",)
         recipients = tuple(a if isinstance(a, Recipient) else Recipient(a) for a in addresses)
-        return OutboundMessage("a@ours.test", recipients, data, **kw)
+        return OutboundMessage("a@ours.test", recipients, BytesSource(data), **kw)
 
     async def test_exact_transaction(self) -> None:
         """The sink gets the exact envelope, the dot-stuffed stream and the message."""

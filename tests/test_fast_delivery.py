@@ -24,6 +24,7 @@ from smtpd.mail.envelope import Envelope, Recipient
 from smtpd.delivery.drop import DropDelivery
 from smtpd.delivery.maildir import MailboxError, MaildirDelivery
 from smtpd.mail.lineends import line_ends
+from smtpd.mail.source import BytesSource
 from smtpd.util.activity import ActivityLog
 from smtpd.queue.manager import QueueManager
 from smtpd.queue.store import Queue
@@ -34,6 +35,7 @@ from tests.inbound import SMTPServerFixture, connect, make_config
 
 HOST = "mx.example.net"
 DATA = b"From: a@example.org\r\nSubject: hi\r\n\r\nbody\r\n"
+SOURCE = BytesSource(DATA)
 
 
 def in_threads(f, *args):
@@ -146,8 +148,8 @@ class MaildirBatchTests(unittest.TestCase):
         """
         runner = GatedRunner()
         agent = MaildirDelivery(self.mailroot, HOST, self.clock, runner)
-        first = agent.deliver(self.envelope, "bob@example.net", DATA)
-        others = [agent.deliver(self.envelope, f"{n}@example.net", DATA)
+        first = agent.write(self.envelope, "bob@example.net", SOURCE)
+        others = [agent.write(self.envelope, f"{n}@example.net", SOURCE)
                   for n in ("carol", "dave", "erin")]
         self.assertEqual(len(runner.calls), 1)
         runner.release()
@@ -167,9 +169,9 @@ class MaildirBatchTests(unittest.TestCase):
         os.makedirs(os.path.join(broken, "tmp"))
         with open(os.path.join(broken, "new"), "wb") as f:
             f.write(b"a file where new/ should be")
-        blocker = agent.deliver(self.envelope, "bob@example.net", DATA)
-        good = agent.deliver(self.envelope, "dave@example.net", DATA)
-        bad = agent.deliver(self.envelope, "carol@example.net", DATA)
+        blocker = agent.write(self.envelope, "bob@example.net", SOURCE)
+        good = agent.write(self.envelope, "dave@example.net", SOURCE)
+        bad = agent.write(self.envelope, "carol@example.net", SOURCE)
         runner.release()
         runner.release()
         self.successResultOf(blocker)
@@ -187,12 +189,12 @@ class MaildirBatchTests(unittest.TestCase):
         agent = MaildirDelivery(self.mailroot, HOST, self.clock, runner,
                                 max_batches=3, slow_disk=0.002)
         for _ in range(9):  # the moving average needs a few slow batches
-            d = agent.deliver(self.envelope, "bob@example.net", DATA)
+            d = agent.write(self.envelope, "bob@example.net", SOURCE)
             self.clock.advance(0.05)
             runner.release()
             self.successResultOf(d)
-        blocker = agent.deliver(self.envelope, "bob@example.net", DATA)
-        waiting = [agent.deliver(self.envelope, "bob@example.net", DATA) for _ in range(5)]
+        blocker = agent.write(self.envelope, "bob@example.net", SOURCE)
+        waiting = [agent.write(self.envelope, "bob@example.net", SOURCE) for _ in range(5)]
         self.assertEqual([len(args[0]) for _, _, args in runner.calls], [1, 1, 1])
         runner.release()
         self.assertEqual([len(args[0]) for _, _, args in runner.calls], [1, 1, 3])
@@ -207,7 +209,7 @@ class MaildirBatchTests(unittest.TestCase):
         runner = GatedRunner()
         agent = MaildirDelivery(self.mailroot, HOST, self.clock, runner, max_batches=3)
         for _ in range(6):
-            agent.deliver(self.envelope, "bob@example.net", DATA)
+            agent.write(self.envelope, "bob@example.net", SOURCE)
         self.assertEqual(len(runner.calls), 1)
         runner.release()
         self.assertEqual(len(runner.calls), 1)
@@ -217,14 +219,14 @@ class MaildirBatchTests(unittest.TestCase):
     def test_removed_maildir_is_made_again(self):
         """A Maildir removed after its first delivery is created again for the next."""
         agent = MaildirDelivery(self.mailroot, HOST, self.clock, defer.maybeDeferred)
-        self.successResultOf(agent.deliver(self.envelope, "bob@example.net", DATA))
+        self.successResultOf(agent.write(self.envelope, "bob@example.net", SOURCE))
         maildir = os.path.dirname(self.new("bob"))
         for sub in ("tmp", "new", "cur"):
             for name in files(os.path.join(maildir, sub)):
                 os.unlink(os.path.join(maildir, sub, name))
             os.rmdir(os.path.join(maildir, sub))
         os.rmdir(maildir)
-        path = self.successResultOf(agent.deliver(self.envelope, "bob@example.net", DATA))
+        path = self.successResultOf(agent.write(self.envelope, "bob@example.net", SOURCE))
         self.assertEqual(files(self.new("bob")), [os.path.basename(path)])
         self.assertEqual(sorted(os.listdir(maildir)), ["cur", "new", "tmp"])
 
@@ -234,7 +236,7 @@ class MaildirBatchTests(unittest.TestCase):
         os.makedirs(os.path.join(mailbox, "real.example"))
         os.symlink(os.path.join(mailbox, "real.example"), os.path.join(mailbox, "example.net"))
         agent = MaildirDelivery(self.mailroot, HOST, self.clock, defer.maybeDeferred)
-        self.successResultOf(agent.deliver(self.envelope, "bob@example.net", DATA))
+        self.successResultOf(agent.write(self.envelope, "bob@example.net", SOURCE))
         self.assertEqual(len(files(os.path.join(mailbox, "real.example", "bob", "new"))), 1)
 
     def test_symlinked_maildir_refused_in_a_batch(self):
@@ -246,8 +248,8 @@ class MaildirBatchTests(unittest.TestCase):
         os.symlink(outside, os.path.join(domain, "evil"))
         runner = GatedRunner()
         agent = MaildirDelivery(self.mailroot, HOST, self.clock, runner)
-        first = agent.deliver(self.envelope, "bob@example.net", DATA)
-        evil = agent.deliver(self.envelope, "evil@example.net", DATA)
+        first = agent.write(self.envelope, "bob@example.net", SOURCE)
+        evil = agent.write(self.envelope, "evil@example.net", SOURCE)
         runner.release()
         runner.release()
         self.successResultOf(first)
@@ -260,7 +262,7 @@ class MaildirBatchTests(unittest.TestCase):
         path outside the mailboxes is refused.
         """
         agent = MaildirDelivery(self.mailroot, HOST, self.clock, defer.maybeDeferred)
-        path = self.successResultOf(agent.deliver(self.envelope, "bob@example.net", DATA))
+        path = self.successResultOf(agent.write(self.envelope, "bob@example.net", SOURCE))
         self.successResultOf(agent.remove(path))
         self.assertEqual(files(self.new("bob")), [])
         self.successResultOf(agent.remove(path))
@@ -271,7 +273,7 @@ class MaildirBatchTests(unittest.TestCase):
     def test_real_threads(self):
         """Many concurrent deliveries through the real thread pool all land."""
         agent = MaildirDelivery(self.mailroot, HOST, self.clock, in_threads)
-        ds = [agent.deliver(self.envelope, f"u{n % 3}@example.net", DATA) for n in range(30)]
+        ds = [agent.write(self.envelope, f"u{n % 3}@example.net", SOURCE) for n in range(30)]
 
         def check(paths):
             self.assertEqual(len(set(paths)), 30)
@@ -304,16 +306,18 @@ class AcceptTests(unittest.TestCase):
         self.qmgr = QueueManager(
             self.config, self.queue, self.clock,
             users=Users({"carol@example.net": b"x", "dave@example.net": b"x"}),
-            local=self.local,
-            drop=DropDelivery(self.mailroot, self.clock, defer.maybeDeferred),
-            relay=self,
+            agents={"local": self.local,
+                    "drop": DropDelivery(self.mailroot, self.clock, defer.maybeDeferred),
+                    "relay": self},
             bounces=BounceBuilder(HOST, self.clock),
             log=self.records.append,
         )
         self.qmgr.startService()
         self.addCleanup(self.qmgr.stopService)
 
-    def deliver(self, envelope, recipients, data):
+    name = "relay"
+
+    def deliver(self, envelope, deliveries, message):
         """The relay: records the call, never answers (the entry stays queued)."""
         self.relayed.append(envelope.id)
         return Deferred()
@@ -335,7 +339,7 @@ class AcceptTests(unittest.TestCase):
         fires, never queued; counted and logged like a queue delivery.
         """
         e = self.envelope(Recipient("carol@example.net"), Recipient("postmaster@example.net"))
-        self.successResultOf(self.qmgr.accept(e, DATA))
+        self.successResultOf(self.qmgr.accept(e, BytesSource(DATA)))
         self.assertEqual((len(self.new("carol")), len(self.new("postmaster"))), (1, 1))
         self.assertEqual((self.queued(), self.stored), ([], []))
         self.assertEqual(self.qmgr.counters["received"], 1)
@@ -347,14 +351,14 @@ class AcceptTests(unittest.TestCase):
     def test_remote_recipient_queued(self):
         """A message with any remote recipient goes to the queue, local copy and all."""
         e = self.envelope(Recipient("carol@example.net"), Recipient("bob@remote.example"))
-        self.successResultOf(self.qmgr.accept(e, DATA))
+        self.successResultOf(self.qmgr.accept(e, BytesSource(DATA)))
         self.assertEqual(self.queued(), [e.id])
         self.assertEqual([s.id for s in self.stored], [e.id])
 
     def test_success_notification_queued(self):
         """NOTIFY=SUCCESS needs a DSN: such a message takes the queue."""
         e = self.envelope(Recipient("carol@example.net", notify=("SUCCESS",)))
-        self.successResultOf(self.qmgr.accept(e, DATA))
+        self.successResultOf(self.qmgr.accept(e, BytesSource(DATA)))
         self.assertEqual([s.id for s in self.stored], [e.id])
 
     def test_failure_takes_back_and_queues(self):
@@ -367,7 +371,7 @@ class AcceptTests(unittest.TestCase):
         with open(os.path.join(broken, "new"), "wb") as f:
             f.write(b"a file where new/ should be")
         e = self.envelope(Recipient("carol@example.net"), Recipient("dave@example.net"))
-        self.successResultOf(self.qmgr.accept(e, DATA))
+        self.successResultOf(self.qmgr.accept(e, BytesSource(DATA)))
         self.assertEqual(self.new("carol"), [])
         self.assertEqual(self.queued(), [e.id])
         self.assertEqual(self.qmgr.counters["delivered"], 0)
@@ -376,7 +380,7 @@ class AcceptTests(unittest.TestCase):
         """A stopped queue manager delivers nothing itself: the message is queued."""
         self.qmgr.stopService()
         e = self.envelope(Recipient("carol@example.net"))
-        self.successResultOf(self.qmgr.accept(e, DATA))
+        self.successResultOf(self.qmgr.accept(e, BytesSource(DATA)))
         self.assertEqual(self.queued(), [e.id])
         self.assertEqual(self.new("carol"), [])
 
@@ -390,7 +394,7 @@ class AcceptTests(unittest.TestCase):
         with open(self.queue.directory, "wb") as f:
             f.write(b"a file where the queue should be")
         e = self.envelope(Recipient("carol@example.net"))
-        self.failureResultOf(self.qmgr.accept(e, DATA), OSError)
+        self.failureResultOf(self.qmgr.accept(e, BytesSource(DATA)), OSError)
 
 
 class SessionAcceptTests(unittest.TestCase):

@@ -1,9 +1,10 @@
 """
-Tests for L{smtpd.local}: Maildir and drop delivery.
+Tests for L{smtpd.delivery.maildir} and L{smtpd.delivery.drop}: Maildir and drop delivery.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 
 from twisted.internet import defer
@@ -13,8 +14,13 @@ from twisted.trial import unittest
 from smtpd.mail.envelope import Envelope, Recipient
 from smtpd.delivery.drop import DropDelivery
 from smtpd.delivery.maildir import MailboxError, MaildirDelivery
+from smtpd.delivery.interfaces import IDeliveryAgent, IMailboxAgent
+from smtpd.directory.routing import Destination
+from smtpd.mail.source import BytesSource, FileSource
+from zope.interface.verify import verifyObject
 
 DATA = b"From: a@example.com\r\nTo: bob@example.com\r\nSubject: hi\r\n\r\nline one\r\nline two\r\n"
+SOURCE = BytesSource(DATA)
 
 
 def files_under(folder: str) -> list[str]:
@@ -61,7 +67,7 @@ class MaildirTests(DeliveryTestCase):
         The first delivery creates tmp, new and cur; the message lands in new
         under a unique name carrying time, pid, host name and size; tmp is empty.
         """
-        self.successResultOf(self.agent.deliver(self.envelope, "bob@example.com", DATA))
+        self.successResultOf(self.agent.write(self.envelope, "bob@example.com", SOURCE))
         self.assertEqual(sorted(os.listdir(self.maildir)), ["cur", "new", "tmp"])
         self.assertEqual(os.listdir(os.path.join(self.maildir, "tmp")), [])
         self.assertEqual(os.listdir(os.path.join(self.maildir, "cur")), [])
@@ -72,7 +78,7 @@ class MaildirTests(DeliveryTestCase):
 
     def test_headers_and_line_endings(self) -> None:
         """The message starts with Return-Path and Delivered-To and has LF endings."""
-        self.successResultOf(self.agent.deliver(self.envelope, "bob@example.com", DATA))
+        self.successResultOf(self.agent.write(self.envelope, "bob@example.com", SOURCE))
         [content] = self.delivered()
         self.assertEqual(
             content,
@@ -84,19 +90,19 @@ class MaildirTests(DeliveryTestCase):
     def test_null_sender(self) -> None:
         """A bounce (sender <>) gets an empty Return-Path."""
         self.envelope.sender = ""
-        self.successResultOf(self.agent.deliver(self.envelope, "bob@example.com", DATA))
+        self.successResultOf(self.agent.write(self.envelope, "bob@example.com", SOURCE))
         self.assertTrue(self.delivered()[0].startswith(b"Return-Path: <>\n"))
 
     def test_unique_names(self) -> None:
         """Two deliveries at the same instant make two files."""
         for _ in range(2):
-            self.successResultOf(self.agent.deliver(self.envelope, "bob@example.com", DATA))
+            self.successResultOf(self.agent.write(self.envelope, "bob@example.com", SOURCE))
         self.assertEqual(len(self.delivered()), 2)
 
     def test_hostname_escaped(self) -> None:
         """'/' and ':' in the host name are escaped in file names (Maildir rule)."""
         agent = MaildirDelivery(self.mailroot, "a/b:c", self.clock, defer.maybeDeferred)
-        self.successResultOf(agent.deliver(self.envelope, "bob@example.com", DATA))
+        self.successResultOf(agent.write(self.envelope, "bob@example.com", SOURCE))
         [name] = os.listdir(os.path.join(self.maildir, "new"))
         self.assertIn(r".a\057b\072c,S=", name)
 
@@ -109,7 +115,7 @@ class MaildirTests(DeliveryTestCase):
                     "a/b@localhost", "a\\b@localhost", "x@..", "x@.", "x@../etc",
                     "x@a/b", "x\0@localhost", "x@local\0host", "@localhost", "x@",
                     "nodomain", "x\n@localhost", "../../../tmp/x@localhost"):
-            self.failureResultOf(self.agent.deliver(self.envelope, bad, DATA), MailboxError)
+            self.failureResultOf(self.agent.write(self.envelope, bad, SOURCE), MailboxError)
         self.assertEqual(files_under(self.base), ["mailroot"])
 
     def test_symlink_outside_refused(self) -> None:
@@ -120,7 +126,7 @@ class MaildirTests(DeliveryTestCase):
         os.makedirs(domain)
         os.symlink(outside, os.path.join(domain, "evil"))
         self.failureResultOf(
-            self.agent.deliver(self.envelope, "evil@example.com", DATA), MailboxError)
+            self.agent.write(self.envelope, "evil@example.com", SOURCE), MailboxError)
         self.assertEqual(os.listdir(outside), [])
 
     def test_symlinked_domain_refused(self) -> None:
@@ -130,7 +136,7 @@ class MaildirTests(DeliveryTestCase):
         os.makedirs(os.path.join(self.mailroot, "mailbox"))
         os.symlink(outside, os.path.join(self.mailroot, "mailbox", "example.com"))
         self.failureResultOf(
-            self.agent.deliver(self.envelope, "bob@example.com", DATA), MailboxError)
+            self.agent.write(self.envelope, "bob@example.com", SOURCE), MailboxError)
         self.assertEqual(os.listdir(outside), [])
 
     def test_symlinked_new_refused(self) -> None:
@@ -140,14 +146,14 @@ class MaildirTests(DeliveryTestCase):
         os.makedirs(self.maildir)
         os.symlink(outside, os.path.join(self.maildir, "new"))
         self.failureResultOf(
-            self.agent.deliver(self.envelope, "bob@example.com", DATA), MailboxError)
+            self.agent.write(self.envelope, "bob@example.com", SOURCE), MailboxError)
         self.assertEqual(os.listdir(outside), [])
 
     def test_header_injection_refused(self) -> None:
         """A sender carrying a line break is refused; nothing is written."""
         self.envelope.sender = "a@example.com>\nX-Evil: <yes"
         self.failureResultOf(
-            self.agent.deliver(self.envelope, "bob@example.com", DATA), MailboxError)
+            self.agent.write(self.envelope, "bob@example.com", SOURCE), MailboxError)
         self.assertEqual(files_under(self.base), ["mailroot"])
 
     def test_disk_error(self) -> None:
@@ -159,8 +165,57 @@ class MaildirTests(DeliveryTestCase):
         with open(os.path.join(self.maildir, "new"), "wb") as f:
             f.write(b"a file where new/ should be")
         self.failureResultOf(
-            self.agent.deliver(self.envelope, "bob@example.com", DATA), NotADirectoryError)
+            self.agent.write(self.envelope, "bob@example.com", SOURCE), NotADirectoryError)
         self.assertEqual(os.listdir(os.path.join(self.maildir, "tmp")), [])
+
+
+class AgentTests(DeliveryTestCase):
+    """Both local agents as L{IDeliveryAgent}s: one status per delivery."""
+
+    def deliveries(self, *addresses: str, kind: str = "local"):
+        return [(Recipient(a), Destination(kind, a.partition("@")[2], a.lower()))
+                for a in addresses]
+
+    def test_maildir_agent(self) -> None:
+        """
+        The Maildir agent writes one copy per mailbox (two recipients of one
+        mailbox share it), from a file read in chunks, and reports 250 each;
+        an unsafe mailbox is 550 5.1.1 for its recipients only.
+        """
+        agent = MaildirDelivery(self.mailroot, "mx.example.com", self.clock,
+                                defer.maybeDeferred)
+        verifyObject(IMailboxAgent, agent)
+        path = os.path.join(self.base, "message")
+        body = b"Subject: big\r\n\r\n" + b"line\r\n" * 100_000
+        with open(path, "wb") as f:
+            f.write(body)
+        deliveries = self.deliveries("bob@example.com", "Bob@example.com", "../x@example.com")
+        statuses = self.successResultOf(agent.deliver(self.envelope, deliveries,
+                                                      FileSource(path)))
+        self.assertEqual([(s.address, s.code, s.status) for s in statuses],
+                         [("bob@example.com", 250, "2.0.0"), ("Bob@example.com", 250, "2.0.0"),
+                          ("../x@example.com", 550, "5.1.1")])
+        new = os.path.join(self.mailroot, "mailbox", "example.com", "bob", "new")
+        [name] = os.listdir(new)
+        with open(os.path.join(new, name), "rb") as f:
+            self.assertTrue(f.read().endswith(body.replace(b"\r\n", b"\n")))
+
+    def test_drop_agent(self) -> None:
+        """The drop agent writes one file for all its recipients and reports 250 each."""
+        agent = DropDelivery(self.mailroot, self.clock, defer.maybeDeferred)
+        verifyObject(IDeliveryAgent, agent)
+        deliveries = self.deliveries("b@drop.example", "c@drop.example", kind="drop")
+        statuses = self.successResultOf(agent.deliver(self.envelope, deliveries, SOURCE))
+        self.assertEqual([s.code for s in statuses], [250, 250])
+        self.assertEqual(len(os.listdir(os.path.join(self.mailroot, "drop"))), 1)
+
+    def test_drop_agent_disk_full(self) -> None:
+        """A full disk is 452 4.3.1 for every recipient of the drop agent."""
+        agent = DropDelivery(self.mailroot, self.clock,
+                             lambda f, *a: defer.fail(OSError(errno.ENOSPC, "No space")))
+        statuses = self.successResultOf(
+            agent.deliver(self.envelope, self.deliveries("b@drop.example", kind="drop"), SOURCE))
+        self.assertEqual([(s.code, s.status) for s in statuses], [(452, "4.3.1")])
 
 
 class DropTests(DeliveryTestCase):
@@ -176,8 +231,8 @@ class DropTests(DeliveryTestCase):
         One .eml file per message: x-sender, one x-receiver per recipient, then
         the message, CRLF line endings; no temporary file stays.
         """
-        self.successResultOf(self.agent.deliver(
-            self.envelope, ["bob@drop.example", "carol@drop.example"], DATA))
+        self.successResultOf(self.agent.drop(
+            self.envelope, ["bob@drop.example", "carol@drop.example"], SOURCE))
         [name] = os.listdir(self.drop)
         self.assertTrue(name.startswith("0ABC.") and name.endswith(".eml"), name)
         with open(os.path.join(self.drop, name), "rb") as f:
@@ -190,8 +245,8 @@ class DropTests(DeliveryTestCase):
 
     def test_crlf(self) -> None:
         """Bare LF line endings in the data become CRLF."""
-        self.successResultOf(self.agent.deliver(
-            self.envelope, ["bob@drop.example"], b"Subject: x\n\nbody\n"))
+        self.successResultOf(self.agent.drop(
+            self.envelope, ["bob@drop.example"], BytesSource(b"Subject: x\n\nbody\n")))
         [name] = os.listdir(self.drop)
         with open(os.path.join(self.drop, name), "rb") as f:
             self.assertEqual(f.read().split(b"\r\n")[2:], [b"Subject: x", b"", b"body", b""])
@@ -199,13 +254,13 @@ class DropTests(DeliveryTestCase):
     def test_one_file_per_message(self) -> None:
         """Two messages (even the same one twice) make two files."""
         for _ in range(2):
-            self.successResultOf(self.agent.deliver(self.envelope, ["b@drop.example"], DATA))
+            self.successResultOf(self.agent.drop(self.envelope, ["b@drop.example"], SOURCE))
         self.assertEqual(len(os.listdir(self.drop)), 2)
 
     def test_header_injection_refused(self) -> None:
         """A recipient carrying a line break is refused; nothing is written."""
-        self.failureResultOf(self.agent.deliver(
-            self.envelope, ["b@drop.example\r\nx-receiver: evil@example.com"], DATA),
+        self.failureResultOf(self.agent.drop(
+            self.envelope, ["b@drop.example\r\nx-receiver: evil@example.com"], SOURCE),
             MailboxError)
         self.assertEqual(files_under(self.base), ["mailroot"])
 
@@ -214,4 +269,4 @@ class DropTests(DeliveryTestCase):
         with open(self.drop, "wb") as f:
             f.write(b"a file where drop/ should be")
         self.failureResultOf(
-            self.agent.deliver(self.envelope, ["b@drop.example"], DATA), OSError)
+            self.agent.drop(self.envelope, ["b@drop.example"], SOURCE), OSError)

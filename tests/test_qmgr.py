@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_qmgr -*-
 """
-Tests for L{smtpd.qmgr.QueueManager}: scheduling, retries, delay warnings,
+Tests for L{smtpd.queue.manager.QueueManager} and its parts: scheduling, retries, delay warnings,
 expiry, NDRs and the admin surface, driven by a L{Clock} over the real queue,
 the real Maildir and drop agents and an in-memory relay.
 """
@@ -12,7 +12,7 @@ import errno
 import json
 import os
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -25,10 +25,12 @@ from smtpd.config import (
     ServerConfig,
 )
 from smtpd.mail.envelope import DeliveryStatus, Envelope, Recipient
+from smtpd.mail.source import BytesSource, read_all
 from smtpd.delivery.drop import DropDelivery
 from smtpd.delivery.maildir import MaildirDelivery
 from smtpd.util.activity import ActivityLog
-from smtpd.queue.manager import QueueManager, reply_line
+from smtpd.queue.manager import QueueManager
+from smtpd.queue.results import reply_line
 from smtpd.queue.store import Queue
 from smtpd.directory.accounts import Users
 
@@ -82,8 +84,12 @@ class FakeRelay:
         self.hanging: list[tuple[Deferred, list[DeliveryStatus]]] = []
         self.error: Exception | None = None
 
-    def deliver(self, envelope, recipients, data):
-        self.calls.append(RelayCall(self.clock.seconds(), envelope, recipients, data))
+    name = "relay"
+
+    def deliver(self, envelope, deliveries, message):
+        recipients = [r for r, _ in deliveries]
+        self.calls.append(RelayCall(self.clock.seconds(), envelope, recipients,
+                                    read_all(message)))
         if self.error is not None:
             raise self.error
         statuses = [self._answer(r.address) for r in recipients]
@@ -107,6 +113,9 @@ class FakeRelay:
         for d, statuses in answered:
             d.callback(statuses)
 
+    def stop(self):
+        """Nothing to close."""
+
     def for_entry(self, queue_id):
         return [c for c in self.calls if c.id == queue_id]
 
@@ -122,14 +131,13 @@ class FakeRelay:
         return found
 
 
-class FailingLocal:
-    """A Maildir agent whose disk always fails with C{error}."""
+def failing_disk(error):
+    """A C{run_blocking} whose disk work always fails with C{error}."""
 
-    def __init__(self, error):
-        self.error = error
+    def run(f, *args, **kwargs):
+        return fail(error)
 
-    def deliver(self, envelope, mailbox, data):
-        raise self.error
+    return run
 
 
 def report_blocks(message):
@@ -182,11 +190,13 @@ class QueueManagerMixin:
         return Queue(os.path.join(self.mailroot, "queue"), self.clock, run_now)
 
     def make_qmgr(self, **kw) -> QueueManager:
+        agents = {"local": self.local,
+                  "drop": DropDelivery(self.mailroot, self.clock, run_now),
+                  "relay": self.relay}
+        agents.update(kw.pop("agents", {}))
         options = dict(
             users=self.users,
-            local=self.local,
-            drop=DropDelivery(self.mailroot, self.clock, run_now),
-            relay=self.relay,
+            agents=agents,
             bounces=BounceBuilder(HOST, self.clock),
             log=self.records.append,
         )
@@ -205,9 +215,24 @@ class QueueManagerMixin:
         envelope = Envelope(id=self.queue.new_id(), sender=sender, recipients=rcpts,
                             arrival=now, next_attempt=now, size=len(MESSAGE),
                             client="client [192.0.2.9]", **kw)
-        d = self.queue.store(envelope, MESSAGE)
+        d = self.queue.store(envelope, BytesSource(MESSAGE))
         self.assertIsNone(self.successResultOf(d))
         return envelope.id
+
+    def store_waiting(self, count: int, delay: float, spacing: float = 1.0) -> list[str]:
+        """
+        Entries written before the manager starts, due C{delay} from now and
+        C{spacing} seconds apart.
+        """
+        ids = []
+        for n in range(count):
+            envelope = Envelope(id=self.queue.new_id(), sender="alice@example.org",
+                                recipients=[Recipient(f"r{n}@remote.example")],
+                                arrival=self.clock.seconds(), attempts=1, state="deferred",
+                                next_attempt=self.clock.seconds() + delay + n * spacing)
+            self.successResultOf(self.queue.store(envelope, MESSAGE))
+            ids.append(envelope.id)
+        return ids
 
     def entries(self) -> dict[str, Envelope]:
         return {e.id: e for e in self.queue.scan(cleanup=False)}
@@ -385,7 +410,9 @@ class DeliveryTests(QueueManagerMixin, unittest.TestCase):
 
     def test_disk_full_local(self) -> None:
         """ENOSPC from the Maildir agent: 452 4.3.1, retried."""
-        self.qmgr = self.make_qmgr(local=FailingLocal(OSError(errno.ENOSPC, "No space")))
+        disk_full = failing_disk(OSError(errno.ENOSPC, "No space"))
+        self.qmgr = self.make_qmgr(
+            agents={"local": MaildirDelivery(self.mailroot, HOST, self.clock, disk_full)})
         self.qmgr.startService()
         queue_id = self.store(["carol@example.net"])
         self.clock.advance(0)
@@ -624,18 +651,6 @@ class RetryTests(QueueManagerMixin, unittest.TestCase):
 
 class SchedulingTests(QueueManagerMixin, unittest.TestCase):
     """One timer, bounded concurrency, orderly stop."""
-
-    def store_waiting(self, count: int, delay: float) -> list[str]:
-        """Entries written before the manager starts, due C{delay} from now."""
-        ids = []
-        for n in range(count):
-            envelope = Envelope(id=self.queue.new_id(), sender="alice@example.org",
-                                recipients=[Recipient(f"r{n}@remote.example")],
-                                arrival=self.clock.seconds(), attempts=1, state="deferred",
-                                next_attempt=self.clock.seconds() + delay + n)
-            self.successResultOf(self.queue.store(envelope, MESSAGE))
-            ids.append(envelope.id)
-        return ids
 
     def test_one_timer_for_many(self) -> None:
         """100 waiting entries are served by one DelayedCall, at the earliest time."""

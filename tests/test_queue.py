@@ -17,6 +17,7 @@ from twisted.trial import unittest
 from smtpd.mail.envelope import DEFERRED, FAILED, Envelope, Recipient
 from smtpd.mail.envelope import valid_queue_id
 from smtpd.queue.store import Queue
+from smtpd.mail.source import read_all
 
 DATA = b"From: a@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
 
@@ -61,7 +62,7 @@ class StoreTests(QueueTestCase):
         """A stored message is found by scan with the same envelope and data."""
         e = self.store("b@example.org", "c@example.net")
         self.assertEqual(self.queue.scan(), [e])
-        self.assertEqual(self.successResultOf(self.queue.read_data(e.id)), DATA)
+        self.assertEqual(read_all(self.queue.source(e.id)), DATA)
         self.assertEqual(self.successResultOf(self.queue.read_envelope(e.id)), e)
         self.assertEqual(self.listing(), [e.id + ".eml", e.id + ".json"])
         with open(self.queue.data_path(e.id), "rb") as f:
@@ -163,7 +164,7 @@ class StoreTests(QueueTestCase):
         failure = self.failureResultOf(self.queue.store(again, b"other"), OSError)
         self.assertEqual(failure.value.errno, errno.EEXIST)
         self.assertEqual(self.queue.scan(), [e])
-        self.assertEqual(self.successResultOf(self.queue.read_data(e.id)), DATA)
+        self.assertEqual(read_all(self.queue.source(e.id)), DATA)
 
     def test_thread_pool(self) -> None:
         """

@@ -19,6 +19,7 @@ from smtpd.config import Config, DeliveryConfig, DomainConfig, ServerConfig, Sma
 from smtpd.mail.envelope import DeliveryStatus, Envelope, Recipient
 from smtpd.delivery.mx import MXResolver, make_resolver
 from smtpd.delivery.relay import LocalAddresses, RelayManager, bindable
+from smtpd.mail.source import BytesSource
 from tests.support import (
     CertificateAuthority,
     SinkScript,
@@ -92,7 +93,8 @@ class RelayTests(unittest.TestCase):
         recipients = [r if isinstance(r, Recipient) else Recipient(r) for r in addresses]
         envelope = Envelope(id="0A1B2C", sender=sender, recipients=recipients, arrival=0.0,
                             **env)
-        statuses = await relay.deliver(envelope, recipients, data)
+        statuses = await relay.deliver(envelope, [(r, None) for r in recipients],
+                                       BytesSource(data))
         self.assertEqual([s.address for s in statuses], [r.address for r in recipients])
         return statuses
 
@@ -423,7 +425,8 @@ class RelayTests(unittest.TestCase):
             sinks = self.sinks(MX1=None)
             relay = self.relay(delivery={"outbound_connections_per_domain": limit})
             results = await gatherResults(
-                [relay.deliver(Envelope("A1", "a@ours.test", [], 0.0), [Recipient(r)], MESSAGE)
+                [relay.deliver(Envelope("A1", "a@ours.test", [], 0.0), [(Recipient(r), None)],
+                               BytesSource(MESSAGE))
                  for r in ("b@example.test", "c@example.test")]
             )
             self.assertEqual([s.code for [s] in results], [250, 250])
@@ -438,7 +441,8 @@ class RelayTests(unittest.TestCase):
             sinks = self.sinks(MX1=None)
             relay = self.relay(delivery={"outbound_connections": limit})
             await gatherResults(
-                [relay.deliver(Envelope("A1", "a@ours.test", [], 0.0), [Recipient(r)], MESSAGE)
+                [relay.deliver(Envelope("A1", "a@ours.test", [], 0.0), [(Recipient(r), None)],
+                               BytesSource(MESSAGE))
                  for r in ("b@example.test", "c@same.test")]
             )
             commands = sinks["MX1"].commands

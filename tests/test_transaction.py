@@ -171,3 +171,41 @@ class FilterTests(SessionTestsMixin, unittest.TestCase):
         self.assertEqual(client_info.protocol, "ESMTP")
         self.assertTrue(seen.startswith(b"Received: ") and seen.endswith(MESSAGE))
         await defer.succeed(None)
+
+
+class FlowControlTests(SessionTestsMixin, unittest.TestCase):
+    """A disk that lags pauses the client instead of filling memory."""
+
+    async def test_client_paused_while_the_disk_lags(self):
+        """
+        With the spool's disk writes held back, a client sending 4 MB finds the
+        server holding well under 1 MB (it stopped reading); once the disk
+        catches up the message is queued whole.
+        """
+        fixture = self.server(messages={"max_message_size": 0})
+        fixture.cleanup.threshold = 1024
+        gate: defer.Deferred = defer.Deferred()
+        real = fixture.cleanup.run_blocking
+
+        def lagging(f, *args):
+            return gate.addCallback(lambda _: real(f, *args))
+
+        fixture.cleanup.run_blocking = lagging
+        client = await self.client()
+        await client.command(b"MAIL FROM:<a@example.com>\r\n")
+        await client.command(b"RCPT TO:<postmaster@localhost>\r\n")
+        await client.command(b"DATA\r\n")
+        line = b"x" * 78 + b"\r\n"
+        client.send(b"Subject: lag\r\n\r\n" + line * (4 * 1024 * 1024 // 80) + b".\r\n")
+        await self.settle()
+        await self.settle()
+        [session] = fixture.inbound.sessions.values()
+        held = len(session._buf) + session._message._spool._pending_size
+        self.assertLess(held, 1024 * 1024)
+        self.assertTrue(session._read_paused)
+        gate.callback(None)
+        reply = (await client.wait(6))[5]
+        self.assertTrue(reply.startswith("250 2.0.0"), reply)
+        [queue_id] = fixture.queued()
+        data = fixture.data(queue_id)
+        self.assertTrue(data.endswith(b"Subject: lag\r\n\r\n" + line * (4 * 1024 * 1024 // 80)))

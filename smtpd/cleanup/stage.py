@@ -114,6 +114,8 @@ class Cleanup:
         (L{None} when none refused). A filter that fails refuses with 451.
         """
         fields: list[bytes] = []
+        if not self.filters:
+            return b"", None
         for check in self.filters:
             try:
                 result = maybeDeferred(check.check, envelope, message, client)

@@ -23,6 +23,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from smtpd.mail.envelope import DeliveryStatus, Recipient
+from smtpd.mail.lineends import LineEnds
+from smtpd.mail.source import IMessageSource, read_chunks
 
 TLS_POLICIES = ("none", "may", "encrypt", "verify")
 
@@ -40,7 +42,6 @@ MAX_REPLY_LINE = 4096
 CHUNK_SIZE = 65536
 
 _ENHANCED = re.compile(r"([245])\.\d{1,3}\.\d{1,3}(?=\s|$)")
-_LINE_END = re.compile(rb"\r\n|\r|\n")
 _ADDR_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _VERBS = {b"EHLO", b"HELO", b"STARTTLS", b"AUTH", b"MAIL", b"RCPT", b"DATA", b"RSET", b"QUIT"}
 
@@ -94,7 +95,8 @@ class OutboundMessage:
 
     @ivar sender: the reverse-path without angle brackets ("" for C{<>}).
     @ivar recipients: the recipients, with their RFC 3461 NOTIFY and ORCPT.
-    @ivar data: the message (header and body), CRLF line endings.
+    @ivar source: the message (header and body), CRLF line endings, an
+        L{IMessageSource} read in chunks.
     @ivar ret: RFC 3461 RET or "".
     @ivar envid: RFC 3461 ENVID (decoded) or "".
     @ivar eight_bit: whether the message needs BODY=8BITMIME.
@@ -102,7 +104,7 @@ class OutboundMessage:
 
     sender: str
     recipients: tuple[Recipient, ...]
-    data: bytes
+    source: IMessageSource
     ret: str = ""
     envid: str = ""
     eight_bit: bool = False
@@ -117,21 +119,14 @@ class DotStuffer:
     """
 
     def __init__(self) -> None:
+        self._line_ends = LineEnds(b"\r\n")
         self._line_start = True
-        self._held_cr = False
 
     def feed(self, chunk: bytes) -> bytes:
         """The DATA stream for the next piece of the message."""
-        if self._held_cr:
-            chunk = b"\r" + chunk
-            self._held_cr = False
-        if chunk.endswith(b"\r"):
-            # It may be the first half of a CRLF that the next chunk completes.
-            chunk = chunk[:-1]
-            self._held_cr = True
-        if not chunk:
+        text = self._line_ends.feed(chunk)
+        if not text:
             return b""
-        text = _LINE_END.sub(b"\r\n", chunk)
         if self._line_start and text.startswith(b"."):
             text = b"." + text
         text = text.replace(b"\r\n.", b"\r\n..")
@@ -140,8 +135,8 @@ class DotStuffer:
 
     def finish(self) -> bytes:
         """The end of the stream: a CRLF when the message lacks one, then ".CRLF"."""
-        tail = b"\r\n" if self._held_cr or not self._line_start else b""
-        self._held_cr = False
+        held = self._line_ends.finish()
+        tail = b"\r\n" if held or not self._line_start else b""
         self._line_start = True
         return tail + b".\r\n"
 
@@ -594,11 +589,11 @@ class RelayClient(smtp.ESMTPClient):
             if not 200 <= code < 300:
                 raise self._stop(code, reply)
         limit = self.extensions.get("SIZE", "")
-        if limit.isdigit() and 0 < int(limit) < len(message.data):
+        if limit.isdigit() and 0 < int(limit) < message.source.size:
             raise SessionError(
                 552,
                 "5.3.4",
-                f"552 5.3.4 message size {len(message.data)} exceeds "
+                f"552 5.3.4 message size {message.source.size} exceeds "
                 f"the size limit {int(limit)} of the host",
             )
         if not _safe(message.sender):
@@ -642,9 +637,8 @@ class RelayClient(smtp.ESMTPClient):
             final = self._expect()
             self._phase = "reply to end of DATA"
             stuffer = DotStuffer()
-            data = message.data
-            for offset in range(0, len(data), CHUNK_SIZE):
-                self.transport.write(stuffer.feed(data[offset : offset + CHUNK_SIZE]))
+            for chunk in read_chunks(message.source, CHUNK_SIZE):
+                self.transport.write(stuffer.feed(chunk))
             self.transport.write(stuffer.finish())
             code, reply = await final
         if code == 421:
@@ -655,7 +649,7 @@ class RelayClient(smtp.ESMTPClient):
     def _mailCommand(self, message: OutboundMessage) -> bytes:
         params = []
         if "SIZE" in self.extensions:
-            params.append(f"SIZE={len(message.data)}")
+            params.append(f"SIZE={message.source.size}")
         if message.eight_bit and "8BITMIME" in self.extensions:
             params.append("BODY=8BITMIME")
         if "DSN" in self.extensions:

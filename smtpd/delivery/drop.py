@@ -6,28 +6,40 @@ C{mailroot/drop/} for C{type = drop} domains.
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from zope.interface import implementer
 
+from smtpd.delivery.interfaces import IDeliveryAgent
 from smtpd.delivery.maildir import MailboxError, header_value, raise_error
-from smtpd.mail.envelope import Envelope, valid_queue_id
-from smtpd.mail.lineends import line_ends
-from smtpd.util.durable import FolderSync, make_folder, temp_name, write_file
+from smtpd.delivery.outcome import disk_error
+from smtpd.mail.envelope import DeliveryStatus, Envelope, valid_queue_id
+from smtpd.mail.lineends import convert_chunks
+from smtpd.mail.source import IMessageSource, read_chunks
+from smtpd.util.durable import FolderSync, make_folder, temp_name, write_chunks
+
+log = Logger()
 
 
+@implementer(IDeliveryAgent)
 class DropDelivery:
     """
-    Writes one C{.eml} file per message into C{mailroot/drop/} (IIS Drop
-    format): C{x-sender:} and C{x-receiver:} lines, then the message, CRLF.
+    The C{drop} agent: writes one C{.eml} file per message into
+    C{mailroot/drop/} (IIS Drop format): C{x-sender:} and C{x-receiver:}
+    lines, then the message, CRLF.
 
     @param mailroot: the mailroot folder.
     @param clock: an C{IReactorTime}.
     @param run_blocking: C{f(callable, *args) -> Deferred} for disk work.
     """
+
+    name = "drop"
 
     def __init__(self, mailroot: str, clock: Any, run_blocking: Callable[..., Deferred]):
         self.folder = os.path.join(os.path.abspath(mailroot), "drop")
@@ -35,11 +47,39 @@ class DropDelivery:
         self._run = run_blocking
         self._sync = FolderSync(self.folder)
 
-    def deliver(self, envelope: Envelope, recipients: Sequence[str],
-                data: bytes) -> Deferred[None]:
+    def deliver(self, envelope: Envelope, deliveries: Sequence[tuple[Any, Any]],
+                message: IMessageSource) -> Deferred[list[DeliveryStatus]]:
         """
-        Drop C{data} for C{recipients} as one file. Fails with L{MailboxError}
-        for an address carrying a line break, L{OSError} on disk errors.
+        One file for all the recipients of C{deliveries}; one status each,
+        never failing (a disk problem is 452 4.3.1 or 451 4.3.0).
+        """
+        addresses = [recipient.address for recipient, _ in deliveries]
+        return Deferred.fromCoroutine(self._deliver(envelope, addresses, message))
+
+    async def _deliver(self, envelope: Envelope, addresses: list[str],
+                       message: IMessageSource) -> list[DeliveryStatus]:
+        try:
+            await self.drop(envelope, addresses, message)
+        except OSError as e:
+            log.error("Drop delivery of {queue_id} failed: {error}",
+                      queue_id=envelope.id, error=e)
+            code, status, text = disk_error(e, "drop delivery")
+        except Exception:
+            log.failure("Drop delivery of {queue_id} failed", queue_id=envelope.id)
+            code, status, text = 451, "4.3.0", "drop delivery error"
+        else:
+            code, status, text = 250, "2.0.0", "delivered to the drop folder"
+        return [DeliveryStatus(a, code, status, text) for a in addresses]
+
+    def stop(self) -> None:
+        """Nothing to release: every write finishes on its own."""
+
+    def drop(self, envelope: Envelope, recipients: Sequence[str],
+             message: IMessageSource) -> Deferred[None]:
+        """
+        Drop C{message} for C{recipients} as one file, copied from the source
+        in chunks. Fails with L{MailboxError} for an address carrying a line
+        break, L{OSError} on disk errors.
         """
         try:
             lines = [b"x-sender: " + header_value(envelope.sender, "sender") + b"\r\n"]
@@ -49,14 +89,14 @@ class DropDelivery:
             return self._run(raise_error, e)
         stem = envelope.id if valid_queue_id(envelope.id) else "message"
         name = f"{stem}.{int(self._clock.seconds()):X}{secrets.token_hex(4).upper()}.eml"
-        content = b"".join(lines) + line_ends(data, b"\r\n")
-        return self._run(self._drop_blocking, name, content)
+        return self._run(self._drop_blocking, name, b"".join(lines), message)
 
-    def _drop_blocking(self, name: str, content: bytes) -> None:
+    def _drop_blocking(self, name: str, header: bytes, message: IMessageSource) -> None:
         make_folder(self.folder)
         path = os.path.join(self.folder, name)
         tmp = temp_name(path)
-        write_file(tmp, content)
+        body = convert_chunks(read_chunks(message), b"\r\n")
+        write_chunks(tmp, itertools.chain([header], body))
         try:
             os.rename(tmp, path)
             self._sync.sync()

@@ -42,3 +42,20 @@ class IDeliveryAgent(Interface):
         returns a Deferred (or None) that fires when done. Deliveries under way
         may still finish.
         """
+
+
+class IMailboxAgent(IDeliveryAgent):
+    """
+    A local agent that can also write one copy and take it back: what the
+    all-local fast path needs to deliver every copy of a message or none.
+    """
+
+    def write(envelope, mailbox, message):
+        """
+        Write one copy of C{message} (an L{smtpd.mail.source.IMessageSource})
+        into C{mailbox}, durably; a Deferred firing with the new file's path,
+        failing with the error (nothing left behind).
+        """
+
+    def remove(path):
+        """Take back the copy at C{path}, durably; a Deferred."""

@@ -16,21 +16,28 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from smtpd.mail.envelope import Envelope
-from smtpd.mail.lineends import line_ends
+from smtpd.delivery.interfaces import IMailboxAgent
+from smtpd.delivery.outcome import disk_error
+from smtpd.mail.envelope import DeliveryStatus, Envelope
+from smtpd.mail.lineends import convert_chunks
+from smtpd.mail.source import IMessageSource, read_chunks
 from smtpd.util.durable import (
     FolderSync,
     fsync_directory,
     make_folder,
     unlink_quietly,
-    write_file,
+    write_chunks,
 )
+
+log = Logger()
 
 
 class MailboxError(Exception):
@@ -82,9 +89,10 @@ def _inside(path: str, folder: str) -> bool:
     return os.path.commonpath([path, folder]) == folder and path != folder
 
 
+@implementer(IMailboxAgent)
 class MaildirDelivery:
     """
-    Delivers into C{mailroot/mailbox/<domain>/<localpart>/}, a Maildir created
+    The C{local} agent: delivers into C{mailroot/mailbox/<domain>/<localpart>/}, a Maildir created
     on first delivery, by the Maildir rules: a unique name in C{tmp/}, fsync,
     rename into C{new/}, fsync C{new/}.
 
@@ -130,12 +138,56 @@ class MaildirDelivery:
         self._waiting: list[tuple[tuple, Deferred]] = []
         self._batches = 0
 
-    def deliver(self, envelope: Envelope, mailbox: str, data: bytes) -> Deferred[str]:
+    name = "local"
+
+    def deliver(self, envelope: Envelope, deliveries: Sequence[tuple[Any, Any]],
+                message: IMessageSource) -> Deferred[list[DeliveryStatus]]:
         """
-        Deliver C{data} (CRLF, from the queue) to C{mailbox}
+        Deliver C{message} once per mailbox of C{deliveries} (aliases of one
+        account share a copy); one status per delivery, never failing: an
+        unsafe mailbox is 550 5.1.1, a disk problem 452 4.3.1 or 451 4.3.0.
+        """
+        mailboxes: dict[str, list[int]] = {}
+        for i, (_, destination) in enumerate(deliveries):
+            mailboxes.setdefault(destination.mailbox, []).append(i)
+        jobs = [Deferred.fromCoroutine(self._deliver_one(envelope, mailbox, message))
+                for mailbox in mailboxes]
+
+        def statuses(replies: list[tuple[int, str, str]]) -> list[DeliveryStatus]:
+            found: list[DeliveryStatus | None] = [None] * len(deliveries)
+            for indexes, (code, status, text) in zip(mailboxes.values(), replies):
+                for i in indexes:
+                    found[i] = DeliveryStatus(deliveries[i][0].address, code, status, text)
+            return [s for s in found if s is not None]
+
+        return gatherResults(jobs).addCallback(statuses)
+
+    async def _deliver_one(self, envelope: Envelope, mailbox: str,
+                           message: IMessageSource) -> tuple[int, str, str]:
+        """One copy into C{mailbox}: the reply for its recipients."""
+        try:
+            await self.write(envelope, mailbox, message)
+        except MailboxError as e:
+            return 550, "5.1.1", f"<{mailbox}>: mailbox unavailable: {e}"
+        except OSError as e:
+            log.error("Maildir delivery of {queue_id} failed: {error}",
+                      queue_id=envelope.id, error=e)
+            return disk_error(e, "local delivery")
+        except Exception:
+            log.failure("Maildir delivery of {queue_id} to {mailbox} failed",
+                        queue_id=envelope.id, mailbox=mailbox)
+            return 451, "4.3.0", "local delivery error"
+        return 250, "2.0.0", f"delivered to maildir of {mailbox}"
+
+    def stop(self) -> None:
+        """Nothing to release: every write finishes on its own."""
+
+    def write(self, envelope: Envelope, mailbox: str, message: IMessageSource) -> Deferred[str]:
+        """
+        Deliver C{message} (CRLF, from the queue) to C{mailbox}
         (C{localpart@domain}, alias-mapped), with C{Return-Path:} and
-        C{Delivered-To:} prepended and LF line endings. Fires with the path of
-        the new file (for L{remove}).
+        C{Delivered-To:} prepended and LF line endings, copied from the
+        source in chunks. Fires with the path of the new file (for L{remove}).
 
         Fails with L{MailboxError} for an unsafe mailbox, L{OSError} on disk
         errors; nothing is left in C{tmp/} or C{new/} on failure.
@@ -147,7 +199,7 @@ class MaildirDelivery:
         except MailboxError as e:
             return self._run(raise_error, e)
         done: Deferred[str] = Deferred()
-        self._waiting.append(((domain, localpart, self._unique_name(), header, data), done))
+        self._waiting.append(((domain, localpart, self._unique_name(), header, message), done))
         self._write_waiting()
         return done
 
@@ -232,19 +284,18 @@ class MaildirDelivery:
         return results
 
     def _place(self, domain: str, localpart: str, name: str,
-               header: bytes, data: bytes) -> tuple[FolderSync, str]:
+               header: bytes, message: IMessageSource) -> tuple[FolderSync, str]:
         """Write one message into C{new/} of its Maildir (not yet fsync'd there)."""
         folder = os.path.join(self.root, domain, localpart)
-        content = header + line_ends(data, b"\n")
         new = self._checked.get(folder)
         if new is not None:
             try:
-                return new, _write_into(folder, name, content)
+                return new, _write_into(folder, name, header, message)
             except FileNotFoundError:
                 # The Maildir was removed after its check: check it again.
                 self._checked.pop(folder, None)
         new = self._check(domain, localpart)
-        return new, _write_into(folder, name, content)
+        return new, _write_into(folder, name, header, message)
 
     def _check(self, domain: str, localpart: str) -> FolderSync:
         """
@@ -278,14 +329,16 @@ class MaildirDelivery:
             fsync_directory(os.path.dirname(path))
 
 
-def _write_into(folder: str, name: str, content: bytes) -> str:
+def _write_into(folder: str, name: str, header: bytes, message: IMessageSource) -> str:
     """
-    Write C{content} to Maildir C{folder} as C{tmp/name}, fsync it, rename it
-    into C{new/}; its path there. Nothing stays behind on failure.
+    Write C{header} and C{message} (with LF line endings) to Maildir
+    C{folder} as C{tmp/name}, a chunk at a time, fsync it, rename it into
+    C{new/}; its path there. Nothing stays behind on failure.
     """
     tmp = os.path.join(folder, "tmp", name)
-    write_file(tmp, content)
-    final = os.path.join(folder, "new", f"{name},S={len(content)}")
+    chunks = itertools.chain([header], convert_chunks(read_chunks(message), b"\n"))
+    size = write_chunks(tmp, chunks)
+    final = os.path.join(folder, "new", f"{name},S={size}")
     try:
         os.rename(tmp, final)
     except BaseException:
@@ -295,4 +348,5 @@ def _write_into(folder: str, name: str, content: bytes) -> str:
 
 
 def raise_error(error: Exception) -> None:
+    """Raise C{error} (run through C{run_blocking} to fail the way disk work does)."""
     raise error

@@ -20,16 +20,19 @@ from typing import Any, Callable
 
 from twisted.internet import error as neterror
 from twisted.internet import ssl
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from smtpd.mail.address import ip_literal, split_address
 from smtpd.delivery.client import OutboundMessage, RelayClient, SessionError
 from smtpd.config import Config, SmartHost
 from smtpd.mail.envelope import DeliveryStatus, Envelope, Recipient
+from smtpd.delivery.interfaces import IDeliveryAgent
 from smtpd.delivery.mx import DNSError, MXHost, MXResolver, PermanentDNSError, TemporaryDNSError
+from smtpd.mail.source import IMessageSource, read_chunks
 
 # Seconds to wait for a TCP connection (at most outbound_timeout).
 CONNECT_TIMEOUT = 30.0
@@ -190,9 +193,15 @@ class _Connection:
         self.timer: Any = None
 
 
+def has_8bit(message: IMessageSource) -> bool:
+    """Whether the data of C{message} has an octet outside 7-bit ASCII (read in chunks)."""
+    return not all(chunk.isascii() for chunk in read_chunks(message))
+
+
+@implementer(IDeliveryAgent)
 class RelayManager:
     """
-    The transport agent for remote recipients.
+    The C{relay} agent: the transport for remote recipients.
 
     @param config: the validated configuration.
     @param reactor: provides TCP connections and time.
@@ -206,7 +215,11 @@ class RelayManager:
         C{outbound_tls = verify}; None: the platform's trust store.
     @param log: a L{Logger}.
     @param idle_timeout: seconds an idle connection is kept for reuse.
+    @param run_blocking: C{f(callable, *args) -> Deferred} for disk reads
+        (the scan for 8-bit data); by default in the caller's thread.
     """
+
+    name = "relay"
 
     def __init__(
         self,
@@ -219,6 +232,7 @@ class RelayManager:
         client_tls: Any = None,
         log: Logger | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
+        run_blocking: Callable[..., Deferred] | None = None,
     ):
         self._config = config
         self._reactor = reactor
@@ -230,6 +244,7 @@ class RelayManager:
         self._trust_root = client_tls
         self._log = log if log is not None else Logger()
         self._idle_timeout = idle_timeout
+        self._run = run_blocking if run_blocking is not None else maybeDeferred
         self._connections = _Limiter(config.delivery.outbound_connections)
         self._destinations: dict[str, _Limiter] = {}
         self._idle: dict[tuple, list[_Connection]] = {}
@@ -240,15 +255,18 @@ class RelayManager:
     # ------------------------------------------------------------ public
 
     def deliver(
-        self, envelope: Envelope, recipients: list[Recipient], data: bytes
+        self, envelope: Envelope, deliveries: list[tuple[Recipient, Any]],
+        message: IMessageSource,
     ) -> Deferred[list[DeliveryStatus]]:
         """
-        Deliver C{data} from C{envelope.sender} to C{recipients}.
+        Deliver C{message} from C{envelope.sender} to the recipients of
+        C{deliveries} (C{(Recipient, Destination)} pairs).
 
         @return: a Deferred that fires with exactly one status per recipient,
             in the order given; it never fails.
         """
-        return Deferred.fromCoroutine(self._deliverSafely(envelope, list(recipients), data))
+        recipients = [recipient for recipient, _ in deliveries]
+        return Deferred.fromCoroutine(self._deliverSafely(envelope, recipients, message))
 
     def reconfigure(self, config: Config) -> None:
         """Use C{config} from now on; idle connections made under the old one close."""
@@ -268,16 +286,16 @@ class RelayManager:
     # ------------------------------------------------------------ routing
 
     async def _deliverSafely(
-        self, envelope: Envelope, recipients: list[Recipient], data: bytes
+        self, envelope: Envelope, recipients: list[Recipient], message: IMessageSource
     ) -> list[DeliveryStatus]:
         try:
-            return await self._deliver(envelope, recipients, data)
+            return await self._deliver(envelope, recipients, message)
         except Exception:
             self._log.failure("relay {queue_id}: delivery failed", queue_id=envelope.id)
             return [_internalError(r) for r in recipients]
 
     async def _deliver(
-        self, envelope: Envelope, recipients: list[Recipient], data: bytes
+        self, envelope: Envelope, recipients: list[Recipient], message: IMessageSource
     ) -> list[DeliveryStatus]:
         statuses: list[DeliveryStatus | None] = [None] * len(recipients)
         groups: dict[Route, list[int]] = {}
@@ -287,18 +305,20 @@ class RelayManager:
             except DNSError as e:
                 statuses[i] = _status(recipient, e, "")
         sender = self._masquerade(envelope.sender)
-        eight_bit = envelope.body.upper() == "8BITMIME" or not data.isascii()
+        eight_bit = envelope.body.upper() == "8BITMIME"
+        if groups and not eight_bit:
+            eight_bit = await self._run(has_8bit, message)
         jobs = []
         for route, indexes in groups.items():
-            message = OutboundMessage(
+            outbound = OutboundMessage(
                 sender=sender,
                 recipients=tuple(recipients[i] for i in indexes),
-                data=data,
+                source=message,
                 ret=envelope.ret,
                 envid=envelope.envid,
                 eight_bit=eight_bit,
             )
-            jobs.append(Deferred.fromCoroutine(self._deliverGroup(envelope.id, route, message)))
+            jobs.append(Deferred.fromCoroutine(self._deliverGroup(envelope.id, route, outbound)))
         results = await gatherResults(jobs) if jobs else []
         for indexes, group in zip(groups.values(), results):
             for i, status in zip(indexes, group):

@@ -34,6 +34,7 @@ class Transaction:
     _session_bytes = 0
     _message = None
     _decoder: DotDecoder | None = None
+    _relay_client: bool | None = None
 
     def _reset(self) -> None:
         self._sender: str | None = None
@@ -147,10 +148,12 @@ class Transaction:
             proto += "S"
         if self._esmtp and self._user is not None:
             proto += "A"
-        config = self.inbound.config
+        if self._relay_client is None:
+            # Once per session: the address does not change.
+            relay = self.inbound.config.access.relay
+            self._relay_client = policy.in_networks(self.peer_ip, relay)
         return ClientInfo(self._helo or "", self.peer_ip, proto, self._user, self._tls,
-                          policy.in_networks(self.peer_ip, config.access.relay),
-                          self.client_name())
+                          self._relay_client, self.client_name())
 
     def data_received(self) -> defer.Deferred | None:
         """Take the buffered input as message data, up to the terminator."""

@@ -10,9 +10,19 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from zope.interface import Attribute, Interface, implementer
+
+from smtpd.mail.lineends import LineEnds
+
+
+# How much of a message is read at a time.
+CHUNK_SIZE = 65536
+
+# The most of a header section L{read_head} returns.
+HEAD_LIMIT = 1 << 20
 
 
 class IMessageSource(Interface):
@@ -64,3 +74,38 @@ def read_all(source: IMessageSource) -> bytes:
     """The whole data of C{source}: only for small messages and for tests."""
     with source.open() as f:
         return f.read()
+
+
+def read_chunks(source: IMessageSource, size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """
+    The data of C{source} in pieces of at most C{size} octets (blocking for
+    a file: iterate off the reactor thread).
+    """
+    with source.open() as f:
+        while chunk := f.read(size):
+            yield chunk
+
+
+def read_head(source: IMessageSource, limit: int = HEAD_LIMIT) -> bytes:
+    """
+    The header section of the data of C{source} with CRLF line endings, up
+    to and including the line end before the blank line (at most C{limit}
+    octets, cut after a whole line); the body is not read.
+    """
+    converter = LineEnds(b"\r\n")
+    head = bytearray()
+    for chunk in read_chunks(source):
+        start = max(0, len(head) - 3)
+        head += converter.feed(chunk)
+        if head.startswith(b"\r\n"):
+            return b""
+        end = head.find(b"\r\n\r\n", start)
+        if end >= 0:
+            return bytes(head[: end + 2])
+        if len(head) >= limit:
+            break
+    else:
+        head += converter.finish()
+    if len(head) > limit:
+        del head[head.rfind(b"\r\n", 0, limit) + 2 :]
+    return bytes(head)

@@ -245,15 +245,18 @@ class JoinedReader(io.RawIOBase):
         self._rest = rest
 
     def readable(self) -> bool:
+        """Always: this is a reader."""
         return True
 
     def readinto(self, buffer) -> int:
+        """Fill C{buffer} from the head while it lasts, then from the file."""
         n = self._head.readinto(buffer)
         if n:
             return n
         return self._rest.readinto(buffer)
 
     def close(self) -> None:
+        """Close the file."""
         self._rest.close()
         super().close()
 

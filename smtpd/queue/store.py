@@ -16,21 +16,23 @@ import errno
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from smtpd.mail.envelope import Envelope, valid_queue_id
-from smtpd.mail.source import BytesSource, IMessageSource
+from smtpd.mail.source import BytesSource, FileSource, IMessageSource, read_chunks
 from smtpd.queue.spool import Spool, place_blocking
 from smtpd.util.durable import (
     TEMP_SUFFIX,
     FolderSync,
     fsync_directory,
     replace_file,
+    temp_name,
     unlink_quietly,
+    write_chunks,
 )
 
 
@@ -240,9 +242,13 @@ class Queue:
 
     # -- reading
 
-    def read_data(self, queue_id: str) -> Deferred[bytes]:
-        """The message data of entry C{queue_id}."""
-        return self._run(_read_file, self.data_path(queue_id))
+    def source(self, queue_id: str) -> FileSource:
+        """
+        The message data of entry C{queue_id}, to be read in chunks.
+
+        @raise FileNotFoundError: when the entry has no data file.
+        """
+        return FileSource(self.data_path(queue_id))
 
     def read_envelope(self, queue_id: str) -> Deferred[Envelope]:
         """The envelope of entry C{queue_id}, as last stored or updated."""
@@ -251,7 +257,7 @@ class Queue:
 
     def scan(self, cleanup: bool = True) -> list[Envelope]:
         """
-        Every complete entry, oldest first. Synchronous: used at start and by
+        Every complete entry, oldest first. Synchronous: used by
         C{smtpctl queue list}.
 
         With C{cleanup} (at start, when no other process writes here): create
@@ -260,13 +266,26 @@ class Queue:
         have no data to C{badmail/}. Without it nothing on disk is touched and
         unreadable entries are skipped, so it is safe while the server runs.
         """
+        entries = list(self._walk(cleanup))
+        entries.sort(key=lambda e: (e.arrival, e.id))
+        return entries
+
+    def schedule(self, cleanup: bool = True) -> list[tuple[float, str, str]]:
+        """
+        C{(next_attempt, queue_id, state)} of every complete entry: what the
+        scheduler keeps, without holding the envelopes. Synchronous, at
+        start; C{cleanup} as for L{scan}.
+        """
+        return [(e.next_attempt, e.id, e.state) for e in self._walk(cleanup)]
+
+    def _walk(self, cleanup: bool) -> Iterator[Envelope]:
+        """The envelope of each complete entry, one at a time (see L{scan})."""
         if cleanup:
             self._ensure_directory()
         try:
             names = set(os.listdir(self.directory))
         except FileNotFoundError:
-            return []
-        entries = []
+            return
         for name in names:
             stem, ext = os.path.splitext(name)
             if cleanup and name.startswith(".") and name.endswith(TEMP_SUFFIX):
@@ -277,11 +296,9 @@ class Queue:
             elif ext == ".json" and valid_queue_id(stem):
                 envelope = self._scan_entry(stem, stem + ".eml" in names, cleanup)
                 if envelope is not None:
-                    entries.append(envelope)
+                    yield envelope
         if cleanup:
             fsync_directory(self.directory)
-        entries.sort(key=lambda e: (e.arrival, e.id))
-        return entries
 
     def _scan_entry(self, queue_id: str, has_data: bool, cleanup: bool) -> Envelope | None:
         try:
@@ -307,7 +324,7 @@ class Queue:
                    raw: bytes, has_data: bool) -> None:
         """Move a broken entry to badmail; when even that fails, leave it and log."""
         try:
-            content = _read_file(self.data_path(queue_id)) if has_data else raw
+            content = self.source(queue_id) if has_data else raw
             self._write_badmail(queue_id, content, badmail_report(reason, envelope, raw))
             self._remove_blocking(queue_id)
         except OSError as e:
@@ -328,18 +345,33 @@ class Queue:
         return self._run(self._badmail_blocking, envelope.id, report)
 
     def _badmail_blocking(self, queue_id: str, report: bytes) -> None:
-        data = _read_file(self.data_path(queue_id))
-        self._write_badmail(queue_id, data, report)
+        self._write_badmail(queue_id, self.source(queue_id), report)
         self._remove_blocking(queue_id)
 
-    def _write_badmail(self, queue_id: str, data: bytes, report: bytes) -> None:
+    def _write_badmail(self, queue_id: str, data: bytes | IMessageSource,
+                       report: bytes) -> None:
         _check_id(queue_id)
         if not os.path.isdir(self.badmail):
             os.makedirs(self.badmail, 0o700, exist_ok=True)
             fsync_directory(os.path.dirname(self.badmail))
-        replace_file(os.path.join(self.badmail, queue_id + ".bad"), data)
+        bad = os.path.join(self.badmail, queue_id + ".bad")
+        if isinstance(data, bytes):
+            replace_file(bad, data)
+        else:
+            _copy_into(bad, data)
         replace_file(os.path.join(self.badmail, queue_id + ".bdr"), report)
         fsync_directory(self.badmail)
+
+
+def _copy_into(path: str, source: IMessageSource) -> None:
+    """Give C{path} the data of C{source} atomically, copied in chunks (the caller fsyncs the folder)."""
+    tmp = temp_name(path)
+    write_chunks(tmp, read_chunks(source))
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        unlink_quietly(tmp)
+        raise
 
 
 def _read_file(path: str) -> bytes:

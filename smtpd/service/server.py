@@ -17,7 +17,7 @@ from twisted.internet.defer import maybeDeferred
 from smtpd.service.listeners import ListenerGroup, StartupError
 from smtpd.util.lock import LockHeld, MailrootLock
 
-MAILROOT_FOLDERS = ("queue", "mailbox", "drop", "badmail")
+MAILROOT_FOLDERS = ("queue", "mailbox", "drop", "badmail", "pickup")
 
 
 def prepare_mailroot(mailroot: str) -> None:

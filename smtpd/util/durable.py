@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 TEMP_SUFFIX = ".tmp"
 
@@ -69,17 +69,7 @@ def write_file(path: str, data: bytes, mode: int = 0o600) -> None:
     Write C{data} to a new file C{path} (which must not exist) and fsync it.
     On failure the partial file is removed and the L{OSError} re-raised.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        unlink_quietly(path)
-        raise
-    os.close(fd)
+    write_chunks(path, (data,), mode)
 
 
 def temp_name(path: str) -> str:
@@ -106,12 +96,11 @@ def replace_file(path: str, data: bytes, mode: int = 0o600) -> None:
 
 
 def unlink_quietly(path: str) -> None:
+    """Remove file C{path} when it is there; any error is ignored."""
     try:
         os.unlink(path)
     except OSError:
         pass
-
-
 
 
 def make_folder(path: str, mode: int = 0o700) -> None:
@@ -125,3 +114,26 @@ def make_folder(path: str, mode: int = 0o700) -> None:
     except FileExistsError:
         return
     fsync_directory(parent)
+
+
+def write_chunks(path: str, chunks: Iterable[bytes], mode: int = 0o600) -> int:
+    """
+    Write the pieces C{chunks} to a new file C{path} (which must not exist),
+    one at a time, and fsync it; how many octets were written. On failure the
+    partial file is removed and the error re-raised.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    written = 0
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+            written += len(chunk)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        unlink_quietly(path)
+        raise
+    os.close(fd)
+    return written

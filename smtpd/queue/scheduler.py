@@ -1,0 +1,304 @@
+# -*- test-case-name: tests.test_scheduler -*-
+"""
+What is due: the schedule of the queue (Postfix's qmgr "active queue" in
+miniature). Per entry only its state and next attempt time are kept in
+memory, in one heap served by one timer on the injected clock; envelopes are
+read from disk only when an entry is due. At most C{max_in_flight} attempts
+run at once, and one operation per entry at a time.
+
+The retry schedule (C{[delivery] retry}) and the deadlines that bring an
+attempt forward (the delay warning, expiry) are computed here too.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from smtpd.config import Config
+from smtpd.mail.envelope import DEFERRED, HELD, QUEUED, Envelope
+from smtpd.queue.results import wants
+
+# How long a failed attempt (an error, not a delivery result) waits, at least.
+DEFAULT_RETRY = 900.0
+
+
+class Scheduler:
+    """
+    Decides which entries are attempted when.
+
+    @param queue: the L{smtpd.queue.store.Queue} (for L{Queue.schedule} at
+        start and L{Queue.read_envelope} when due).
+    @param clock: an C{IReactorTime}.
+    @param config: the L{Config} (the retry schedule and deadlines); may be
+        replaced on reload.
+    @param errors: a logger with C{failure} for failed attempts.
+    @param max_in_flight: how many attempts may run at once.
+    """
+
+    def __init__(self, queue: Any, clock: Any, config: Config, errors: Any,
+                 max_in_flight: int):
+        self.queue = queue
+        self.clock = clock
+        self.config = config
+        self.max_in_flight = max_in_flight
+        self._errors = errors
+        self._states: dict[str, str] = {}
+        self._due: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._timer: Any = None
+        self._busy: dict[str, Deferred] = {}
+        self._attempting: set[str] = set()
+        self._pumping = False
+        self._attempt: Callable[[str], Awaitable[None]] | None = None
+
+    # -- start and stop
+
+    def start(self, attempt: Callable[[str], Awaitable[None]]) -> None:
+        """
+        Load the schedule from the queue folder and start attempting what is
+        due with C{attempt(queue_id)} (a coroutine function).
+        """
+        self._attempt = attempt
+        self.load(self.queue.schedule())
+        self.pump()
+
+    def stop(self) -> list[Deferred[None]]:
+        """Start nothing more; Deferreds for the operations still running."""
+        self._attempt = None
+        self._disarm()
+        return [settled(d) for d in self._busy.values()]
+
+    @property
+    def running(self) -> bool:
+        """Whether attempts are being started."""
+        return self._attempt is not None
+
+    def load(self, entries: Iterable[tuple[float, str, str]]) -> None:
+        """Replace the schedule with C{(next_attempt, queue_id, state)} triples."""
+        self._states = {}
+        self._due = {}
+        for when, queue_id, state in entries:
+            state = state if state in (QUEUED, DEFERRED, HELD) else QUEUED
+            self._states[queue_id] = state
+            if state != HELD:
+                self._due[queue_id] = when
+        self._heap = [(when, queue_id) for queue_id, when in self._due.items()]
+        heapq.heapify(self._heap)
+
+    # -- what the other parts tell it
+
+    def added(self, envelope: Envelope) -> None:
+        """A new entry was stored: it is tried at once (unless held)."""
+        if not self.running:
+            return
+        if envelope.state == HELD:
+            self._states[envelope.id] = HELD
+            return
+        self._states[envelope.id] = DEFERRED if envelope.state == DEFERRED else QUEUED
+        self.schedule(envelope.id, self.clock.seconds())
+        self._arm()
+
+    def schedule(self, queue_id: str, when: float) -> None:
+        """Make C{queue_id} due at C{when} (replacing any earlier schedule)."""
+        self._due[queue_id] = when
+        heapq.heappush(self._heap, (when, queue_id))
+        if len(self._heap) > 2 * len(self._due) + 64:
+            self._heap = [(t, i) for i, t in self._due.items()]
+            heapq.heapify(self._heap)
+
+    def unschedule(self, queue_id: str) -> None:
+        """C{queue_id} is not due until scheduled again."""
+        self._due.pop(queue_id, None)
+
+    def forget(self, queue_id: str) -> None:
+        """The entry left the queue."""
+        self._states.pop(queue_id, None)
+        self._due.pop(queue_id, None)
+
+    def state(self, queue_id: str) -> str | None:
+        """The state of entry C{queue_id}, or L{None} when unknown."""
+        return self._states.get(queue_id)
+
+    def known(self, queue_id: str) -> str:
+        """
+        The state of entry C{queue_id}.
+
+        @raise KeyError: for an unknown id.
+        """
+        if queue_id not in self._states:
+            raise KeyError(f"no queue entry {queue_id!r}")
+        return self._states[queue_id]
+
+    def set_state(self, queue_id: str, state: str) -> None:
+        """Record the state of a known entry (a held one is never due)."""
+        if queue_id in self._states:
+            self._states[queue_id] = state
+            if state == HELD:
+                self._due.pop(queue_id, None)
+
+    def ids(self) -> list[str]:
+        """Every known entry id, sorted (ids sort roughly by arrival)."""
+        return sorted(self._states)
+
+    def counts(self) -> dict[str, int]:
+        """How many entries are queued, deferred and held."""
+        counts = {QUEUED: 0, DEFERRED: 0, HELD: 0}
+        for state in self._states.values():
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    def attempting(self, queue_id: str) -> bool:
+        """Whether an attempt on C{queue_id} is under way."""
+        return queue_id in self._attempting
+
+    def make_all_due(self) -> list[str]:
+        """Every entry that is neither held nor being attempted is due now; their ids."""
+        now = self.clock.seconds()
+        ids = [i for i, s in self._states.items() if s != HELD and i not in self._attempting]
+        self._due = dict.fromkeys(ids, now)
+        self._heap = [(now, i) for i in ids]
+        return ids
+
+    # -- reading entries
+
+    async def read(self, queue_id: str) -> Envelope | None:
+        """
+        The entry's envelope, or L{None} when the entry is gone (then forgotten).
+
+        @raise Exception: when it cannot be read.
+        """
+        try:
+            return await self.queue.read_envelope(queue_id)
+        except FileNotFoundError:
+            self.forget(queue_id)
+            return None
+
+    def exclusive(self, queue_id: str, work: Callable[[], Awaitable[Any]]) -> Deferred:
+        """
+        Run C{work()} for C{queue_id} after any attempt or admin operation on
+        the same entry has finished: one operation per entry at a time.
+        """
+        previous = self._busy.get(queue_id)
+
+        async def run() -> Any:
+            if previous is not None:
+                await settled(previous)
+            return await work()
+
+        d = Deferred.fromCoroutine(run())
+        self._busy[queue_id] = d
+
+        def release(result: object) -> object:
+            if self._busy.get(queue_id) is d:
+                del self._busy[queue_id]
+            return result
+
+        d.addBoth(release)
+        return d
+
+    # -- the timer
+
+    def pump(self) -> None:
+        """Start every due entry, up to the limit of attempts in flight."""
+        if self._pumping or not self.running:
+            return
+        self._pumping = True
+        try:
+            now = self.clock.seconds()
+            while not self._full():
+                earliest = self._earliest()
+                if earliest is None or earliest > now:
+                    break
+                _, queue_id = heapq.heappop(self._heap)
+                del self._due[queue_id]
+                self._begin(queue_id)
+        finally:
+            self._pumping = False
+        self._arm()
+
+    def _begin(self, queue_id: str) -> None:
+        """Attempt C{queue_id} now; an error is logged and retried later."""
+        attempt = self._attempt
+        self._attempting.add(queue_id)
+        d = self.exclusive(queue_id, lambda: attempt(queue_id))
+
+        def failed(failure: Any) -> None:
+            self._errors.failure("Delivery attempt for {queue_id} failed", failure,
+                                 queue_id=queue_id)
+            if self.running and self._states.get(queue_id) not in (None, HELD):
+                self.schedule(queue_id, self.clock.seconds() + self.interval(1))
+
+        def done(_: object) -> None:
+            self._attempting.discard(queue_id)
+            self.pump()
+
+        d.addErrback(failed)
+        d.addBoth(done)
+
+    def _full(self) -> bool:
+        return len(self._attempting) >= self.max_in_flight
+
+    def _earliest(self) -> float | None:
+        """When the first entry is due; drops replaced heap items on the way."""
+        heap = self._heap
+        while heap and self._due.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def _arm(self) -> None:
+        """Keep the one timer set for the earliest due entry (none when full)."""
+        earliest = self._earliest()
+        if not self.running or earliest is None or self._full():
+            self._disarm()
+            return
+        delay = max(0.0, earliest - self.clock.seconds())
+        if self._timer is None or not self._timer.active():
+            self._timer = self.clock.callLater(delay, self._fire)
+        elif self._timer.getTime() != self.clock.seconds() + delay:
+            self._timer.reset(delay)
+
+    def _disarm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        self.pump()
+
+    # -- the retry schedule
+
+    def interval(self, attempts: int) -> float:
+        """The retry interval after attempt number C{attempts} (the last repeats)."""
+        retry = self.config.delivery.retry or (DEFAULT_RETRY,)
+        return max(1.0, retry[min(attempts - 1, len(retry) - 1)])
+
+    def next_attempt(self, envelope: Envelope, now: float) -> float:
+        """
+        The next retry per C{[delivery] retry}, brought forward to the moment a
+        delay warning is due or the message expires, so both happen on time.
+        """
+        when = now + self.interval(envelope.attempts)
+        delivery = self.config.delivery
+        deadlines = [envelope.arrival + delivery.expiration]
+        if delivery.delay_notification > 0 and envelope.sender and any(
+            not r.notified_delay and wants(r, "DELAY") for r in envelope.pending()
+        ):
+            deadlines.append(envelope.arrival + delivery.delay_notification)
+        return min([when] + [t for t in deadlines if t > now])
+
+
+def settled(d: Deferred) -> Deferred[None]:
+    """A Deferred firing (with None) when C{d} fires, leaving C{d}'s result alone."""
+    waiter: Deferred[None] = Deferred()
+
+    def passthrough(result: object) -> object:
+        waiter.callback(None)
+        return result
+
+    d.addBoth(passthrough)
+    return waiter

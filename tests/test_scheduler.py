@@ -1,0 +1,102 @@
+# -*- test-case-name: tests.test_scheduler -*-
+"""
+Tests for the parts of the queue manager on their own: the scheduler reads
+envelopes only when due, the notifier hands its reports to the injected
+submit, and the admin listing pages through entries read from disk.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import succeed
+from twisted.trial import unittest
+
+from smtpd.mail.source import read_all
+from smtpd.queue.operations import EntrySummary
+from tests.test_qmgr import MESSAGE, MINUTE, QueueManagerMixin
+
+
+class CountingQueue:
+    """The real queue, counting the envelopes read from it."""
+
+    def __init__(self, queue):
+        self.queue = queue
+        self.reads: list[str] = []
+
+    def __getattr__(self, name):
+        return getattr(self.queue, name)
+
+    def read_envelope(self, queue_id):
+        self.reads.append(queue_id)
+        return self.queue.read_envelope(queue_id)
+
+
+class SchedulerTests(QueueManagerMixin, unittest.TestCase):
+    """L{smtpd.queue.scheduler.Scheduler} through the queue manager."""
+
+    def test_schedule_triples(self) -> None:
+        """The store gives the schedule as (next attempt, id, state) triples only."""
+        [queue_id] = self.store_waiting(1, 60)
+        self.assertEqual(self.queue.schedule(cleanup=False),
+                         [(self.clock.seconds() + 60, queue_id, "deferred")])
+
+    def test_envelopes_read_when_due(self) -> None:
+        """
+        At start no envelope is read through the queue; each is read when
+        its entry is due, one minute apart here.
+        """
+        ids = self.store_waiting(5, MINUTE, spacing=MINUTE)
+        counting = CountingQueue(self.queue)
+        self.queue = counting
+        self.qmgr = self.make_qmgr()
+        self.qmgr.startService()
+        self.assertEqual(counting.reads, [])
+        self.clock.advance(MINUTE)
+        self.assertEqual(counting.reads, ids[:1])
+        self.clock.advance(2 * MINUTE)
+        self.assertEqual(counting.reads, ids[:3])
+
+
+class NotifierSubmitTests(QueueManagerMixin, unittest.TestCase):
+    """The notifier's reports go to the injected submit."""
+
+    def test_ndr_submitted(self) -> None:
+        """An NDR is handed to submit (envelope from <>, source of the report), not stored."""
+        submitted = []
+
+        def submit(envelope, source):
+            submitted.append((envelope, read_all(source)))
+            return succeed(None)
+
+        self.qmgr = self.make_qmgr(submit=submit)
+        self.relay.scripts["bob@remote.example"] = [550]
+        self.qmgr.startService()
+        self.store(["bob@remote.example"])
+        self.clock.advance(0)
+        [(envelope, report)] = submitted
+        self.assertEqual((envelope.sender, [r.address for r in envelope.recipients]),
+                         ("", ["alice@example.org"]))
+        self.assertIn(b"Undelivered Mail Returned to Sender", report)
+        self.assertEqual(self.entries(), {})
+
+
+class ListingTests(QueueManagerMixin, unittest.TestCase):
+    """The admin listing: pages of entry summaries read from disk."""
+
+    def test_pages(self) -> None:
+        """list(offset, limit) gives that page, oldest first, with what each entry holds."""
+        self.relay.scripts["bob@remote.example"] = [451]
+        self.qmgr.startService()
+        ids = []
+        for _ in range(5):
+            ids.append(self.store(["bob@remote.example", "carol@example.net"]))
+            self.clock.advance(1)
+        first = self.successResultOf(self.qmgr.list(0, 2))
+        rest = self.successResultOf(self.qmgr.list(2, 10))
+        self.assertEqual([e.id for e in first + rest], sorted(ids))
+        entry = first[0]
+        self.assertIsInstance(entry, EntrySummary)
+        self.assertEqual((entry.sender, entry.recipients, entry.pending, entry.state,
+                          entry.attempts, entry.size),
+                         ("alice@example.org", ("bob@remote.example", "carol@example.net"),
+                          1, "deferred", 1, len(MESSAGE)))
+        self.assertEqual(self.successResultOf(self.qmgr.list(10, 5)), [])
