@@ -8,7 +8,8 @@ C{twistd smtpd}: command-line options and the service tree (assembly only).
      +- RelayService (closes pooled connections and the resolver on stop)
      +- InboundService (drains sessions on stop)
      +- SignalService (SIGHUP, SIGUSR1)
-     +- ListenerGroup (every listen / submission / smtps endpoint; stops first)
+     +- ListenerGroup (every listen / submission / smtps endpoint, and the
+                       [pop3] listen / pop3s endpoints of the POP3Server; stops first)
 """
 
 from __future__ import annotations
@@ -25,17 +26,20 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from smtpd.util import tls
+from smtpd.pop3.server import POP3Server
 from smtpd.queue.bounce import BounceBuilder
 from smtpd.config import Config, ConfigError, load_config
 from smtpd.delivery.drop import DropDelivery
 from smtpd.delivery.maildir import MaildirDelivery
 from smtpd.config.preflight import creates_certificate, preflight
 from smtpd.service.listeners import Listener, ListenerGroup, StartupError
+from smtpd.service.privileges import UMASK, HandOver, run_as
 from smtpd.service.server import SMTPServer
 from smtpd.service.signals import SignalService
 from smtpd.util.activity import ActivityLog
 from smtpd.delivery.mx import MXResolver, close_resolver, make_resolver
 from smtpd.cleanup.stage import Cleanup
+from smtpd.inbound.policy import may_connect
 from smtpd.inbound.registry import Inbound
 from smtpd.inbound.sasl import DEFAULT_QUEUE
 from smtpd.pickup.sender import PickupSender
@@ -231,6 +235,8 @@ def build(config: Config, reactor) -> service.MultiService:
     InboundService(inbound, activity).setServiceParent(top)
     SignalService(reactor, None, activity.reopen).setServiceParent(top)
     top.pickup = add_pickup(top, config, cleanup, reactor, run_blocking)
+    top.pop3 = add_pop3(listeners, config, reactor, users, auth_pool.runner(reactor),
+                        run_blocking, tls_options, activity)
     group.setServiceParent(top)
     top.inbound = inbound
     top.qmgr = qmgr
@@ -244,6 +250,21 @@ def add_pickup(top, config: Config, cleanup: Cleanup, reactor, run_blocking) -> 
     pickup = PickupService(os.path.join(mailroot, "pickup"), sender, reactor)
     pickup.setServiceParent(top)
     return pickup
+
+
+def add_pop3(listeners: list[Listener], config: Config, reactor, users, check_passwords,
+             run_blocking, tls_options, activity) -> POP3Server:
+    """
+    The POP3 service ([pop3] listen and pop3s): its listeners join
+    C{listeners}, bound with the others. Password checks share the AUTH
+    threads, mailbox scans the disk threads; [access] allow/deny apply as for SMTP.
+    """
+    pop3 = POP3Server(config, users, reactor, check_passwords, run_blocking,
+                      tls_options, activity, may_connect=may_connect)
+    for endpoints, implicit_tls in ((config.pop3.listen, False), (config.pop3.pop3s, True)):
+        for description in endpoints:
+            listeners.append(Listener(reactor, description, pop3.factory(implicit_tls)))
+    return pop3
 
 
 def raise_file_limit() -> int:
@@ -285,10 +306,15 @@ def makeService(options: Options) -> service.IService:
 
     config = options["parsed"]
     raise_file_limit()
+    os.umask(UMASK)
     try:
         top = build(config, reactor)
     except (tls.TLSError, UsersError, OSError) as e:
         print(f"{config.path}: cannot start: {e}", file=sys.stderr)
         raise SystemExit(1)
+    # twistd --uid/--gid as root: what root made goes to that user before the switch.
+    account = run_as(options)
+    if account is not None:
+        HandOver(config, *account).setServiceParent(top)
     _quiet_startup_errors()
     return top

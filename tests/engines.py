@@ -66,6 +66,8 @@ PACKAGES = {
     "chromedriver": "chromium-driver",
     "fetchmail": "fetchmail",
     "systemd-analyze": "systemd",
+    "systemd-socket-activate": "systemd",
+    "logrotate": "logrotate",
 }
 
 

@@ -166,6 +166,9 @@ class SinkScript:
     @ivar auth: C{{login: password}}; when set, AUTH is offered with
         L{auth_mechanisms} (PLAIN and LOGIN are implemented).
     @ivar rcpt: replies to RCPT by address (lower case); others get L{rcpt_ok}.
+    @ivar keep_data: whether messages keep their data; when not, only its
+        size is counted (L{SinkMessage.size}), for messages too big to hold.
+    @ivar drop_in_data: abort the connection as soon as message data arrives.
     """
 
     name: str = "sink.test"
@@ -184,6 +187,8 @@ class SinkScript:
     data: str = "354 End data with <CR><LF>.<CR><LF>"
     rset: str = "250 2.0.0 Ok"
     end_of_data: str | None = "250 2.0.0 Ok: queued"
+    keep_data: bool = True
+    drop_in_data: bool = False
 
 
 @dataclass
@@ -198,6 +203,7 @@ class SinkMessage:
     @ivar raw: the DATA stream as on the wire, final C{.CRLF} included.
     @ivar data: the message after dot-unstuffing: everything before the final
         dot line, so it ends with the CRLF that precedes that line.
+    @ivar size: the octets of the DATA stream, final C{.CRLF} included.
     """
 
     helo: str
@@ -209,6 +215,7 @@ class SinkMessage:
     recipients: list[str]
     raw: bytes = b""
     data: bytes = b""
+    size: int = 0
 
 
 def _path(argument: str) -> str:
@@ -237,6 +244,8 @@ class SinkSession(LineReceiver):
         self.auth: str | None = None
         self.current: SinkMessage | None = None
         self._raw = b""
+        self._counted = 0
+        self._tail = b""
         self._auth_state: tuple[str, ...] | None = None
         self.greeted = False
 
@@ -251,6 +260,14 @@ class SinkSession(LineReceiver):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.sink.disconnected(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Record the command lines that came in one read (a pipelined flight)."""
+        before = len(self.sink.commands)
+        super().dataReceived(data)
+        batch = self.sink.commands[before:]
+        if batch:
+            self.sink.batches.append(batch)
 
     def lineReceived(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace")
@@ -380,6 +397,11 @@ class SinkSession(LineReceiver):
             self.setRawMode()
 
     def rawDataReceived(self, data: bytes) -> None:
+        if self.script.drop_in_data:
+            self.transport.abortConnection()
+            return
+        if not self.script.keep_data:
+            return self._count(data)
         self._raw += data
         if self._raw.startswith(b".\r\n"):
             end = 3
@@ -390,13 +412,36 @@ class SinkSession(LineReceiver):
             end += 5
         raw, rest = self._raw[:end], self._raw[end:]
         self._raw = b""
-        message, self.current = self.current, None
+        message = self._received(len(raw))
         message.raw = raw
         message.data = unstuff(raw)
+        self.setLineMode(rest)
+
+    def _count(self, data: bytes) -> None:
+        """Count a DATA stream without keeping it: only its last octets, to find its end."""
+        window = self._tail + data
+        if self._counted == 0 and window.startswith(b".\r\n"):
+            end = 3
+        else:
+            end = window.find(b"\r\n.\r\n")
+            if end < 0:
+                self._counted += len(data)
+                self._tail = window[-4:]
+                return
+            end += 5
+        used = end - len(self._tail)
+        size, self._counted, self._tail = self._counted + used, 0, b""
+        self._received(size)
+        self.setLineMode(data[used:])
+
+    def _received(self, size: int) -> SinkMessage:
+        """The end of a DATA stream of C{size} octets: record the message and answer."""
+        message, self.current = self.current, None
+        message.size = size
         self.sink.messages.append(message)
         if self.script.end_of_data is not None:
             self.reply(self.script.end_of_data)
-        self.setLineMode(rest)
+        return message
 
     def smtp_RSET(self, argument: str) -> None:
         self.current = None
@@ -417,6 +462,7 @@ class SmtpSink:
     @ivar script: the L{SinkScript}; tests may change it between deliveries.
     @ivar messages: every L{SinkMessage} received, in order.
     @ivar commands: every command line received (all sessions, in order).
+    @ivar batches: the command lines, grouped as they came in one read.
     @ivar connections: how many TCP connections were accepted.
     @ivar max_concurrent: the most sessions open at one time.
     """
@@ -427,6 +473,7 @@ class SmtpSink:
         self.script = script
         self.messages: list[SinkMessage] = []
         self.commands: list[str] = []
+        self.batches: list[list[str]] = []
         self.connections = 0
         self.max_concurrent = 0
         self.sessions: list[SinkSession] = []
@@ -565,8 +612,14 @@ class CertificateAuthority:
         pem = self.certificate.public_bytes(Encoding.PEM)
         return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(pem)])
 
-    def server_options(self, hostname: str) -> Any:
-        """Server TLS options with a certificate for C{hostname} issued by this CA."""
+    def ca_pem(self) -> bytes:
+        """The CA certificate in PEM (for clients outside Twisted)."""
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        return self.certificate.public_bytes(Encoding.PEM)
+
+    def server_pem(self, hostname: str) -> tuple[bytes, bytes]:
+        """A new key and a certificate for C{hostname} issued by this CA, in PEM."""
         from cryptography.hazmat.primitives import serialization
 
         x509 = self._x509
@@ -577,9 +630,14 @@ class CertificateAuthority:
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), False)
             .sign(self.key, self._hashes.SHA256())
         )
-        pem = key.private_bytes(
+        key_pem = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
-        ) + cert.public_bytes(serialization.Encoding.PEM)
-        return ssl.PrivateCertificate.loadPEM(pem).options()
+        )
+        return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+
+    def server_options(self, hostname: str) -> Any:
+        """Server TLS options with a certificate for C{hostname} issued by this CA."""
+        key_pem, cert_pem = self.server_pem(hostname)
+        return ssl.PrivateCertificate.loadPEM(key_pem + cert_pem).options()

@@ -1,9 +1,11 @@
 """
-Tests for L{smtpd.client}: dot-stuffing, and L{RelayClient} sessions against a
+Tests for L{smtpd.delivery.client} and L{smtpd.delivery.wire}: dot-stuffing, and L{RelayClient} sessions against a
 recording SMTP sink over real loopback sockets.
 """
 
 from __future__ import annotations
+
+import io
 
 from twisted.internet import reactor, ssl
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -12,20 +14,17 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from smtpd.mail import address
-from smtpd.delivery.client import (
-    CHUNK_SIZE,
-    MAX_REPLY_LINE,
-    MAX_REPLY_LINES,
+from smtpd.delivery.client import MAX_REPLY_LINE, MAX_REPLY_LINES, RelayClient
+from smtpd.delivery.wire import (
     DotStuffer,
     OutboundMessage,
-    RelayClient,
     SessionError,
     dot_stuff,
     enhanced_status,
     xtext,
 )
 from smtpd.mail.envelope import Recipient
-from smtpd.mail.source import BytesSource
+from smtpd.mail.source import CHUNK_SIZE, BytesSource, FileSource
 from tests.support import (
     CertificateAuthority,
     SinkScript,
@@ -167,8 +166,12 @@ class ClientTests(unittest.TestCase):
         self.assertEqual(sink.messages[0].recipients, ["good@example.test"])
 
     async def test_no_recipient_accepted(self) -> None:
-        """With every RCPT refused no DATA is sent; the next transaction starts with RSET."""
-        sink = self.sink(rcpt={"bad@example.test": "550 5.1.1 no such user"})
+        """
+        Toward a host without PIPELINING, with every RCPT refused no DATA is
+        sent; the next transaction starts with RSET.
+        """
+        sink = self.sink(rcpt={"bad@example.test": "550 5.1.1 no such user"},
+                         extensions=("8BITMIME",))
         client = await self.connect(sink)
         [status] = await client.send(self.message("bad@example.test"))
         self.assertEqual(status.code, 550)
@@ -199,10 +202,12 @@ class ClientTests(unittest.TestCase):
     async def test_421_mid_transaction(self) -> None:
         """
         A 421 during RCPT ends the session: recipients without a final answer
-        get it (temporary), a recipient already refused keeps its 550.
+        get it (temporary), a recipient already refused keeps its 550; one
+        command at a time, no RCPT follows the 421.
         """
         sink = self.sink(rcpt={"bad@example.test": "550 5.1.1 no such user",
-                               "stop@example.test": "421 4.3.2 shutting down"})
+                               "stop@example.test": "421 4.3.2 shutting down"},
+                         extensions=("8BITMIME",))
         client = await self.connect(sink)
         statuses = await client.send(
             self.message("ok@example.test", "bad@example.test", "stop@example.test",
@@ -211,6 +216,78 @@ class ClientTests(unittest.TestCase):
         self.assertEqual([s.code for s in statuses], [421, 550, 421, 421])
         self.assertFalse(client.usable)
         self.assertNotIn("RCPT TO:<never@example.test>", sink.commands)
+
+    async def test_pipelined_flight(self) -> None:
+        """
+        Toward a host that offers PIPELINING, MAIL, every RCPT and DATA go in
+        one write; the replies are matched in order, one status each.
+        """
+        sink = self.sink(rcpt={"bad@example.test": "550 5.1.1 no such user"})
+        client = await self.connect(sink)
+        statuses = await client.send(
+            self.message("a1@example.test", "bad@example.test", "a2@example.test"))
+        self.assertIn(["MAIL FROM:<a@ours.test>", "RCPT TO:<a1@example.test>",
+                       "RCPT TO:<bad@example.test>", "RCPT TO:<a2@example.test>", "DATA"],
+                      sink.batches)
+        self.assertEqual([(s.code, s.status) for s in statuses],
+                         [(250, "2.0.0"), (550, "5.1.1"), (250, "2.0.0")])
+        self.assertEqual(sink.messages[0].recipients, ["a1@example.test", "a2@example.test"])
+        self.assertEqual(sink.messages[0].data, MESSAGE)
+
+    async def test_one_command_at_a_time(self) -> None:
+        """Toward a host without PIPELINING each command waits for the reply to the last."""
+        sink = self.sink(extensions=("8BITMIME",))
+        client = await self.connect(sink)
+        [status] = await client.send(self.message())
+        self.assertEqual(status.code, 250)
+        self.assertEqual({len(batch) for batch in sink.batches}, {1})
+        self.assertIn(["DATA"], sink.batches)
+
+    async def test_pipelined_no_recipient_accepted(self) -> None:
+        """
+        Pipelined, with every RCPT refused the host refuses the DATA sent
+        with them: nothing is delivered, each keeps its RCPT reply, and the
+        session stays usable.
+        """
+        sink = self.sink(rcpt={"bad@example.test": "550 5.1.1 no such user"})
+        client = await self.connect(sink)
+        [status] = await client.send(self.message("bad@example.test"))
+        self.assertEqual((status.code, sink.messages), (550, []))
+        self.assertTrue(client.usable)
+        [status] = await client.send(self.message("good@example.test"))
+        self.assertEqual(status.code, 250)
+
+    async def test_pipelined_421(self) -> None:
+        """Pipelined, a 421 to one RCPT is the status of it and of every later recipient."""
+        sink = self.sink(rcpt={"bad@example.test": "550 5.1.1 no such user",
+                               "stop@example.test": "421 4.3.2 shutting down"})
+        client = await self.connect(sink)
+        statuses = await client.send(
+            self.message("ok@example.test", "bad@example.test", "stop@example.test",
+                         "never@example.test"))
+        self.assertEqual([s.code for s in statuses], [421, 550, 421, 421])
+        self.assertFalse(client.usable)
+
+    async def test_pipelined_mail_421(self) -> None:
+        """Pipelined, a 421 to MAIL fails the transaction and ends the session."""
+        sink = self.sink(mail="421 4.3.2 shutting down")
+        client = await self.connect(sink)
+        with self.assertRaises(SessionError) as caught:
+            await client.send(self.message("a1@example.test", "a2@example.test"))
+        self.assertEqual((caught.exception.code, caught.exception.status), (421, "4.3.2"))
+        self.assertFalse(client.usable)
+
+    async def test_pipelined_mail_refused(self) -> None:
+        """Pipelined, a refused MAIL fails the transaction; the rest of the flight is read."""
+        sink = self.sink(mail="451 4.3.0 try again")
+        client = await self.connect(sink)
+        with self.assertRaises(SessionError) as caught:
+            await client.send(self.message())
+        self.assertEqual(caught.exception.code, 451)
+        self.assertTrue(client.usable)
+        sink.script.mail = "250 2.1.0 Ok"
+        [status] = await client.send(self.message())
+        self.assertEqual(status.code, 250)
 
     async def test_mail_refused(self) -> None:
         """A refused MAIL fails the transaction as a whole; the session stays usable."""
@@ -442,6 +519,68 @@ class ClientTests(unittest.TestCase):
         self.assertTrue(all(s.tls for s in statuses), statuses)
         self.assertEqual(sink.commands[:3], ["EHLO relay.ours.test", "STARTTLS",
                                              "EHLO relay.ours.test"])
+
+    async def test_tls_streams_big_message(self) -> None:
+        """A message of many chunks streams intact through TLS, dot-stuffed."""
+        ca = CertificateAuthority()
+        sink = self.sink(tls=ca.server_options("other.name.test"))
+        client = await self.connect(sink, tls="may", tls_options=ssl.CertificateOptions())
+        data = b"Subject: big\r\n\r\n" + b".line of the body\r\n" * 200_000
+        [status] = await client.send(self.message(data=data))
+        self.assertEqual(status.code, 250)
+        self.assertEqual(sink.messages[0].data, data)
+        self.assertTrue(sink.messages[0].tls)
+
+    async def test_connection_lost_in_data(self) -> None:
+        """
+        A host that drops the connection while the message streams: every
+        accepted recipient gets 451 4.4.2, the session is over, and the
+        message file is closed.
+        """
+        sink = self.sink(drop_in_data=True)
+        client = await self.connect(sink)
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"Subject: big\r\n\r\n" + b"body line\r\n" * 500_000)
+        opened = []
+
+        class Source(FileSource):
+            def open(self):
+                opened.append(super().open())
+                return opened[-1]
+
+        message = OutboundMessage("a@ours.test", (Recipient("b@example.test"),), Source(path))
+        [status] = await client.send(message)
+        self.assertEqual((status.code, status.status), (451, "4.4.2"))
+        self.assertIn("end of DATA", status.reply)
+        self.assertFalse(client.usable)
+        self.assertTrue(opened[0].closed)
+
+    async def test_read_error_in_data(self) -> None:
+        """
+        A disk error while the message streams ends the session (the host
+        must not take a truncated message): 451 4.3.0 for the recipients.
+        """
+        sink = self.sink()
+        client = await self.connect(sink)
+
+        class Failing(io.BytesIO):
+            def read(self, size=-1):
+                if self.tell():
+                    raise OSError(5, "Input/output error")
+                return super().read(size)
+
+        class Source:
+            size = 10 * CHUNK_SIZE
+
+            def open(self):
+                return Failing(b"x" * self.size)
+
+        message = OutboundMessage("a@ours.test", (Recipient("b@example.test"),), Source())
+        [status] = await client.send(message)
+        self.assertEqual((status.code, status.status), (451, "4.3.0"))
+        self.assertIn("cannot read the message", status.reply)
+        self.assertEqual(sink.messages, [])
 
     async def test_tls_may_not_offered(self) -> None:
         """Policy C{may} goes on in plain text when STARTTLS is not offered."""

@@ -42,7 +42,7 @@ from smtpd.config.values import (
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(REPOSITORY, "etc", "smtpd.ini")
-SECTIONS = "server, tls, auth, access, messages, delivery, manhole, logging, domain:NAME"
+SECTIONS = "server, tls, auth, access, messages, delivery, manhole, pop3, logging, domain:NAME"
 
 
 class ConfigTestCase(unittest.TestCase):
@@ -342,7 +342,19 @@ class EndpointTests(unittest.TestCase):
         """smtps endpoints must be plain tcp."""
         self.assertEqual(parse_plain_tcp_endpoints("tcp:465"), ("tcp:465",))
         error = self.assertRaises(ValueError, parse_plain_tcp_endpoints, "tcp:465 unix:/x")
-        self.assertIn("not a plain tcp: endpoint", str(error))
+        self.assertIn("not a plain tcp: (or systemd:) endpoint", str(error))
+        self.assertEqual(parse_plain_tcp_endpoints("systemd:domain=INET6:index=1"),
+                         ("systemd:domain=INET6:index=1",))
+
+    def test_systemd(self) -> None:
+        """Sockets inherited from systemd: a domain and an index or a name."""
+        for text in ("systemd:domain=INET6:index=0", "systemd:INET:name=smtp",
+                     "systemd:domain=UNIX:index=2"):
+            self.assertEqual(parse_endpoint(text), text)
+        for text in ("systemd:domain=INET", "systemd:domain=IPX:index=0",
+                     "systemd:domain=INET:index=x", "systemd:domain=INET:port=25"):
+            error = self.assertRaises(ValueError, parse_endpoint, text)
+            self.assertIn(repr(text), str(error), text)
 
 
 class ProblemLineTests(ConfigTestCase):
@@ -429,6 +441,22 @@ class ProblemLineTests(ConfigTestCase):
         """smtps takes plain tcp: endpoints only."""
         line = self.problem("[server]\nsmtps = unix:/tmp/s.sock\n")
         self.assertIn("[server] smtps = unix:/tmp/s.sock: 'unix:/tmp/s.sock' is not a plain", line)
+
+    def test_pop3_endpoints(self) -> None:
+        """[pop3] listen takes endpoint strings, pop3s plain tcp: ones; both default off."""
+        self.assertEqual((self.load("").pop3.listen, self.load("").pop3.pop3s), ((), ()))
+        config = self.load("[pop3]\nlisten = tcp:1110:interface=127.0.0.1\npop3s = tcp:995\n")
+        self.assertEqual(config.pop3.listen, ("tcp:1110:interface=127.0.0.1",))
+        self.assertEqual(config.pop3.pop3s, ("tcp:995",))
+        line = self.problem("[pop3]\npop3s = unix:/tmp/p.sock\n")
+        self.assertIn("[pop3] pop3s = unix:/tmp/p.sock: 'unix:/tmp/p.sock' is not a plain", line)
+        line = self.problem("[pop3]\nlisten = tls:995\n")
+        self.assertIn("[pop3] listen = tls:995: 'tls:995': unknown endpoint type", line)
+        line = self.problem("[server]\nlisten = tcp:2525\n[pop3]\npop3s = tcp:2525:interface=127.0.0.1\n")
+        self.assertIn("[pop3] pop3s = tcp:2525:interface=127.0.0.1: tcp:2525:interface=127.0.0.1 "
+                      "binds the port of tcp:2525 in [server] listen", line)
+        line = self.problem("[pop3]\napop = yes\n")
+        self.assertIn("[pop3] apop", line)
 
     def test_same_port_twice(self) -> None:
         """Two listeners binding one port are refused, wildcard included."""

@@ -72,9 +72,10 @@ class MaildirTests(DeliveryTestCase):
         self.assertEqual(os.listdir(os.path.join(self.maildir, "tmp")), [])
         self.assertEqual(os.listdir(os.path.join(self.maildir, "cur")), [])
         [name] = os.listdir(os.path.join(self.maildir, "new"))
-        size = len(self.delivered()[0])
+        content = self.delivered()[0]
+        size, wire_size = len(content), len(content) + content.count(b"\n")
         self.assertRegex(name, rf"\A1700000000\.M250000P{os.getpid()}Q1R[0-9a-f]+"
-                               rf"\.mx\.example\.com,S={size}\Z")
+                               rf"\.mx\.example\.com,S={size},W={wire_size}\Z")
 
     def test_headers_and_line_endings(self) -> None:
         """The message starts with Return-Path and Delivered-To and has LF endings."""
@@ -155,6 +156,27 @@ class MaildirTests(DeliveryTestCase):
         self.failureResultOf(
             self.agent.write(self.envelope, "bob@example.com", SOURCE), MailboxError)
         self.assertEqual(files_under(self.base), ["mailroot"])
+
+    def test_old_tmp_files_cleaned(self) -> None:
+        """
+        At a Maildir's first use in the process, files left in tmp/ for over
+        36 hours are removed; newer ones stay, and later deliveries do not
+        look again.
+        """
+        tmp = os.path.join(self.maildir, "tmp")
+        os.makedirs(tmp)
+        now = self.clock.seconds()
+        for name, age in (("old", 37 * 3600), ("recent", 35 * 3600)):
+            path = os.path.join(tmp, name)
+            with open(path, "wb") as f:
+                f.write(b"half a message")
+            os.utime(path, (now - age, now - age))
+        self.successResultOf(self.agent.write(self.envelope, "bob@example.com", SOURCE))
+        self.assertEqual(os.listdir(tmp), ["recent"])
+        os.utime(os.path.join(tmp, "recent"), (now - 40 * 3600, now - 40 * 3600))
+        self.successResultOf(self.agent.write(self.envelope, "bob@example.com", SOURCE))
+        self.assertEqual(os.listdir(tmp), ["recent"])
+        self.assertEqual(len(self.delivered()), 2)
 
     def test_disk_error(self) -> None:
         """

@@ -5,6 +5,7 @@ Tests for L{smtpd.mx}: MX resolution against a real twisted.names server on
 
 from __future__ import annotations
 
+import os
 import random
 
 from twisted.internet import reactor
@@ -12,7 +13,15 @@ from twisted.internet.task import Clock
 from twisted.names import dns
 from twisted.trial import unittest
 
-from smtpd.delivery.mx import MXHost, MXResolver, PermanentDNSError, TemporaryDNSError, make_resolver
+from smtpd.delivery.hostsfile import HostsFile
+from smtpd.delivery.mx import (
+    MXHost,
+    MXResolver,
+    PermanentDNSError,
+    TemporaryDNSError,
+    close_resolver,
+    make_resolver,
+)
 from tests.support import a, aaaa, mx, start_dns_server, start_silent_dns_server
 
 ZONE = {
@@ -185,3 +194,52 @@ class MXResolverTests(unittest.TestCase):
         """C{lookup_host} of a name without addresses is permanent."""
         e = await self._failure(self.mx.lookup_host("nowhere.example.test"), PermanentDNSError)
         self.assertEqual(e.status, "5.4.4")
+
+
+class HostsFileTests(unittest.TestCase):
+    """L{HostsFile}: the hosts file read once, and again only when it changes."""
+
+    def write(self, path: str, text: str, mtime: float) -> None:
+        with open(path, "w") as f:
+            f.write(text)
+        os.utime(path, (mtime, mtime))
+
+    async def test_read_once_reloaded_on_change(self) -> None:
+        """
+        Many A and AAAA lookups read the file once; after it changes the
+        next lookup reads it again and sees the new address; a name in no
+        line is a DomainError (the chain then asks DNS).
+        """
+        path = self.mktemp()
+        self.write(path, "127.0.0.7 relay.hosts.test Relay # comment\n::7 relay.hosts.test\n",
+                   1_700_000_000)
+        hosts = HostsFile(path)
+        for _ in range(20):
+            [record], _, _ = await hosts.lookupAddress("RELAY.hosts.test")
+            self.assertEqual(record.payload.dottedQuad(), "127.0.0.7")
+            [record], _, _ = await hosts.lookupIPV6Address("relay.hosts.test")
+        self.assertEqual(hosts.loads, 1)
+        self.write(path, "127.0.0.8 relay.hosts.test\n", 1_700_000_100)
+        [record], _, _ = await hosts.lookupAddress("relay.hosts.test")
+        self.assertEqual((record.payload.dottedQuad(), hosts.loads), ("127.0.0.8", 2))
+        with self.assertRaises(dns.DomainError):
+            await hosts.lookupAddress("other.hosts.test")
+        self.assertEqual(hosts.loads, 2)
+
+    async def test_missing_file(self) -> None:
+        """A missing hosts file answers nothing and breaks nothing."""
+        hosts = HostsFile(self.mktemp())
+        with self.assertRaises(dns.DomainError):
+            await hosts.lookupAddress("relay.hosts.test")
+
+    async def test_chain_uses_it(self) -> None:
+        """make_resolver asks the hosts file first, then DNS."""
+        path = self.mktemp()
+        self.write(path, "127.0.0.8 relay.example.test\n", 1_700_000_000)
+        server = start_dns_server(self, ZONE)
+        resolver = make_resolver([server], reactor, hosts_file=path)
+        self.addCleanup(close_resolver, resolver)
+        [record], _, _ = await resolver.lookupAddress("relay.example.test")
+        self.assertEqual(record.payload.dottedQuad(), "127.0.0.8")
+        [record], _, _ = await resolver.lookupAddress("mx2.example.test")
+        self.assertEqual(record.payload.dottedQuad(), "127.0.0.3")

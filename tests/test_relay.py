@@ -101,6 +101,21 @@ class RelayTests(unittest.TestCase):
     def codes(self, statuses: list[DeliveryStatus]) -> list[tuple[int, str]]:
         return [(s.code, s.status) for s in statuses]
 
+    async def test_quoted_local_part(self) -> None:
+        """
+        A quoted local part with a space ("john smith"@..., accepted inbound)
+        is relayed as received, sender and recipient; a space outside quotes
+        is never put on the wire.
+        """
+        sinks = self.sinks(MX1=None)
+        statuses = await self.send(self.relay(), '"john smith"@example.test',
+                                   "bad address@example.test", sender='"jane doe"@ours.test')
+        self.assertEqual([s.code for s in statuses], [250, 553])
+        [got] = sinks["MX1"].messages
+        self.assertEqual((got.mail, got.rcpt),
+                         ('MAIL FROM:<"jane doe"@ours.test>',
+                          ['RCPT TO:<"john smith"@example.test>']))
+
     async def test_best_mx(self) -> None:
         """The message goes to the most preferred MX with the exact envelope and body."""
         sinks = self.sinks(MX1=None, MX2=None)

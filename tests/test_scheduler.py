@@ -1,15 +1,19 @@
 # -*- test-case-name: tests.test_scheduler -*-
 """
 Tests for the parts of the queue manager on their own: the scheduler reads
-envelopes only when due, the notifier hands its reports to the injected
-submit, and the admin listing pages through entries read from disk.
+envelopes only when due, attempts in flight hold message sources rather than
+data, the notifier hands its reports to the injected submit, and the admin
+listing pages through entries read from disk.
 """
 
 from __future__ import annotations
 
-from twisted.internet.defer import succeed
+import tracemalloc
+
+from twisted.internet.defer import Deferred, succeed
 from twisted.trial import unittest
 
+from smtpd.mail.envelope import DeliveryStatus, Envelope, Recipient
 from smtpd.mail.source import read_all
 from smtpd.queue.operations import EntrySummary
 from tests.test_qmgr import MESSAGE, MINUTE, QueueManagerMixin
@@ -100,3 +104,60 @@ class ListingTests(QueueManagerMixin, unittest.TestCase):
                          ("alice@example.org", ("bob@remote.example", "carol@example.net"),
                           1, "deferred", 1, len(MESSAGE)))
         self.assertEqual(self.successResultOf(self.qmgr.list(10, 5)), [])
+
+
+class HoldingRelay:
+    """A relay agent keeping each message source it is given, unread, until released."""
+
+    name = "relay"
+
+    def __init__(self):
+        self.waiting: list[tuple[Deferred, list]] = []
+
+    def deliver(self, envelope, deliveries, message):
+        d: Deferred = Deferred()
+        statuses = [DeliveryStatus(r.address, 250, "2.0.0", "250 Ok") for r, _ in deliveries]
+        self.waiting.append((d, statuses, message))
+        return d
+
+    def stop(self):
+        """Nothing to close."""
+
+    def release(self):
+        waiting, self.waiting = self.waiting, []
+        for d, statuses, _ in waiting:
+            d.callback(statuses)
+
+
+class AttemptMemoryTests(QueueManagerMixin, unittest.TestCase):
+    """Attempts in flight hold message sources, not message data."""
+
+    def test_many_attempts_hold_no_data(self) -> None:
+        """
+        Forty 1 MB entries attempted at once raise traced memory by less than
+        4 MB: the queue manager hands each agent a source on the queue file
+        and reads none of the data itself.
+        """
+        body = b"Subject: big\r\n\r\n" + b"x" * 78 + b"\r\n"
+        body *= (1 << 20) // len(body)
+        now = self.clock.seconds()
+        for n in range(40):
+            envelope = Envelope(id=self.queue.new_id(), sender="alice@example.org",
+                                recipients=[Recipient(f"r{n}@remote.example")],
+                                arrival=now, next_attempt=now, size=len(body))
+            self.successResultOf(self.queue.store(envelope, body))
+        del body
+        relay = HoldingRelay()
+        self.qmgr = self.make_qmgr(agents={"relay": relay})
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        baseline = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        self.qmgr.startService()
+        self.clock.advance(0)
+        peak = tracemalloc.get_traced_memory()[1]
+        self.assertEqual(len(relay.waiting), 40)
+        self.assertTrue(all(m.size > 1_000_000 for _, _, m in relay.waiting))
+        self.assertLess(peak - baseline, 4 * 1024 * 1024)
+        relay.release()
+        self.assertEqual(self.entries(), {})

@@ -14,9 +14,11 @@ set -eu
 #   haproxy          PROXY protocol peer
 #   chromium chromium-driver   headless browser for the web UI tests
 #   fetchmail        POP3 client for the POP3 server tests
-#   systemd          systemd-analyze, to check the shipped unit files
+#   systemd          systemd-analyze, to check the shipped unit files, and
+#                    systemd-socket-activate, to test socket activation
+#   logrotate        to check the shipped logrotate snippet
 PACKAGES="postfix swaks slapd ldap-utils dovecot-core dovecot-imapd dovecot-pop3d
-dovecot-lmtpd haproxy chromium chromium-driver fetchmail systemd"
+dovecot-lmtpd haproxy chromium chromium-driver fetchmail systemd logrotate"
 
 # The daemons a Debian postinst may start, with how to stop each one.
 DAEMONS="postfix slapd dovecot haproxy"

@@ -28,6 +28,7 @@ from smtpd.config.preflight import preflight
 from smtpd.mail.envelope import Envelope
 from smtpd.queue.store import Queue
 from smtpd.directory.accounts import Users, UsersError, add, normalize_address, remove
+from smtpd.util.ownership import hand_over_to_deployment
 
 DEFAULT_CONFIG = os.path.join("etc", "smtpd.ini")
 
@@ -124,6 +125,7 @@ def user_add(options: argparse.Namespace) -> None:
     except UsersError as e:
         raise CommandError(*(f"smtpctl: {p}" for p in e.problems)) from e
     print(f"added {address} to {config.auth.users}", file=sys.stdout)
+    _hand_over(config)
 
 
 def user_del(options: argparse.Namespace) -> None:
@@ -134,6 +136,19 @@ def user_del(options: argparse.Namespace) -> None:
     except UsersError as e:
         raise CommandError(*(f"smtpctl: {p}" for p in e.problems)) from e
     print(f"removed {options.address.lower()} from {config.auth.users}", file=sys.stdout)
+    _hand_over(config)
+
+
+def _hand_over(config: Config) -> None:
+    """
+    Run as root, leave the accounts file to the user the deployment belongs
+    to (the owner of the mailroot), so the server running as that user can
+    still read it; say so.
+    """
+    user = hand_over_to_deployment(config.auth.users, config.server.mailroot)
+    if user is not None:
+        print(f"smtpctl: running as root: {config.auth.users} now belongs to {user}, "
+              f"the owner of {config.server.mailroot}", file=sys.stdout)
 
 
 def user_list(options: argparse.Namespace) -> None:

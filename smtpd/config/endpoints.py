@@ -26,6 +26,8 @@ _ENDPOINT_PARAMETERS = {
         "dhParameters",
     ),
     "unix": ("address", "mode", "backlog", "lockfile"),
+    # A socket inherited from systemd (socket activation), by position or name.
+    "systemd": ("domain", "index", "name"),
 }
 _ENDPOINT_FILES = ("privateKey", "certKey", "extraCertChain", "dhParameters")
 
@@ -102,6 +104,8 @@ def _check_endpoint_value(description: str, name: str, value: str) -> None:
         "mode": lambda v: re.fullmatch(r"0?[0-7]{1,3}", v) is not None,
         "lockfile": lambda v: v in ("0", "1"),
         "sslmethod": _is_ssl_method,
+        "domain": lambda v: v in ("INET", "INET6", "UNIX"),
+        "index": lambda v: v.isascii() and v.isdigit(),
     }
     check = checks.get(name, lambda v: bool(v) and v.isprintable())
     if not check(value):
@@ -117,7 +121,7 @@ def _is_ssl_method(name: str) -> bool:
 
 def parse_endpoint(description: str, root: str = "") -> str:
     """
-    A Twisted server endpoint string of kind tcp, ssl or unix, checked without
+    A Twisted server endpoint string of kind tcp, ssl, unix or systemd, checked without
     listening or reading anything but the existence of ssl key files.
     Relative file paths in it (unix socket, ssl files) are taken from C{root};
     the string is returned unchanged unless such a path was rewritten.
@@ -129,6 +133,11 @@ def parse_endpoint(description: str, root: str = "") -> str:
         raise ValueError(
             f"{description!r}: ssl needs privateKey=PATH (smtps endpoints use "
             "the [tls] certificate instead)"
+        )
+    if kind == "systemd" and "index" not in bound and "name" not in bound:
+        raise ValueError(
+            f"{description!r}: systemd needs index=N or name=NAME (the socket unit's "
+            "ListenStream position or FileDescriptorName)"
         )
     paths = [n for n in ("address", *_ENDPOINT_FILES) if n in bound]
     resolved = {n: parse_path(bound[n], root or os.getcwd()) for n in paths}
@@ -158,9 +167,12 @@ def parse_endpoints(text: str, root: str = "") -> tuple[str, ...]:
 
 
 def parse_plain_tcp_endpoints(text: str, root: str = "") -> tuple[str, ...]:
-    """Endpoint strings that must all be plain C{tcp:} (the server adds TLS)."""
+    """
+    Endpoint strings that must all be plain C{tcp:}, or sockets inherited
+    from systemd (the server adds TLS).
+    """
     endpoints = parse_endpoints(text, root)
     for endpoint in endpoints:
-        if endpoint_parameters(endpoint)[0] != "tcp":
-            raise ValueError(f"{endpoint!r} is not a plain tcp: endpoint")
+        if endpoint_parameters(endpoint)[0] not in ("tcp", "systemd"):
+            raise ValueError(f"{endpoint!r} is not a plain tcp: (or systemd:) endpoint")
     return endpoints

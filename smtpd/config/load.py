@@ -209,9 +209,9 @@ def _check_domains(
 
 
 def _listen_address(endpoint: str) -> tuple[int, str] | None:
-    """The (port, interface) a tcp or ssl endpoint binds, None for port 0 or unix."""
+    """The (port, interface) a tcp or ssl endpoint binds, None for port 0, unix or systemd."""
     kind, bound = endpoint_parameters(endpoint)
-    if kind == "unix" or int(bound["port"]) == 0:
+    if kind in ("unix", "systemd") or int(bound["port"]) == 0:
         return None
     return int(bound["port"]), ip_literal(bound.get("interface") or "0.0.0.0") or ""
 
@@ -222,24 +222,29 @@ def _overlap(a: tuple[int, str], b: tuple[int, str]) -> bool:
     return a[0] == b[0] and (a[1] == b[1] or a[1] in wildcard or b[1] in wildcard)
 
 
-def _check_listeners(server: ServerConfig, problems: _Problems) -> None:
-    """Record two listeners of [server] that would bind the same port."""
+def _check_listeners(sections: dict[str, object], problems: _Problems) -> None:
+    """Record two listeners ([server] and [pop3]) that would bind the same port."""
     seen: list[tuple[tuple[int, str], str, str]] = []
-    for key in ("listen", "submission", "smtps"):
-        for endpoint in getattr(server, key):
+    for section, key in _LISTENER_KEYS:
+        endpoints = getattr(sections[section], key)
+        for endpoint in endpoints:
             address = _listen_address(endpoint)
             if address is None:
                 continue
             clash = next((s for s in seen if _overlap(s[0], address)), None)
             if clash is not None:
                 problems.bad(
-                    "server",
+                    section,
                     key,
-                    " ".join(getattr(server, key)),
-                    f"{endpoint} binds the port of {clash[2]} in [server] {clash[1]}",
+                    " ".join(endpoints),
+                    f"{endpoint} binds the port of {clash[2]} in {clash[1]}",
                     "each port once",
                 )
-            seen.append((address, key, endpoint))
+            seen.append((address, f"[{section}] {key}", endpoint))
+
+
+_LISTENER_KEYS = (("server", "listen"), ("server", "submission"), ("server", "smtps"),
+                  ("pop3", "listen"), ("pop3", "pop3s"))
 
 
 def _check_across(
@@ -249,8 +254,8 @@ def _check_across(
     server = cast(ServerConfig, sections["server"])
     auth = cast(AuthConfig, sections["auth"])
     delivery = cast(DeliveryConfig, sections["delivery"])
-    if not {("server", "listen"), ("server", "submission"), ("server", "smtps")} & bad:
-        _check_listeners(server, problems)
+    if not set(_LISTENER_KEYS) & bad:
+        _check_listeners(sections, problems)
     if server.submission and not auth.mechanisms and ("auth", "mechanisms") not in bad:
         problems.bad(
             "auth",

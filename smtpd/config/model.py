@@ -157,6 +157,14 @@ class ManholeConfig:
 
 
 @dataclass(frozen=True)
+class POP3Config:
+    """[pop3]: where recipients pick up their mail (empty = off)."""
+
+    listen: tuple[str, ...] = ()
+    pop3s: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """[logging]: where the per-command and per-delivery log lines go."""
 
@@ -181,6 +189,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     domains: tuple[DomainConfig, ...] = ()
     manhole: ManholeConfig = field(default_factory=ManholeConfig)
+    pop3: POP3Config = field(default_factory=POP3Config)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def domain(self, name: str) -> DomainConfig | None:

@@ -19,6 +19,7 @@ from smtpd.config.model import (
     ManholeConfig,
     MessagesConfig,
     Network,
+    POP3Config,
     ServerConfig,
     TLSConfig,
 )
@@ -131,7 +132,8 @@ _BOOL_TEXT = "yes or no (or true/false, on/off, 1/0)"
 _NETWORKS_TEXT = "IP networks or addresses such as 127.0.0.0/8 ::1, space or comma separated"
 _ENDPOINTS_TEXT = (
     "Twisted endpoint strings separated by spaces, such as "
-    "tcp:25:interface=127.0.0.1, ssl:465:privateKey=KEY:certKey=CERT or unix:PATH"
+    "tcp:25:interface=127.0.0.1, ssl:465:privateKey=KEY:certKey=CERT, unix:PATH or "
+    "systemd:domain=INET6:index=0 (a socket inherited from systemd)"
 )
 _SMART_HOST_TEXT = "empty, host[:port] (MX lookup) or [host-or-ip][:port]"
 _PORT_TEXT = "a port number from 1 to 65535"
@@ -280,6 +282,16 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
             "ssh": _key(_not_yet, "empty"),
             "users": _path_key("a file path"),
             "ssh_key_dir": _path_key("a folder path"),
+        },
+    ),
+    "pop3": (
+        POP3Config,
+        {
+            "listen": Key(parse_endpoints, _ENDPOINTS_TEXT),
+            "pop3s": Key(
+                parse_plain_tcp_endpoints,
+                "plain tcp: endpoint strings such as tcp:995 (the server adds TLS)",
+            ),
         },
     ),
     "logging": (

@@ -3,33 +3,40 @@
 The outbound SMTP client: one session with one remote host carrying any number
 of mail transactions (RFC 5321), with EHLO and HELO fallback, STARTTLS per
 policy (RFC 3207), AUTH PLAIN and LOGIN (RFC 4954), SIZE (RFC 1870),
-BODY=8BITMIME (RFC 6152) and DSN parameters (RFC 3461).
+BODY=8BITMIME (RFC 6152), DSN parameters (RFC 3461) and PIPELINING
+(RFC 2920).
 
-L{RelayClient} takes Twisted's ESMTP client for the session set-up (greeting,
-EHLO, STARTTLS, AUTH) and runs the mail transaction itself, one command at a
-time, so that every recipient gets its own answer.
+L{RelayClient} is the protocol: it reads replies (bounded in lines, octets
+and time), sets the session up, and streams message data from disk with
+flow control. L{smtpd.delivery.transaction} runs the mail transactions on it.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from collections import deque
+from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.mail import smtp
-from twisted.mail.interfaces import IClientAuthentication
+from twisted.logger import Logger
+from twisted.protocols.basic import FileSender, LineReceiver
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from smtpd.mail.envelope import DeliveryStatus, Recipient
-from smtpd.mail.lineends import LineEnds
-from smtpd.mail.source import IMessageSource, read_chunks
+from smtpd.delivery.handshake import set_up
+from smtpd.delivery.transaction import run_transaction
+from smtpd.delivery.wire import (
+    DotStuffer,
+    OutboundMessage,
+    SessionError,
+    enhanced_status,
+    refusal,
+    reply_text,
+)
+from smtpd.mail.envelope import DeliveryStatus
+from smtpd.mail.source import CHUNK_SIZE, IMessageSource
 
 TLS_POLICIES = ("none", "may", "encrypt", "verify")
-
-# Longest reply text kept for a status (a reply may be many lines).
-MAX_REPLY = 900
 
 # The most a host may send as one reply (RFC 5321 4.5.3.1.5: a reply line is at
 # most 512 octets; EHLO replies are the longest in practice, a few dozen lines).
@@ -38,172 +45,37 @@ MAX_REPLY_LINES = 100
 MAX_REPLY_BYTES = 65536
 MAX_REPLY_LINE = 4096
 
-# How much message data is dot-stuffed and written at a time.
-CHUNK_SIZE = 65536
+_REPLY_LINE = re.compile(rb"(\d{3})([ -]|\Z)")
 
-_ENHANCED = re.compile(r"([245])\.\d{1,3}\.\d{1,3}(?=\s|$)")
-_ADDR_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
-_VERBS = {b"EHLO", b"HELO", b"STARTTLS", b"AUTH", b"MAIL", b"RCPT", b"DATA", b"RSET", b"QUIT"}
+log = Logger()
 
 
-class SessionError(Exception):
-    """
-    The session with one host failed as a whole, before or outside any
-    recipient's own answer: no connection, a refusing greeting, EHLO or MAIL
-    rejected, TLS or AUTH impossible, the connection lost or timed out.
+class Reply(NamedTuple):
+    """One complete reply: its code, as one line (code first), and its lines' texts."""
 
-    @ivar code: the reply code (real, or synthesised: 451 for a local
-        diagnosis such as a refused connection).
-    @ivar status: the RFC 3463 status.
-    @ivar reply: a one-line reply text, code first.
-    @ivar stale: the failure hit a reused connection before MAIL was
-        accepted: the same host may well work on a fresh connection.
-    @ivar final: the host refused the transaction itself (a 5xx to MAIL), or
-        no host could take it as it is: the other hosts of the route are
-        not tried.
-    @ivar tls_failure: TLS itself failed (STARTTLS refused, or the
-        handshake): the same host may work without TLS.
-    """
-
-    def __init__(
-        self,
-        code: int,
-        status: str,
-        reply: str,
-        stale: bool = False,
-        final: bool = False,
-        tls_failure: bool = False,
-    ):
-        super().__init__(reply)
-        self.code = code
-        self.status = status
-        self.reply = reply
-        self.stale = stale
-        self.final = final
-        self.tls_failure = tls_failure
-
-    @property
-    def permanent(self) -> bool:
-        """Whether no retry will cure it."""
-        return self.code >= 500
+    code: int
+    text: str
+    lines: list[bytes]
 
 
-@dataclass(frozen=True)
-class OutboundMessage:
-    """
-    One mail transaction to carry.
+class _Reader:
+    """A file whose read errors end the session instead of the transport's write loop."""
 
-    @ivar sender: the reverse-path without angle brackets ("" for C{<>}).
-    @ivar recipients: the recipients, with their RFC 3461 NOTIFY and ORCPT.
-    @ivar source: the message (header and body), CRLF line endings, an
-        L{IMessageSource} read in chunks.
-    @ivar ret: RFC 3461 RET or "".
-    @ivar envid: RFC 3461 ENVID (decoded) or "".
-    @ivar eight_bit: whether the message needs BODY=8BITMIME.
-    """
+    def __init__(self, file: Any, client: RelayClient):
+        self.file = file
+        self.client = client
 
-    sender: str
-    recipients: tuple[Recipient, ...]
-    source: IMessageSource
-    ret: str = ""
-    envid: str = ""
-    eight_bit: bool = False
-
-
-class DotStuffer:
-    """
-    Turns message data into an SMTP DATA stream (RFC 5321 4.5.2), a chunk at a
-    time: every line ends in CRLF (a bare CR or LF becomes CRLF), a line that
-    starts with "." gets another one, wherever the chunks are cut, and the
-    stream ends with CRLF "." CRLF.
-    """
-
-    def __init__(self) -> None:
-        self._line_ends = LineEnds(b"\r\n")
-        self._line_start = True
-
-    def feed(self, chunk: bytes) -> bytes:
-        """The DATA stream for the next piece of the message."""
-        text = self._line_ends.feed(chunk)
-        if not text:
+    def read(self, size: int) -> bytes:
+        """Up to C{size} octets; b"" (the end) after a read error, which fails the session."""
+        try:
+            return self.file.read(size)
+        except OSError as e:
+            self.client.fail(SessionError(451, "4.3.0", f"451 4.3.0 cannot read the message: {e}"),
+                             abort=True)
             return b""
-        if self._line_start and text.startswith(b"."):
-            text = b"." + text
-        text = text.replace(b"\r\n.", b"\r\n..")
-        self._line_start = text.endswith(b"\r\n")
-        return text
-
-    def finish(self) -> bytes:
-        """The end of the stream: a CRLF when the message lacks one, then ".CRLF"."""
-        held = self._line_ends.finish()
-        tail = b"\r\n" if held or not self._line_start else b""
-        self._line_start = True
-        return tail + b".\r\n"
 
 
-def dot_stuff(data: bytes) -> bytes:
-    """The whole DATA stream for C{data}, final dot line included."""
-    stuffer = DotStuffer()
-    return stuffer.feed(data) + stuffer.finish()
-
-
-def xtext(value: str) -> str:
-    """RFC 3461 xtext: C{+}, C{=}, controls and non-ASCII as C{+HH}."""
-    out = []
-    for char in value:
-        if 33 <= ord(char) <= 126 and char not in "+=":
-            out.append(char)
-        else:
-            out.extend(f"+{b:02X}" for b in char.encode("utf-8"))
-    return "".join(out)
-
-
-def reply_text(code: int, resp: bytes | str | None) -> str:
-    """A reply as one printable line, code first: C{"550 5.1.1 no such user"}."""
-    if isinstance(resp, bytes):
-        resp = resp.decode("utf-8", "replace")
-    lines = (resp or "").splitlines()
-    text = " ".join(line.strip() for line in lines)
-    text = "".join(c if c.isprintable() else " " for c in text)
-    return f"{code} {text}".strip()[:MAX_REPLY]
-
-
-def enhanced_status(code: int, reply: str) -> str:
-    """
-    The RFC 3463 status in C{reply} (code first) when it agrees with C{code},
-    else the generic one of its class (C{"4.0.0"}).
-    """
-    text = reply[4:] if reply[:3] == str(code) else reply
-    match = _ENHANCED.match(text)
-    if match and match.group(1) == str(code)[0]:
-        return match.group(0)
-    if 200 <= code < 600:
-        return f"{code // 100}.0.0"
-    return "4.0.0"
-
-
-def _safe(address: str) -> bool:
-    """Whether C{address} can go on a command line (no controls, no spaces, ASCII)."""
-    return address.isascii() and address.isprintable() and " " not in address
-
-
-@implementer(IClientAuthentication)
-class PlainAuthenticator:
-    """SASL PLAIN (RFC 4616) with an empty authorisation identity."""
-
-    def __init__(self, user: bytes):
-        self.user = user
-
-    def getName(self) -> bytes:
-        """The mechanism name."""
-        return b"PLAIN"
-
-    def challengeResponse(self, secret: bytes, chal: Any) -> bytes:
-        """The initial response: NUL user NUL password."""
-        return b"\0" + self.user + b"\0" + secret
-
-
-class RelayClient(smtp.ESMTPClient):
+class RelayClient(LineReceiver, TimeoutMixin):
     """
     A client session with one host.
 
@@ -215,70 +87,64 @@ class RelayClient(smtp.ESMTPClient):
     @param helo: our name, for EHLO and HELO.
     @param remote_mta: the host as reported in statuses: C{"name [ip]"}.
     @param clock: the L{IReactorTime} for the timeout.
-    @param timeout: seconds to wait for any reply.
+    @param timeout: seconds to wait for any reply (or for the host to take
+        more of the message).
     @param tls: the L{TLS_POLICIES} entry: C{none} never starts TLS; C{may}
         starts it when offered; C{encrypt} and C{verify} require it (the
         verification itself is in C{tls_options}).
     @param tls_options: the client TLS connection creator (unused for C{none}).
     @param username: AUTH toward the host when not empty.
     @param password: the AUTH password.
+
+    @ivar extensions: the EHLO keywords (upper case) and their parameters.
+    @ivar secure: whether the session runs over TLS.
+    @ivar transactions: how many transactions were started.
     """
 
-    debug = False
+    delimiter = b"\r\n"
     MAX_LENGTH = MAX_REPLY_LINE
 
-    def __init__(
-        self,
-        helo: str,
-        remote_mta: str,
-        clock: Any,
-        timeout: float,
-        tls: str = "none",
-        tls_options: Any = None,
-        username: str = "",
-        password: str = "",
-    ):
+    def __init__(self, helo: str, remote_mta: str, clock: Any, timeout: float,
+                 tls: str = "none", tls_options: Any = None, username: str = "",
+                 password: str = ""):
         if tls not in TLS_POLICIES:
             raise ValueError(f"unknown TLS policy {tls!r}")
-        secret = password.encode("utf-8") if username else None
-        context = tls_options if tls != "none" else None
-        smtp.ESMTPClient.__init__(self, secret, context, helo.encode("ascii", "replace"))
+        self.helo = helo.encode("ascii", "replace")
         self.remote_mta = remote_mta
         self.timeout = timeout
-        self.callLater = clock.callLater
-        self.requireTransportSecurity = tls in ("encrypt", "verify")
-        self.requireAuthentication = bool(username)
-        if username:
-            user = username.encode("utf-8")
-            self.registerAuthenticator(PlainAuthenticator(user))
-            self.registerAuthenticator(smtp.LOGINAuthenticator(user))
+        self._clock = clock
+        self._tls = tls
+        self._tls_options = tls_options if tls != "none" else None
+        self._username = username
+        self._password = password
         self.ready: Deferred[RelayClient] = Deferred()
         self.extensions: dict[str, str] = {}
+        self.secure = False
         self.transactions = 0
         self._phase = "initial greeting"
-        self._pending: Deferred[tuple[int, str]] | None = None
-        self._established = False
-        self._connected = False
-        self._lost = False
-        self._busy = False
+        self._waiting: deque[tuple[Deferred[Reply], str]] = deque()
+        self._lines: list[bytes] = []
+        self._reply_bytes = 0
+        self._established = self._connected = self._lost = self._busy = False
+        self._streaming = False
         self._error: SessionError | None = None
         self._closed_waiters: list[Deferred[None]] = []
-        self._reply_lines = 0
-        self._reply_bytes = 0
+
+    def callLater(self, period: float, func: Any) -> Any:
+        """The timeout's timer, on the injected clock."""
+        return self._clock.callLater(period, func)
 
     # ------------------------------------------------------------ state
 
     @property
     def usable(self) -> bool:
         """Whether a transaction may start now."""
-        return (
-            self._established and self._connected and not self._busy and self._error is None
-        )
+        return self._established and self._connected and not self._busy and self._error is None
 
     @property
-    def secure(self) -> bool:
-        """Whether the session runs over TLS."""
-        return bool(self._tlsMode)
+    def error(self) -> SessionError | None:
+        """What ended the session, or L{None} while it lasts."""
+        return self._error
 
     def whenClosed(self) -> Deferred[None]:
         """A Deferred that fires when the connection is closed."""
@@ -294,22 +160,17 @@ class RelayClient(smtp.ESMTPClient):
         if self._connected:
             if self._error is None:
                 self._error = SessionError(451, "4.4.2", "451 4.4.2 session closed")
-            self._close(abort=False)
+                self._notify(self._error)
+            self._close(abort=self._streaming)
         return closed
 
-    # ------------------------------------------------------------ session set-up
+    # ------------------------------------------------------------ replies
 
     def connectionMade(self) -> None:
-        """Wait for the greeting, under the timeout."""
+        """Wait for the greeting, under the timeout, then set the session up."""
         self._connected = True
-        smtp.ESMTPClient.connectionMade(self)
-
-    def sendLine(self, line: bytes) -> None:
-        """Send a command, remembering which one for diagnostics."""
-        verb = line.split(b" ", 1)[0].upper()
-        if verb in _VERBS:
-            self._phase = f"reply to {verb.decode()}"
-        smtp.ESMTPClient.sendLine(self, line)
+        d = Deferred.fromCoroutine(self._setup())
+        d.addErrback(self._setupFailed)
 
     def lineReceived(self, line: bytes) -> None:
         """
@@ -320,166 +181,100 @@ class RelayClient(smtp.ESMTPClient):
         """
         if self._error is not None:
             return
-        self._reply_lines += 1
+        self._lines.append(line)
         self._reply_bytes += len(line)
-        if self._reply_lines > MAX_REPLY_LINES or self._reply_bytes > MAX_REPLY_BYTES:
-            self._fail(
-                SessionError(
-                    451,
-                    "4.5.0",
-                    f"451 4.5.0 reply from {self.remote_mta} longer than "
-                    f"{MAX_REPLY_LINES} lines or {MAX_REPLY_BYTES} bytes",
-                ),
-                abort=True,
-            )
+        if len(self._lines) > MAX_REPLY_LINES or self._reply_bytes > MAX_REPLY_BYTES:
+            self.fail(SessionError(
+                451, "4.5.0", f"451 4.5.0 reply from {self.remote_mta} longer than "
+                f"{MAX_REPLY_LINES} lines or {MAX_REPLY_BYTES} bytes"), abort=True)
             return
-        if line[:3].isdigit() and (line[3:4] == b"-" or line[:1] == b"0"):
-            # A continuation (or Twisted's "0yz" informational line): kept
-            # without restarting the timeout.
-            if line[:1] != b"0":
-                self.code = int(line[:3])
-                self.resp.append(line[4:])
+        match = _REPLY_LINE.match(line)
+        if match is None:
+            text = reply_text(0, line).strip()
+            self.fail(SessionError(451, "4.5.0", f"451 4.5.0 protocol error: malformed reply "
+                                   f"{text!r} from {self.remote_mta}"), abort=True)
             return
-        self._reply_lines = self._reply_bytes = 0
-        smtp.ESMTPClient.lineReceived(self, line)
+        if match.group(2) == b"-":
+            return  # a continuation: kept, without restarting the timeout
+        lines, self._lines, self._reply_bytes = self._lines, [], 0
+        code = int(match.group(1))
+        self._replied(Reply(code, reply_text(code, [x[4:] for x in lines]),
+                            [x[4:] for x in lines]))
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """A reply line longer than L{MAX_REPLY_LINE}: a protocol error."""
-        self._fail(
-            SessionError(
-                451,
-                "4.5.0",
-                f"451 4.5.0 reply line from {self.remote_mta} longer than {MAX_REPLY_LINE} bytes",
-            ),
-            abort=True,
-        )
+        self.fail(SessionError(451, "4.5.0", f"451 4.5.0 reply line from {self.remote_mta} "
+                               f"longer than {MAX_REPLY_LINE} bytes"), abort=True)
 
-    def smtpConnectionFailed(self, code: int, resp: bytes) -> None:
-        """The greeting was not 220."""
-        self._fail(self._rejection(code, resp))
-
-    def esmtpState_ehlo(self, code: int, resp: bytes) -> None:
-        """Send EHLO; a refusal is handled by L{_ehloRejected}."""
-        smtp.ESMTPClient.esmtpState_ehlo(self, code, resp)
-        self._failresponse = self._ehloRejected
-
-    def _ehloRejected(self, code: int, resp: bytes) -> None:
-        """
-        A 5xx to EHLO falls back to HELO unless TLS or AUTH is required
-        (both need ESMTP); a 4xx means this host cannot take mail now.
-        """
-        if not 500 <= code < 600:
-            self._fail(self._rejection(code, resp))
-        elif self.requireTransportSecurity and not self._tlsMode:
-            self.esmtpTLSRequired()
-        elif self.requireAuthentication:
-            self.esmtpAUTHRequired()
-        else:
-            self.smtpState_helo(code, resp)
-
-    def smtpState_helo(self, code: int, resp: bytes) -> None:
-        """Send HELO; a refusal fails the session."""
-        self.extensions = {}
-        smtp.ESMTPClient.smtpState_helo(self, code, resp)
-        self._failresponse = self._rejected
-
-    def esmtpState_serverConfig(self, code: int, resp: bytes) -> None:
-        """Read the EHLO keywords (case-insensitively), then STARTTLS or AUTH."""
-        items: dict[bytes, bytes | None] = {}
-        for line in resp.splitlines()[1:]:
-            keyword, _, value = line.strip().partition(b" ")
-            items[keyword.upper()] = value.strip() or None
-        self.extensions = {
-            k.decode("ascii", "replace"): (v or b"").decode("ascii", "replace")
-            for k, v in items.items()
-        }
-        self.tryTLS(code, resp, items)
-
-    def esmtpState_starttls(self, code: int, resp: bytes) -> None:
-        """220 to STARTTLS: start the handshake, then EHLO again (RFC 3207 4.2)."""
-        try:
-            self.transport.startTLS(self.context)
-        except Exception as e:
-            self._fail(
-                SessionError(451, "4.7.5", f"451 4.7.5 cannot start TLS: {e}", tls_failure=True)
-            )
+    def _replied(self, reply: Reply) -> None:
+        """Hand a complete reply to the oldest waiting command."""
+        if not self._waiting:
+            # The host spoke unasked (typically 421 before closing).
+            self.fail(refusal(reply.code, reply.text))
             return
-        self._tlsMode = True
-        self.esmtpState_ehlo(code, resp)
+        d, _ = self._waiting.popleft()
+        if self._waiting:
+            self._phase = self._waiting[0][1]
+            self.resetTimeout()
+        elif not self._streaming:
+            self.setTimeout(None)
+        d.callback(reply)
 
-    def esmtpTLSRequired(self, code: int = -1, resp: bytes | None = None) -> None:
-        """TLS is required and the host does not offer STARTTLS."""
-        self._fail(
-            SessionError(451, "4.7.5", "451 4.7.5 TLS is required, but was not offered by host")
-        )
+    def expect(self, phase: str) -> Deferred[Reply]:
+        """A Deferred for the next reply not yet claimed (fails with the session's error)."""
+        if self._error is not None:
+            return fail(self._error)
+        d: Deferred[Reply] = Deferred()
+        self._waiting.append((d, phase))
+        if len(self._waiting) == 1:
+            self._phase = phase
+            if not self._streaming:
+                self.setTimeout(self.timeout)
+        return d
 
-    def esmtpTLSFailed(self, code: int = -1, resp: bytes | None = None) -> None:
-        """The host refused STARTTLS."""
-        reply = reply_text(code, resp)
-        self._fail(
-            SessionError(451, "4.7.5", f"451 4.7.5 STARTTLS refused: {reply}", tls_failure=True)
-        )
+    def command(self, line: bytes, phase: str = "") -> Deferred[Reply]:
+        """Send one command line; its reply."""
+        d = self.expect(phase or "reply to " + line.split(b" ", 1)[0].decode("ascii", "replace"))
+        if self._error is None:
+            self.sendLine(line)
+        return d
 
-    def esmtpAUTHRequired(self, code: int = -1, resp: bytes | None = None) -> None:
-        """AUTH is required and the host offers neither PLAIN nor LOGIN."""
-        self._fail(
-            SessionError(
-                451, "4.7.0", "451 4.7.0 AUTH is required, but the host offers no PLAIN or LOGIN"
-            )
-        )
+    def pipeline(self, lines: list[bytes]) -> list[Deferred[Reply]]:
+        """Send several commands in one write (RFC 2920); their replies, in order."""
+        replies = [self.expect("reply to " + line.split(b" ", 1)[0].decode("ascii", "replace"))
+                   for line in lines]
+        if self._error is None:
+            self.transport.writeSequence([line + self.delimiter for line in lines])
+        return replies
 
-    def esmtpAUTHDeclined(self, code: int = -1, resp: bytes | None = None) -> None:
-        """The host rejected our credentials: a configuration problem, so temporary."""
-        reply = reply_text(code, resp)
-        self._fail(SessionError(451, "4.7.0", f"451 4.7.0 authentication failed: {reply}"))
+    # ------------------------------------------------------------ set-up
 
-    esmtpAUTHServerError = esmtpAUTHDeclined
-    esmtpEHLORequired = esmtpAUTHRequired
-
-    def _esmtpState_plainAuth(self, code: int, resp: bytes) -> None:
-        """
-        A refused AUTH PLAIN is final (Twisted would send the same credentials
-        again, and count twice against the host's failure limit).
-        """
-        self.esmtpAUTHDeclined(code, resp)
-
-    def esmtpAUTHMalformedChallenge(self, code: int = -1, resp: bytes | None = None) -> None:
-        """The host sent a challenge that is not base64."""
-        self._fail(SessionError(451, "4.7.0", "451 4.7.0 malformed AUTH challenge from host"))
-
-    def smtpState_from(self, code: int, resp: bytes) -> None:
-        """The session is established: wait for L{send}."""
+    async def _setup(self) -> None:
+        greeting = await self.expect("initial greeting")
+        if greeting.code != 220:
+            raise refusal(greeting.code, greeting.text)
+        await set_up(self, self._tls, self._tls_options, self._username, self._password)
         self._established = True
-        self._idle()
-        if not self.ready.called:
-            self.ready.callback(self)
+        self.setTimeout(None)
+        self.ready.callback(self)
+
+    def _setupFailed(self, failure: Failure) -> None:
+        if failure.check(SessionError):
+            self.fail(failure.value)
+            return
+        log.failure("Session with {remote} failed", failure, remote=self.remote_mta)
+        self.fail(SessionError(451, "4.3.0", "451 4.3.0 internal error during delivery"),
+                  abort=True)
+
 
     # ------------------------------------------------------------ failures
 
     def timeoutConnection(self) -> None:
-        """No reply within the timeout."""
-        error = SessionError(451, "4.4.2", f"451 4.4.2 timeout while waiting for {self._phase}")
-        self._fail(error, abort=True)
+        """No reply (nor progress of the data) within the timeout."""
+        self.fail(SessionError(451, "4.4.2", f"451 4.4.2 timeout while waiting for "
+                               f"{self._phase}"), abort=True)
 
-    def sendError(self, exc: Exception) -> None:
-        """Twisted's report of a malformed reply: a protocol error."""
-        error = SessionError(451, "4.5.0", f"451 4.5.0 protocol error: {exc}")
-        self._fail(error, abort=True)
-
-    def _rejection(self, code: int, resp: bytes | None) -> SessionError:
-        """The error for a refusing reply received by Twisted's state machine."""
-        return self._errorFor(code, reply_text(code, resp))
-
-    def _errorFor(self, code: int, reply: str) -> SessionError:
-        """The error for a refusing reply C{reply} (code first)."""
-        if not 400 <= code < 600:
-            return SessionError(451, "4.5.0", f"451 4.5.0 unexpected reply: {reply}")
-        return SessionError(code, enhanced_status(code, reply), reply)
-
-    def _rejected(self, code: int, resp: bytes) -> None:
-        self._fail(self._rejection(code, resp))
-
-    def _fail(self, error: SessionError, abort: bool = False) -> None:
+    def fail(self, error: SessionError, abort: bool = False) -> None:
         """The session is over: tell whoever waits, then close."""
         if self._error is not None:
             return
@@ -487,57 +282,36 @@ class RelayClient(smtp.ESMTPClient):
         self.setTimeout(None)
         self._notify(error)
         if self._connected:
-            self._close(abort)
+            self._close(abort or self._streaming)
 
     def _notify(self, error: SessionError) -> None:
         if not self.ready.called:
             self.ready.errback(error)
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.errback(error)
+        waiting, self._waiting = self._waiting, deque()
+        for d, _ in waiting:
+            d.errback(error)
 
     def _close(self, abort: bool) -> None:
-        self._okresponse = self._failresponse = self._ignore
         if abort:
             self.transport.abortConnection()
         else:
-            smtp.ESMTPClient.sendLine(self, b"QUIT")
+            self.sendLine(b"QUIT")
             self.transport.loseConnection()
-
-    def _ignore(self, code: int, resp: bytes) -> None:
-        """Replies after we gave up on the session (the reply to QUIT)."""
 
     def connectionLost(self, reason: Failure = None) -> None:
         """Fail whatever waits with a lost-connection (or TLS) error."""
-        smtp.ESMTPClient.connectionLost(self, reason)
         self._connected = False
         self._lost = True
+        self.setTimeout(None)
         if self._error is None:
-            self._error = self._lostError(reason)
+            handshake = self.secure and not self._established
+            self._error = lost_error(reason, handshake, self._phase)
             self._notify(self._error)
         waiters, self._closed_waiters = self._closed_waiters, []
         for d in waiters:
             d.callback(None)
 
-    def _lostError(self, reason: Failure | None) -> SessionError:
-        why = reason.getErrorMessage() if reason is not None else "connection lost"
-        if self._tlsMode and not self._established:
-            return SessionError(
-                451, "4.7.5", f"451 4.7.5 TLS negotiation failed: {why}", tls_failure=True
-            )
-        return SessionError(
-            451, "4.4.2", f"451 4.4.2 lost connection while waiting for {self._phase}"
-        )
-
     # ------------------------------------------------------------ transactions
-
-    def _idle(self) -> None:
-        self.setTimeout(None)
-        self._okresponse = self._failresponse = self._unsolicited
-
-    def _unsolicited(self, code: int, resp: bytes) -> None:
-        """The host spoke unasked (typically 421 before closing): end the session."""
-        self._fail(self._rejection(code, resp))
 
     def send(self, message: OutboundMessage) -> Deferred[list[DeliveryStatus]]:
         """
@@ -552,156 +326,63 @@ class RelayClient(smtp.ESMTPClient):
             error = self._error or SessionError(451, "4.4.2", "451 4.4.2 session not ready")
             return fail(SessionError(error.code, error.status, error.reply, stale=True))
         self._busy = True
-        d = Deferred.fromCoroutine(self._transaction(message))
+        self.transactions += 1
+        d = Deferred.fromCoroutine(run_transaction(self, message, self.transactions > 1))
         return d.addBoth(self._transactionDone)
 
     def _transactionDone(self, result: Any) -> Any:
         self._busy = False
-        if self._error is None:
-            self._idle()
+        if self._error is None and not self._waiting:
+            self.setTimeout(None)
         return result
 
-    async def _transaction(self, message: OutboundMessage) -> list[DeliveryStatus]:
-        reused = self.transactions > 0
-        self.transactions += 1
-        self.setTimeout(self.timeout)
+    def status(self, address: str, code: int, reply: str, status: str = "") -> DeliveryStatus:
+        """The status of one recipient from a reply of this host."""
+        return DeliveryStatus(address=address, code=code,
+                              status=status or enhanced_status(code, reply), reply=reply,
+                              remote_mta=self.remote_mta, tls=self.secure)
+
+    async def stream(self, source: IMessageSource) -> Reply:
+        """
+        Send the message as the DATA stream, dot-stuffed a chunk at a time as
+        the host takes it (a pull producer on the transport: never more than
+        a chunk or two in memory), then the final dot; the reply to it.
+        """
+        final = self.expect("reply to end of DATA")
+        stuffer = DotStuffer()
+
+        def transform(chunk: bytes) -> bytes:
+            self.resetTimeout()  # the host is taking the data: progress
+            return stuffer.feed(chunk)
+
         try:
-            await self._open(message, reused)
-        except SessionError as e:
-            # A reused connection that died before MAIL: try a fresh one.
-            stale = reused and (self._error is not None)
-            raise SessionError(e.code, e.status, e.reply, stale=stale, final=e.final) from None
-        results: dict[int, DeliveryStatus] = {}
+            file = source.open()
+        except OSError as e:
+            self.fail(SessionError(451, "4.3.0", f"451 4.3.0 cannot read the message: {e}"),
+                      abort=True)
+            return await final
+        sender = FileSender()
+        sender.CHUNK_SIZE = CHUNK_SIZE
+        self._streaming = True
         try:
-            accepted = await self._recipients(message, results)
-            if accepted:
-                await self._data(message, accepted, results)
-        except SessionError as e:
-            for i, recipient in enumerate(message.recipients):
-                if i not in results:
-                    results[i] = self._status(recipient, e.code, e.reply, e.status)
-        return [results[i] for i in range(len(message.recipients))]
-
-    async def _open(self, message: OutboundMessage, reused: bool) -> None:
-        """RSET (on a reused session), the SIZE check, then MAIL."""
-        if reused:
-            code, reply = await self._command(b"RSET")
-            if not 200 <= code < 300:
-                raise self._stop(code, reply)
-        limit = self.extensions.get("SIZE", "")
-        if limit.isdigit() and 0 < int(limit) < message.source.size:
-            raise SessionError(
-                552,
-                "5.3.4",
-                f"552 5.3.4 message size {message.source.size} exceeds "
-                f"the size limit {int(limit)} of the host",
-            )
-        if not _safe(message.sender):
-            raise SessionError(553, "5.1.7", "553 5.1.7 bad sender address syntax", final=True)
-        code, reply = await self._command(self._mailCommand(message))
-        if code == 421:
-            raise self._stop(code, reply)
-        if not 200 <= code < 300:
-            error = self._errorFor(code, reply)
-            # A 5xx to MAIL refuses this sender or message, whatever host
-            # we try next (as Postfix: only the greeting's 5xx is skipped).
-            error.final = error.permanent
-            raise error
-
-    def _stop(self, code: int, reply: str) -> SessionError:
-        """A reply that ends the session (421, or a failed RSET)."""
-        error = self._errorFor(code, reply)
-        self._fail(error)
-        return error
-
-    async def _recipients(self, message: OutboundMessage, results: dict) -> list[int]:
-        """RCPT for each recipient; the indexes of those accepted."""
-        accepted = []
-        for i, recipient in enumerate(message.recipients):
-            if not _safe(recipient.address):
-                results[i] = self._status(recipient, 553, "553 5.1.3 bad address syntax")
-                continue
-            code, reply = await self._command(self._rcptCommand(recipient))
-            if code == 421:
-                raise self._stop(code, reply)
-            if 200 <= code < 300:
-                accepted.append(i)
-            else:
-                results[i] = self._status(recipient, code, reply)
-        return accepted
-
-    async def _data(self, message: OutboundMessage, accepted: list[int], results: dict) -> None:
-        """DATA, the stuffed message, and the final reply for the accepted ones."""
-        code, reply = await self._command(b"DATA")
-        if code == 354:
-            final = self._expect()
-            self._phase = "reply to end of DATA"
-            stuffer = DotStuffer()
-            for chunk in read_chunks(message.source, CHUNK_SIZE):
-                self.transport.write(stuffer.feed(chunk))
-            self.transport.write(stuffer.finish())
-            code, reply = await final
-        if code == 421:
-            self._fail(self._errorFor(code, reply))
-        for i in accepted:
-            results[i] = self._status(message.recipients[i], code, reply)
-
-    def _mailCommand(self, message: OutboundMessage) -> bytes:
-        params = []
-        if "SIZE" in self.extensions:
-            params.append(f"SIZE={message.source.size}")
-        if message.eight_bit and "8BITMIME" in self.extensions:
-            params.append("BODY=8BITMIME")
-        if "DSN" in self.extensions:
-            if message.ret:
-                params.append(f"RET={message.ret.upper()}")
-            if message.envid:
-                params.append(f"ENVID={xtext(message.envid)}")
-        return " ".join([f"MAIL FROM:<{message.sender}>"] + params).encode("ascii")
-
-    def _rcptCommand(self, recipient: Recipient) -> bytes:
-        params = []
-        if "DSN" in self.extensions:
-            if recipient.notify:
-                params.append("NOTIFY=" + ",".join(n.upper() for n in recipient.notify))
-            kind, semi, original = recipient.orcpt.partition(";")
-            if semi and _ADDR_TYPE.match(kind):
-                # RFC 3461 4.2: the address is xtext on the wire.
-                params.append(f"ORCPT={kind};{xtext(original)}")
-        return " ".join([f"RCPT TO:<{recipient.address}>"] + params).encode("ascii")
-
-    def _status(
-        self, recipient: Recipient, code: int, reply: str, status: str = ""
-    ) -> DeliveryStatus:
-        return DeliveryStatus(
-            address=recipient.address,
-            code=code,
-            status=status or enhanced_status(code, reply),
-            reply=reply,
-            remote_mta=self.remote_mta,
-            tls=self.secure,
-        )
-
-    def _command(self, line: bytes) -> Deferred[tuple[int, str]]:
-        """Send one command; the Deferred fires with C{(code, reply)}."""
-        d = self._expect()
+            await sender.beginFileTransfer(_Reader(file, self), self.transport, transform)
+        except Exception:
+            pass  # the transport stopped us: the connection is gone, final fails
+        finally:
+            self._streaming = False
+            file.close()
         if self._error is None:
-            self.sendLine(line)
-        return d
+            self.transport.write(stuffer.finish())
+        return await final
 
-    def _expect(self) -> Deferred[tuple[int, str]]:
-        """A Deferred for the next reply (fails with the session's error)."""
-        if self._error is not None:
-            return fail(self._error)
-        d: Deferred[tuple[int, str]] = Deferred()
-        self._pending = d
-        self._expected = range(1000)
-        self._okresponse = self._failresponse = self._gotReply
-        return d
 
-    def _gotReply(self, code: int, resp: bytes) -> None:
-        d, self._pending = self._pending, None
-        self._okresponse = self._failresponse = self._unsolicited
-        if d is not None:
-            d.callback((code, reply_text(code, resp)))
-
+def lost_error(reason: Failure | None, handshake: bool, phase: str) -> SessionError:
+    """
+    The error for a connection lost unasked: during the TLS C{handshake} a
+    TLS failure (the host may work in plain text), else 4.4.2.
+    """
+    why = reason.getErrorMessage() if reason is not None else "connection lost"
+    if handshake:
+        return SessionError(451, "4.7.5", f"451 4.7.5 TLS negotiation failed: {why}",
+                            tls_failure=True)
+    return SessionError(451, "4.4.2", f"451 4.4.2 lost connection while waiting for {phase}")

@@ -39,6 +39,9 @@ from smtpd.util.durable import (
 
 log = Logger()
 
+# Maildir: a file left in tmp/ this long is a failed delivery's, to remove.
+TMP_MAX_AGE = 36 * 3600.0
+
 
 class MailboxError(Exception):
     """A mailbox name that is unsafe or does not name a folder under mailroot."""
@@ -68,6 +71,7 @@ def split_mailbox(mailbox: str) -> tuple[str, str]:
 
 
 def header_value(value: str, what: str) -> bytes:
+    """C{value} as the UTF-8 value of a header line; L{MailboxError} if it breaks the line."""
     # Header injection: an address must never carry a line break into the file.
     if any(c in value for c in "\r\n\0"):
         raise MailboxError(f"{what} {value!r} contains a line break or NUL")
@@ -106,7 +110,8 @@ class MaildirDelivery:
     their fsyncs overlap.
 
     A Maildir's folders are created and checked against symlinks leading out
-    of C{mailroot/mailbox/} at its first delivery in this process; later
+    of C{mailroot/mailbox/} at its first delivery in this process, and files
+    left in its C{tmp/} for over 36 hours (failed deliveries) removed; later
     deliveries trust that check (a Maildir removed meanwhile is made again).
 
     @param mailroot: the mailroot folder.
@@ -311,6 +316,7 @@ class MaildirDelivery:
             make_folder(os.path.join(folder, sub))
             if not _inside(os.path.join(folder, sub), folder):
                 raise MailboxError(f"{sub}/ of mailbox {localpart}@{domain} leads outside it")
+        clean_tmp(os.path.join(folder, "tmp"), self._clock.seconds())
         with self._checking:
             return self._checked.setdefault(folder, FolderSync(os.path.join(folder, "new")))
 
@@ -336,15 +342,44 @@ def _write_into(folder: str, name: str, header: bytes, message: IMessageSource) 
     C{new/}; its path there. Nothing stays behind on failure.
     """
     tmp = os.path.join(folder, "tmp", name)
+    newlines = [0]
+
+    def counted(chunks):
+        for chunk in chunks:
+            newlines[0] += chunk.count(b"\n")
+            yield chunk
+
     chunks = itertools.chain([header], convert_chunks(read_chunks(message), b"\n"))
-    size = write_chunks(tmp, chunks)
-    final = os.path.join(folder, "new", f"{name},S={size}")
+    size = write_chunks(tmp, counted(chunks))
+    # S= the size on disk, W= the size with CRLF line ends (Dovecot's fields):
+    # POP3 (smtpd's and Dovecot's) lists sizes without reading every message.
+    final = os.path.join(folder, "new", f"{name},S={size},W={size + newlines[0]}")
     try:
         os.rename(tmp, final)
     except BaseException:
         unlink_quietly(tmp)
         raise
     return final
+
+
+def clean_tmp(tmp: str, now: float) -> None:
+    """
+    Remove the files of a Maildir's C{tmp/} neither accessed nor changed for
+    L{TMP_MAX_AGE} (the Maildir rule: 36 hours); errors are ignored.
+    """
+    try:
+        entries = list(os.scandir(tmp))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(info.st_mode):
+                continue
+            if now - max(info.st_atime, info.st_mtime) > TMP_MAX_AGE:
+                os.unlink(entry.path)
+        except OSError:
+            continue
 
 
 def raise_error(error: Exception) -> None:

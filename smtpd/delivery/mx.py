@@ -17,8 +17,9 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.names import client, dns, error, hosts, resolve
+from twisted.names import client, dns, error, resolve
 
+from smtpd.delivery.hostsfile import HostsFile
 from smtpd.mail.address import ip_literal
 
 # Answers are cached at most this long, whatever their TTL says.
@@ -349,17 +350,19 @@ def _describe(e: Exception) -> str:
     return e.__class__.__name__
 
 
-def make_resolver(dns_servers: tuple[tuple[str, int], ...] | list, reactor: Any) -> Any:
+def make_resolver(dns_servers: tuple[tuple[str, int], ...] | list, reactor: Any,
+                  hosts_file: str = "/etc/hosts") -> Any:
     """
-    The resolver for outbound mail: the hosts file for addresses, then DNS
-    through C{dns_servers} (C{(ip, port)} pairs) or those of
-    C{/etc/resolv.conf} when there are none.
+    The resolver for outbound mail: the hosts file for addresses (kept
+    parsed, read again only when it changes), then DNS through
+    C{dns_servers} (C{(ip, port)} pairs) or those of C{/etc/resolv.conf}
+    when there are none.
     """
     if dns_servers:
         theResolver = client.Resolver(servers=list(dns_servers), reactor=reactor)
     else:
         theResolver = client.Resolver(resolv=b"/etc/resolv.conf", reactor=reactor)
-    return resolve.ResolverChain([hosts.Resolver(b"/etc/hosts"), theResolver])
+    return resolve.ResolverChain([HostsFile(hosts_file), theResolver])
 
 
 def close_resolver(resolver: Any) -> None:

@@ -82,6 +82,19 @@ def _check_mailbox(mailbox: str) -> str:
     return f"{local}@{domain.rstrip('.').lower()}"
 
 
+def is_mailbox(address: str) -> bool:
+    """
+    Whether C{address} is a mailbox as RCPT and MAIL accept it
+    (C{local@domain}, the local part a dot-string or a quoted string such
+    as C{"john smith"}), so it may be sent in a path as it is.
+    """
+    try:
+        _check_mailbox(address)
+    except AddressError:
+        return False
+    return address.isascii() and address.isprintable()
+
+
 def parse_path(text: str, null_ok: bool) -> tuple[str, str]:
     """
     Parse the start of a MAIL/RCPT argument: C{<path> params...}.

@@ -364,7 +364,7 @@ class Queue:
 
 
 def _copy_into(path: str, source: IMessageSource) -> None:
-    """Give C{path} the data of C{source} atomically, copied in chunks (the caller fsyncs the folder)."""
+    """Give C{path} the data of C{source} atomically, in chunks (the caller fsyncs the folder)."""
     tmp = temp_name(path)
     write_chunks(tmp, read_chunks(source))
     try:
