@@ -37,7 +37,7 @@ from smtpd.service.privileges import UMASK, HandOver, run_as
 from smtpd.service.server import SMTPServer
 from smtpd.service.signals import SignalService
 from smtpd.util.activity import ActivityLog
-from smtpd.delivery.mx import MXResolver, close_resolver, make_resolver
+from smtpd.delivery.mx import MXResolver, make_resolver
 from smtpd.cleanup.stage import Cleanup
 from smtpd.inbound.policy import may_connect
 from smtpd.inbound.registry import Inbound
@@ -115,16 +115,14 @@ class ThreadPoolService(service.Service):
 
 
 class RelayService(service.Service):
-    """On stop: closes the relay's pooled connections and the DNS resolver."""
+    """On stop: closes the relay's pooled connections."""
 
-    def __init__(self, relay: RelayManager, resolver):
+    def __init__(self, relay: RelayManager):
         self.relay = relay
-        self.resolver = resolver
 
     def stopService(self):
-        """Close idle outbound connections; stop re-reading resolv.conf."""
+        """Close idle outbound connections."""
         service.Service.stopService(self)
-        close_resolver(self.resolver)
         return self.relay.stop()
 
 
@@ -225,31 +223,24 @@ def build(config: Config, reactor) -> service.MultiService:
         bounces=BounceBuilder(config.server.hostname, reactor),
         log=activity,
         run_blocking=run_blocking,
+        # The reports the queue makes (NDRs, DSNs) are new messages: they
+        # enter through cleanup like every other.
         submit=cleanup.submit,
     )
     # Everything enters through cleanup, which hands it to the queue manager's
     # intake (local mail delivered at once, the rest stored); reports too.
     cleanup.accept = qmgr.accept
     qmgr.setServiceParent(top)
-    RelayService(relay, resolver).setServiceParent(top)
+    RelayService(relay).setServiceParent(top)
     InboundService(inbound, activity).setServiceParent(top)
-    SignalService(reactor, None, activity.reopen).setServiceParent(top)
     top.pickup = add_pickup(top, config, cleanup, reactor, run_blocking)
+    SignalService(reactor, None, activity.reopen).setServiceParent(top)
     top.pop3 = add_pop3(listeners, config, reactor, users, auth_pool.runner(reactor),
                         run_blocking, tls_options, activity)
     group.setServiceParent(top)
     top.inbound = inbound
     top.qmgr = qmgr
     return top
-
-
-def add_pickup(top, config: Config, cleanup: Cleanup, reactor, run_blocking) -> PickupService:
-    """The pickup folder watcher (SPEC 4), sending through C{cleanup}."""
-    mailroot = config.server.mailroot
-    sender = PickupSender(cleanup, os.path.join(mailroot, "badmail"), run_blocking)
-    pickup = PickupService(os.path.join(mailroot, "pickup"), sender, reactor)
-    pickup.setServiceParent(top)
-    return pickup
 
 
 def add_pop3(listeners: list[Listener], config: Config, reactor, users, check_passwords,
@@ -265,6 +256,15 @@ def add_pop3(listeners: list[Listener], config: Config, reactor, users, check_pa
         for description in endpoints:
             listeners.append(Listener(reactor, description, pop3.factory(implicit_tls)))
     return pop3
+
+
+def add_pickup(top, config: Config, cleanup: Cleanup, reactor, run_blocking) -> PickupService:
+    """The pickup folder watcher (SPEC 4), sending through C{cleanup}."""
+    mailroot = config.server.mailroot
+    sender = PickupSender(cleanup, os.path.join(mailroot, "badmail"), run_blocking)
+    pickup = PickupService(os.path.join(mailroot, "pickup"), sender, reactor)
+    pickup.setServiceParent(top)
+    return pickup
 
 
 def raise_file_limit() -> int:

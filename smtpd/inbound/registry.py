@@ -126,8 +126,8 @@ class Inbound:
         message with C{421 4.3.2} at once; let sessions in DATA finish for up
         to C{grace} seconds (each is closed with the 421 as soon as its
         message is answered), then close the rest with the 421 too. Fires once
-        every connection is closed (the 421s written), at most C{flush}
-        seconds after that.
+        every connection is closed (the 421s written: the reactor's shutdown
+        would drop unwritten replies), at most C{flush} seconds after that.
         """
         self._stopping = True
         done: defer.Deferred[None] = defer.Deferred()
