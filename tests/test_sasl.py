@@ -12,6 +12,8 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from smtpd.directory.accounts import Users, hash_password
+from smtpd.directory.file import AccountsDirectory
+from smtpd.directory.interfaces import DirectoryUnavailable
 from smtpd.inbound.sasl import (
     AuthBusy,
     PasswordPool,
@@ -151,3 +153,32 @@ class PoolTests(unittest.TestCase):
             authenticate(portal, UsernamePassword(b"bob@localhost", b"pw"))
         )
         self.failureResultOf(d, AuthBusy)
+
+
+class _DownDirectory:
+    """A directory whose server cannot be reached."""
+
+    def authenticate(self, login, password):
+        return defer.fail(DirectoryUnavailable("ldap://127.0.0.1:1 refused"))
+
+
+class DirectoryPortalTests(unittest.TestCase):
+    """With [directory] on, the portal asks the directory instead of the accounts file."""
+
+    def login(self, portal, user: bytes, password: bytes):
+        return defer.Deferred.fromCoroutine(
+            authenticate(portal, UsernamePassword(user, password))
+        )
+
+    def test_directory_answers(self):
+        """The directory's verdict decides; the accounts file given to the portal is not used."""
+        directory = AccountsDirectory(Users({"ann@localhost": hash_password("pw", 4)}), run_now)
+        portal = make_portal(lambda: Users(), PasswordPool(run_now, 4), lambda: directory)
+        self.assertEqual(self.successResultOf(self.login(portal, b"ann@localhost", b"pw")),
+                         "ann@localhost")
+        self.assertIsNone(self.successResultOf(self.login(portal, b"ann@localhost", b"no")))
+
+    def test_directory_down(self):
+        """A directory that cannot answer fails the login with DirectoryUnavailable (454 later)."""
+        portal = make_portal(lambda: Users(), PasswordPool(run_now, 4), lambda: _DownDirectory())
+        self.failureResultOf(self.login(portal, b"ann@localhost", b"pw"), DirectoryUnavailable)

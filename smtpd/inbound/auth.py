@@ -2,15 +2,18 @@
 """
 SMTP AUTH (RFC 4954) in the session: the SASL exchange of
 L{smtpd.inbound.sasl}, the credentials checked through the twisted.cred
-portal off the reactor, and failures counted per session and per address
+portal (the accounts file off the reactor, or a simple bind when the
+[directory] is on), and failures counted per session and per address
 (L{smtpd.inbound.throttle}).
 """
 
 from __future__ import annotations
 
 from twisted.internet import defer, task
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from smtpd.directory.interfaces import DirectoryUnavailable
 from smtpd.inbound.core import AUTH, COMMAND
 from smtpd.inbound.sasl import (
     AuthBusy,
@@ -19,6 +22,10 @@ from smtpd.inbound.sasl import (
     challenge_line,
     start_exchange,
 )
+
+log = Logger()
+
+log = Logger()
 
 
 class Auth:
@@ -92,7 +99,9 @@ class Auth:
         return self._reply(235, "2.7.0", "Authentication successful")
 
     def _auth_trouble(self, failure: Failure) -> None:
-        failure.trap(AuthBusy)
+        """RFC 4954 6: the password cannot be checked now (pool full, directory down)."""
+        if failure.trap(AuthBusy, DirectoryUnavailable) is DirectoryUnavailable:
+            log.warn("AUTH: directory unavailable: {why}", why=failure.getErrorMessage())
         self._reply(454, "4.7.0", "Temporary authentication failure")
 
     def _auth_failed(self):

@@ -56,6 +56,10 @@ class Inbound:
     ):
         self.config = config
         self.users = users
+        # With [directory] url set: the IDirectory for AUTH and the
+        # RecipientResolver for RCPT (None: etc/users, answered at once).
+        self.directory = None
+        self.recipients = None
         self.cleanup = cleanup
         self.clock = clock
         self.run_blocking = run_blocking
@@ -63,7 +67,7 @@ class Inbound:
         self.command_log = command_log
         self.throttle = Throttle(clock, lambda: self.config.access)
         self.password_pool = PasswordPool(run_blocking, auth_limit)
-        self.portal = make_portal(lambda: self.users, self.password_pool)
+        self.portal = make_portal(lambda: self.users, self.password_pool, lambda: self.directory)
         self.reverse_dns = ReverseDNS(resolver, clock) if resolver is not None else None
         self.sessions: dict[int, SMTPSession] = {}
         self.per_ip: Counter[str] = Counter()

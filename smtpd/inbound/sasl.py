@@ -96,18 +96,33 @@ class AccountsChecker:
     L{PasswordPool}; an unknown account costs as much time as a known one.
 
     @param users: returns the current L{Users} (they change on reload).
+    @param directory: returns the L{IDirectory} when [directory] is on, else L{None}.
     """
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, users: Callable[[], Users], pool: PasswordPool):
+    def __init__(
+        self,
+        users: Callable[[], Users],
+        pool: PasswordPool,
+        directory: Callable[[], object | None] = lambda: None,
+    ):
         self.users = users
         self.pool = pool
+        self.directory = directory
 
     def requestAvatarId(self, credentials) -> defer.Deferred[bytes]:
-        """The login (UTF-8 bytes) when the password is right, else UnauthorizedLogin."""
+        """
+        The login (UTF-8 bytes) when the password is right, else
+        UnauthorizedLogin; the [directory] answers instead of the accounts
+        file when it is on (failing with its DirectoryUnavailable when down).
+        """
         login = credentials.username.decode("utf-8").lower()
-        d = self.pool.run(self.users().check_password, login, credentials.password)
+        directory = self.directory()
+        if directory is not None:
+            d = directory.authenticate(login, credentials.password)
+        else:
+            d = self.pool.run(self.users().check_password, login, credentials.password)
         d.addCallback(self._verdict, login)
         return d
 
@@ -118,9 +133,13 @@ class AccountsChecker:
         return login.encode("utf-8")
 
 
-def make_portal(users: Callable[[], Users], pool: PasswordPool) -> Portal:
-    """The portal for SMTP AUTH over the accounts file."""
-    return Portal(LoginRealm(), [AccountsChecker(users, pool)])
+def make_portal(
+    users: Callable[[], Users],
+    pool: PasswordPool,
+    directory: Callable[[], object | None] = lambda: None,
+) -> Portal:
+    """The portal for SMTP AUTH over the accounts file (or the [directory])."""
+    return Portal(LoginRealm(), [AccountsChecker(users, pool, directory)])
 
 
 async def authenticate(portal: Portal, credentials: UsernamePassword) -> str | None:
