@@ -384,7 +384,7 @@ class TLSReloadTests(AccessTestsMixin, unittest.TestCase):
             certificate=os.path.join(root, "c.pem"), key=os.path.join(root, "c.key")
         )
         tls.ensure_certificate(section.certificate, section.key, "localhost", 1.7e9)
-        options = tls.ReloadableTLSOptions(tls.options_for(section))
+        options = tls.ReloadableTLS(tls.options_for(section))
         os.makedirs(os.path.join(root, "srv"))
         self.fixture = SMTPServerFixture(
             self, make_config(os.path.join(root, "srv"), tls=vars(section)), None, options

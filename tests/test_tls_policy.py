@@ -14,7 +14,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
 
 from smtpd.config import TLSConfig
-from smtpd.util.tls import ReloadableTLSOptions, ensure_certificate, options_for
+from smtpd.util.tls import ReloadableTLS, ensure_certificate, options_for
 
 
 class _Hello(protocol.Protocol):
@@ -105,7 +105,7 @@ class TLSPolicyTests(unittest.TestCase):
         renewal is one error line and the old certificate stays.
         """
         section = self.section()
-        options = ReloadableTLSOptions(options_for(section))
+        options = ReloadableTLS(options_for(section))
         port = self.serve(options)
         first = (await self.handshake(port))["serial"]
         os.remove(section.certificate)

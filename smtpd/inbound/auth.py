@@ -82,19 +82,20 @@ class Auth:
             self._send(challenge_line(step))
             return None
         self._exchange = None
+        attempted = step.username.decode("utf-8", "replace")
         d = defer.Deferred.fromCoroutine(authenticate(self.inbound.portal, step))
-        d.addCallbacks(self._auth_result, self._auth_trouble)
+        d.addCallbacks(self._auth_result, self._auth_trouble, callbackArgs=(attempted,))
         return d
 
     def _sasl_error(self, e: SASLError):
         self._exchange = None
         if e.code == 535:
-            return self._auth_failed()
+            return self._auth_failed(e.login)
         return self._reply(e.code, e.status, e.text)
 
-    def _auth_result(self, login: str | None):
+    def _auth_result(self, login: str | None, attempted: str):
         if login is None:
-            return self._auth_failed()
+            return self._auth_failed(attempted)
         self._user = login
         return self._reply(235, "2.7.0", "Authentication successful")
 
@@ -104,12 +105,15 @@ class Auth:
             log.warn("AUTH: directory unavailable: {why}", why=failure.getErrorMessage())
         self._reply(454, "4.7.0", "Temporary authentication failure")
 
-    def _auth_failed(self):
+    def _auth_failed(self, attempted: str):
         """
         A wrong login: counted for the session and for the address, which
         may make us wait (a guesser gets slower) and then close.
         """
         self._auth_failures += 1
+        # The attempted login goes into the log line (what fail2ban reads).
+        self._command = ("AUTH", "login=" + "".join(c if c.isprintable() and c != " " else "?"
+                                                   for c in attempted[:256]))
         delay, blocked = self.inbound.throttle.auth_failed(self.peer_ip)
         if delay:
             return task.deferLater(self.inbound.clock, delay, self._refuse_login, blocked)

@@ -159,11 +159,15 @@ async def authenticate(portal: Portal, credentials: UsernamePassword) -> str | N
 
 
 class SASLError(Exception):
-    """The client's SASL exchange cannot go on: the reply to send."""
+    """
+    The client's SASL exchange cannot go on: the reply to send, and the
+    login it tried when there was one.
+    """
 
-    def __init__(self, code: int, status: str, text: str):
+    def __init__(self, code: int, status: str, text: str, login: str = ""):
         super().__init__(f"{code} {status} {text}")
         self.code, self.status, self.text = code, status, text
+        self.login = login
 
 
 def _decode(line: bytes) -> bytes:
@@ -198,7 +202,7 @@ class PlainExchange:
         authzid, login, password = _text(parts[0]), _text(parts[1]), parts[2]
         if authzid and authzid.lower() != login.lower():
             # Acting for another identity is not something any account may do.
-            raise SASLError(535, "5.7.8", "Authentication credentials invalid")
+            raise SASLError(535, "5.7.8", "Authentication credentials invalid", login)
         return UsernamePassword(login.lower().encode("utf-8"), password)
 
 

@@ -213,7 +213,7 @@ def options_for(section) -> CertificateOptions:
 
 
 @implementer(IOpenSSLContextFactory)
-class ReloadableTLSOptions:
+class ReloadableTLS:
     """
     Server TLS options that can be replaced while listening: STARTTLS and
     implicit-TLS listeners ask for a context per connection, so a renewed
