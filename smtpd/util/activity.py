@@ -24,6 +24,9 @@ _FIELDS = (
 
 _log = Logger(namespace="smtpd.activity")
 
+# Lines for twistd's log gathered before one event is emitted with all of them.
+BATCH_LINES = 64
+
 
 def _w3c(value: object) -> str:
     """A W3C field: '-' when empty, spaces as '+', no control characters."""
@@ -66,6 +69,11 @@ class ActivityLog:
         # The W3C date and time of the current second.
         self._second: int | None = None
         self._stamp = ""
+        # Lines for twistd's log ("-") not yet emitted: one event per turn of
+        # the reactor carries them all (a twisted.logger event per line, with
+        # its own time formatting and write, costs more than the line).
+        self._batch: list[str] = []
+        self._flush_call = None
         self.hostname = hostname
 
     @property
@@ -99,7 +107,8 @@ class ActivityLog:
             self.open()
 
     def close(self) -> None:
-        """Close the log file."""
+        """Emit the lines still gathered for twistd's log; close the log file."""
+        self.flush()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -182,10 +191,27 @@ class ActivityLog:
             self._write_w3c(self._w3c_line(stamp, record), stamp)
 
     def _write(self, line: str) -> None:
-        if self._file is None:
-            _log.info("{line}", line=line)
-        else:
+        if self._file is not None:
             self._file.write(line.encode("utf-8") + b"\n")
+            return
+        self._batch.append(line)
+        if len(self._batch) >= BATCH_LINES:
+            self.flush()
+        elif self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """
+        Emit the lines gathered for twistd's log as one event, one line each
+        (continuation lines are indented by twistd's log, as for any event).
+        """
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        if self._batch:
+            lines, self._batch = self._batch, []
+            _log.info("{lines}", lines="\n".join(lines))
 
     def _write_w3c(self, line: str, stamp: str) -> None:
         """Write a W3C line, after the header when the file is new."""
