@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from smtpd.inbound import policy
 from smtpd.inbound.deadline import Deadlines
+from smtpd.inbound.snapshot import session_info
 
 log = Logger()
 
@@ -309,34 +310,13 @@ class SessionCore(smtp.ESMTP):
     # -- for the admin API
 
     def info(self) -> dict:
-        """
-        This session as plain data: C{id}, C{peer}, C{reverse_name} (the
-        admin API fills it in; "" here), C{helo}, C{user}, C{tls} (the protocol version, or
-        ""), C{started} (Unix time), C{bytes_in}, C{bytes_out}, C{messages}
-        (accepted), C{command} (the last one received).
-        """
-        return {
-            "id": self.session_id,
-            "peer": self.peer_ip,
-            "reverse_name": "",
-            "helo": getattr(self, "helo", None) or "",
-            "user": getattr(self, "user", None) or "",
-            "tls": self.tls_version(),
-            "started": self.started,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "messages": self.messages,
-            "command": self.current_command,
-        }
+        """This session as plain data for the admin API (L{session_info})."""
+        return session_info(self)
 
-    def tls_version(self) -> str:
-        """The TLS protocol version in use (C{"TLSv1.3"}), or "" without TLS."""
-        if not self._tls or self.transport is None:
-            return ""
-        try:
-            return self.transport.getHandle().get_protocol_version_name()
-        except (AttributeError, OSError):
-            return "TLS"
+    @property
+    def tls_active(self) -> bool:
+        """Whether the session runs over TLS (STARTTLS done, or implicit TLS)."""
+        return self._tls
 
     @property
     def server_address(self) -> tuple[str, int | str]:
