@@ -6,6 +6,7 @@ C{mailroot/drop/} for C{type = drop} domains.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import secrets
@@ -87,8 +88,13 @@ class DropDelivery:
                       for r in recipients]
         except MailboxError as e:
             return self._run(raise_error, e)
-        stem = envelope.id if valid_queue_id(envelope.id) else "message"
-        name = f"{stem}.{int(self._clock.seconds()):X}{secrets.token_hex(4).upper()}.eml"
+        if valid_queue_id(envelope.id):
+            # The same name each time this drop is made: an attempt replayed
+            # after a crash replaces its own file rather than adding one.
+            digest = hashlib.sha256("\n".join(recipients).lower().encode("utf-8"))
+            name = f"{envelope.id}.{digest.hexdigest()[:12].upper()}.eml"
+        else:
+            name = f"message.{int(self._clock.seconds()):X}{secrets.token_hex(4).upper()}.eml"
         return self._run(self._drop_blocking, name, b"".join(lines), message)
 
     def _drop_blocking(self, name: str, header: bytes, message: IMessageSource) -> None:

@@ -11,9 +11,9 @@ L{MailboxError}.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
-import secrets
 import stat
 import threading
 from collections.abc import Callable, Sequence
@@ -26,9 +26,10 @@ from zope.interface import implementer
 
 from smtpd.delivery.interfaces import IMailboxAgent
 from smtpd.delivery.outcome import disk_error
-from smtpd.mail.envelope import DeliveryStatus, Envelope
+from smtpd.mail.envelope import DeliveryStatus, Envelope, valid_queue_id
 from smtpd.mail.lineends import convert_chunks
 from smtpd.mail.source import IMessageSource, read_chunks
+from smtpd.util import faults
 from smtpd.util.durable import (
     FolderSync,
     fsync_directory,
@@ -136,7 +137,6 @@ class MaildirDelivery:
         self._slow_disk = slow_disk
         # Seconds per message of recent batches (moving average).
         self._disk_time = 0.0
-        self._counter = itertools.count(1)
         # Checked Maildir folder -> the group commit of its new/ folder.
         self._checked: dict[str, FolderSync] = {}
         self._checking = threading.Lock()
@@ -201,10 +201,11 @@ class MaildirDelivery:
             localpart, domain = split_mailbox(mailbox)
             header = (b"Return-Path: <" + header_value(envelope.sender, "sender")
                       + b">\nDelivered-To: " + header_value(mailbox.lower(), "mailbox") + b"\n")
+            name = self.message_name(envelope, mailbox)
         except MailboxError as e:
             return self._run(raise_error, e)
         done: Deferred[str] = Deferred()
-        self._waiting.append(((domain, localpart, self._unique_name(), header, message), done))
+        self._waiting.append(((domain, localpart, name, header, message), done))
         self._write_waiting()
         return done
 
@@ -215,12 +216,17 @@ class MaildirDelivery:
         """
         return self._run(self._remove_blocking, path)
 
-    def _unique_name(self) -> str:
-        now = self._clock.seconds()
-        seconds = int(now)
-        micro = int((now - seconds) * 1_000_000)
-        return (f"{seconds}.M{micro}P{os.getpid()}Q{next(self._counter)}"
-                f"R{secrets.token_hex(4)}.{self._hostname}")
+    def message_name(self, envelope: Envelope, mailbox: str) -> str:
+        """
+        The Maildir name of C{envelope}'s copy for C{mailbox}: unique (the
+        queue id never repeats) and the same every time that copy is written,
+        so a delivery replayed after a crash (the Maildir written, the queue
+        not yet told) replaces its own file instead of adding a second one.
+        """
+        if not valid_queue_id(envelope.id):
+            raise MailboxError(f"invalid queue id {envelope.id!r}")
+        digest = hashlib.sha256(mailbox.lower().encode("utf-8")).hexdigest()[:12]
+        return f"{int(envelope.arrival)}.Q{envelope.id}M{digest}.{self._hostname}"
 
     def maildir(self, mailbox: str) -> str:
         """The Maildir folder of C{mailbox} (not checked against symlinks)."""
@@ -278,6 +284,7 @@ class MaildirDelivery:
             else:
                 placed.setdefault(new, []).append(len(results))
                 results.append((True, path))
+                faults.point("maildir")
         for new, indexes in placed.items():
             try:
                 new.sync()

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from smtpd.mail.envelope import Envelope, valid_queue_id
 from smtpd.mail.source import BytesSource, FileSource, IMessageSource, read_chunks
 from smtpd.queue.spool import Spool, place_blocking
+from smtpd.util import faults
 from smtpd.util.durable import (
     TEMP_SUFFIX,
     FolderSync,
@@ -193,6 +194,7 @@ class Queue:
                     raise OSError(errno.EEXIST, "queue entry exists", path)
             place_blocking(message, eml)
             placed.append(eml)
+            faults.point("store-data")
             replace_file(js, record)
             placed.append(js)
             self._sync_directory()
