@@ -142,6 +142,7 @@ class MaildirDelivery:
         self._checking = threading.Lock()
         self._waiting: list[tuple[tuple, Deferred]] = []
         self._batches = 0
+        self._started = clock.seconds()
 
     name = "local"
 
@@ -226,7 +227,7 @@ class MaildirDelivery:
         if not valid_queue_id(envelope.id):
             raise MailboxError(f"invalid queue id {envelope.id!r}")
         digest = hashlib.sha256(mailbox.lower().encode("utf-8")).hexdigest()[:12]
-        return f"{int(envelope.arrival)}.Q{envelope.id}M{digest}.{self._hostname}"
+        return f"{_stamp(envelope)}.Q{envelope.id}M{digest}.{self._hostname}"
 
     def maildir(self, mailbox: str) -> str:
         """The Maildir folder of C{mailbox} (not checked against symlinks)."""
@@ -323,7 +324,8 @@ class MaildirDelivery:
             make_folder(os.path.join(folder, sub))
             if not _inside(os.path.join(folder, sub), folder):
                 raise MailboxError(f"{sub}/ of mailbox {localpart}@{domain} leads outside it")
-        clean_tmp(os.path.join(folder, "tmp"), self._clock.seconds())
+        clean_tmp(os.path.join(folder, "tmp"), self._clock.seconds(),
+                  f".{self._hostname}", self._started)
         with self._checking:
             return self._checked.setdefault(folder, FolderSync(os.path.join(folder, "new")))
 
@@ -349,6 +351,7 @@ def _write_into(folder: str, name: str, header: bytes, message: IMessageSource) 
     C{new/}; its path there. Nothing stays behind on failure.
     """
     tmp = os.path.join(folder, "tmp", name)
+    unlink_quietly(tmp)  # this copy's own, left by a crash mid-write
     newlines = [0]
 
     def counted(chunks):
@@ -369,10 +372,23 @@ def _write_into(folder: str, name: str, header: bytes, message: IMessageSource) 
     return final
 
 
-def clean_tmp(tmp: str, now: float) -> None:
+def _stamp(envelope: Envelope) -> int:
+    """
+    The time part of a Maildir name: the second in the queue id (a report
+    made again after a crash keeps its id, not its arrival), else the arrival.
+    """
+    head = envelope.id[:8]
+    if len(envelope.id) == 24 and all(c in "0123456789ABCDEF" for c in head):
+        return int(head, 16)
+    return int(envelope.arrival)
+
+
+def clean_tmp(tmp: str, now: float, ours: str = "", started: float = 0.0) -> None:
     """
     Remove the files of a Maildir's C{tmp/} neither accessed nor changed for
-    L{TMP_MAX_AGE} (the Maildir rule: 36 hours); errors are ignored.
+    L{TMP_MAX_AGE} (the Maildir rule: 36 hours), and our own (names ending
+    in C{ours}) last changed before C{started}: deliveries cut short by a
+    crash of an earlier run. Errors are ignored.
     """
     try:
         entries = list(os.scandir(tmp))
@@ -383,7 +399,8 @@ def clean_tmp(tmp: str, now: float) -> None:
             info = entry.stat(follow_symlinks=False)
             if stat.S_ISDIR(info.st_mode):
                 continue
-            if now - max(info.st_atime, info.st_mtime) > TMP_MAX_AGE:
+            crashed = ours and entry.name.endswith(ours) and info.st_mtime < started
+            if crashed or now - max(info.st_atime, info.st_mtime) > TMP_MAX_AGE:
                 os.unlink(entry.path)
         except OSError:
             continue
