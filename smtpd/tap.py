@@ -37,7 +37,7 @@ from smtpd.service.privileges import UMASK, HandOver, run_as
 from smtpd.service.server import SMTPServer
 from smtpd.service.signals import SignalService
 from smtpd.util.activity import ActivityLog
-from smtpd.delivery.mx import MXResolver, close_resolver, make_resolver
+from smtpd.delivery.mx import MXResolver, make_resolver
 from smtpd.cleanup.stage import Cleanup
 from smtpd.inbound.policy import may_connect
 from smtpd.inbound.registry import Inbound
@@ -111,16 +111,14 @@ class ThreadPoolService(service.Service):
 
 
 class RelayService(service.Service):
-    """On stop: closes the relay's pooled connections and the DNS resolver."""
+    """On stop: closes the relay's pooled connections."""
 
-    def __init__(self, relay: RelayManager, resolver):
+    def __init__(self, relay: RelayManager):
         self.relay = relay
-        self.resolver = resolver
 
     def stopService(self):
-        """Close idle outbound connections; stop re-reading resolv.conf."""
+        """Close idle outbound connections."""
         service.Service.stopService(self)
-        close_resolver(self.resolver)
         return self.relay.stop()
 
 
@@ -226,7 +224,7 @@ def build(config: Config, reactor) -> service.MultiService:
     # intake (local mail delivered at once, the rest stored); reports too.
     cleanup.accept = qmgr.accept
     qmgr.setServiceParent(top)
-    RelayService(relay, resolver).setServiceParent(top)
+    RelayService(relay).setServiceParent(top)
     InboundService(inbound, activity).setServiceParent(top)
     top.pickup = add_pickup(top, config, cleanup, reactor, run_blocking)
     SignalService(reactor, None, activity.reopen).setServiceParent(top)

@@ -19,8 +19,8 @@ from smtpd.delivery.mx import (
     MXResolver,
     PermanentDNSError,
     TemporaryDNSError,
-    close_resolver,
     make_resolver,
+    resolv_conf_servers,
 )
 from tests.support import a, aaaa, mx, start_dns_server, start_silent_dns_server
 
@@ -238,8 +238,23 @@ class HostsFileTests(unittest.TestCase):
         self.write(path, "127.0.0.8 relay.example.test\n", 1_700_000_000)
         server = start_dns_server(self, ZONE)
         resolver = make_resolver([server], reactor, hosts_file=path)
-        self.addCleanup(close_resolver, resolver)
         [record], _, _ = await resolver.lookupAddress("relay.example.test")
         self.assertEqual(record.payload.dottedQuad(), "127.0.0.8")
         [record], _, _ = await resolver.lookupAddress("mx2.example.test")
         self.assertEqual(record.payload.dottedQuad(), "127.0.0.3")
+
+
+class ResolvConfTests(unittest.TestCase):
+    """The name servers of /etc/resolv.conf, read by us (no background re-reading)."""
+
+    def test_nameservers(self):
+        """nameserver lines in order, port 53; other lines and bad addresses skipped."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("# comment\nsearch example.test\nnameserver 192.0.2.53\n"
+                    "nameserver not-an-ip\nnameserver fe80::1%eth0\noptions ndots:1\n")
+        self.assertEqual(resolv_conf_servers(path), [("192.0.2.53", 53), ("fe80::1", 53)])
+
+    def test_missing_or_empty(self):
+        """No usable nameserver line: the local server, as the C resolver does."""
+        self.assertEqual(resolv_conf_servers(self.mktemp()), [("127.0.0.1", 53)])

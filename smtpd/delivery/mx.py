@@ -350,28 +350,35 @@ def _describe(e: Exception) -> str:
     return e.__class__.__name__
 
 
+def resolv_conf_servers(path: str = "/etc/resolv.conf") -> list[tuple[str, int]]:
+    """
+    The name servers of C{path} (C{nameserver} lines), port 53; the local
+    server when there is none or the file cannot be read, as the C resolver does.
+    """
+    servers = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                words = line.split()
+                if len(words) >= 2 and words[0] == "nameserver":
+                    address = ip_literal(words[1].split("%", 1)[0])
+                    if address is not None:
+                        servers.append((address, 53))
+    except OSError:
+        pass
+    return servers or [("127.0.0.1", 53)]
+
+
 def make_resolver(dns_servers: tuple[tuple[str, int], ...] | list, reactor: Any,
-                  hosts_file: str = "/etc/hosts") -> Any:
+                  hosts_file: str = "/etc/hosts",
+                  resolv_conf: str = "/etc/resolv.conf") -> Any:
     """
     The resolver for outbound mail: the hosts file for addresses (kept
     parsed, read again only when it changes), then DNS through
-    C{dns_servers} (C{(ip, port)} pairs) or those of C{/etc/resolv.conf}
-    when there are none.
+    C{dns_servers} (C{(ip, port)} pairs) or, when there are none, those of
+    C{resolv_conf} as they are now (read again on reload or restart; no timer
+    re-reads it in the background, and no line is logged per re-read).
     """
-    if dns_servers:
-        theResolver = client.Resolver(servers=list(dns_servers), reactor=reactor)
-    else:
-        theResolver = client.Resolver(resolv=b"/etc/resolv.conf", reactor=reactor)
+    servers = list(dns_servers) or resolv_conf_servers(resolv_conf)
+    theResolver = client.Resolver(servers=servers, reactor=reactor)
     return resolve.ResolverChain([HostsFile(hosts_file), theResolver])
-
-
-def close_resolver(resolver: Any) -> None:
-    """
-    Stop what a resolver from L{make_resolver} keeps doing in the background:
-    re-reading /etc/resolv.conf every minute (Twisted keeps the timer in
-    C{_parseCall}).
-    """
-    for each in getattr(resolver, "resolvers", [resolver]):
-        call = getattr(each, "_parseCall", None)
-        if call is not None and call.active():
-            call.cancel()
