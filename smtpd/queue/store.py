@@ -281,6 +281,49 @@ class Queue:
         """
         return [(e.next_attempt, e.id, e.state) for e in self._walk(cleanup)]
 
+    def recover(self) -> list[str]:
+        """
+        At start, before anything else writes here: create the folder when
+        missing, remove temporary files and data files without an envelope,
+        move envelopes without data to C{corrupt/} (L{smtpd.queue.recovery}),
+        all from the names alone; the ids of the entries that have both
+        files, for L{read_schedule}. Synchronous and quick: no envelope is
+        read.
+        """
+        self._ensure_directory()
+        names = set(os.listdir(self.directory))
+        ids = []
+        for name in names:
+            stem, ext = os.path.splitext(name)
+            if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+                remove_leftover(self.directory, name, "temporary file")
+            elif not valid_queue_id(stem):
+                continue
+            elif ext == ".eml" and stem + ".json" not in names:
+                remove_leftover(self.directory, name, "data file without envelope")
+            elif ext == ".json" and stem + ".eml" not in names:
+                move_to_corrupt(self.directory, stem, "message data file missing")
+            elif ext == ".json":
+                ids.append(stem)
+        fsync_directory(self.directory)
+        return ids
+
+    def read_schedule(self, ids: list[str]) -> Deferred[list[tuple[float, str, str]]]:
+        """
+        C{(next_attempt, queue_id, state)} of the entries C{ids} (from
+        L{recover}), reading each envelope off the reactor thread; one that
+        cannot be parsed moves to C{corrupt/}.
+        """
+        return self._run(self._read_schedule_blocking, ids)
+
+    def _read_schedule_blocking(self, ids: list[str]) -> list[tuple[float, str, str]]:
+        found = []
+        for queue_id in ids:
+            envelope = self._scan_entry(queue_id, True, True)
+            if envelope is not None:
+                found.append((envelope.next_attempt, envelope.id, envelope.state))
+        return found
+
     def _walk(self, cleanup: bool) -> Iterator[Envelope]:
         """The envelope of each complete entry, one at a time (see L{scan})."""
         if cleanup:
