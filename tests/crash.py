@@ -181,6 +181,8 @@ class World:
                         found[key] = found.get(key, 0) + 1
         drop = os.path.join(self.mailroot, "drop")
         for name in _names(drop):
+            if name.startswith("."):
+                continue  # a temporary file (counted by leftovers)
             key = (_message_id(_read(os.path.join(drop, name))), "drop")
             found[key] = found.get(key, 0) + 1
         return found

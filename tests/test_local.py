@@ -172,6 +172,22 @@ class MaildirTests(DeliveryTestCase):
             self.agent.write(self.envelope, "bob@example.com", SOURCE), MailboxError)
         self.assertEqual(files_under(self.base), ["mailroot"])
 
+    def test_crashed_own_tmp_files_cleaned(self) -> None:
+        """
+        At a Maildir's first use in a run, our own files in tmp/ (named for
+        this host) changed before the run started are removed at once: copies
+        cut short by a crash; another program's recent file stays.
+        """
+        tmp = os.path.join(self.maildir, "tmp")
+        os.makedirs(tmp)
+        for name in ("1.Q0AAAM1.mx.example.com", "1.other.host"):
+            path = os.path.join(tmp, name)
+            with open(path, "wb") as f:
+                f.write(b"half")
+            os.utime(path, (1_700_000_000 - 10, 1_700_000_000 - 10))
+        self.successResultOf(self.agent.write(self.envelope, "bob@example.com", SOURCE))
+        self.assertEqual(os.listdir(tmp), ["1.other.host"])
+
     def test_old_tmp_files_cleaned(self) -> None:
         """
         At a Maildir's first use in the process, files left in tmp/ for over
@@ -262,6 +278,25 @@ class DropTests(DeliveryTestCase):
         super().setUp()
         self.agent = DropDelivery(self.mailroot, self.clock, defer.maybeDeferred)
         self.drop = os.path.join(self.mailroot, "drop")
+
+    def test_crashed_temporaries_removed(self) -> None:
+        """
+        At the first drop of a run, temporary files a crash left (changed
+        before the run started) are removed; a newer one and other files stay.
+        """
+        os.makedirs(self.drop)
+        for name, when in ((".0AAA.X.eml.1234abcd.tmp", 1_600_000_000),
+                           (".0BBB.X.eml.1234abcd.tmp", 1_800_000_000),
+                           ("other.eml", 1_600_000_000)):
+            path = os.path.join(self.drop, name)
+            with open(path, "wb") as f:
+                f.write(b"half")
+            os.utime(path, (when, when))
+        self.successResultOf(self.agent.drop(self.envelope, ["b@drop.example"], SOURCE))
+        names = sorted(os.listdir(self.drop))
+        self.assertNotIn(".0AAA.X.eml.1234abcd.tmp", names)
+        self.assertIn(".0BBB.X.eml.1234abcd.tmp", names)
+        self.assertIn("other.eml", names)
 
     def test_format(self) -> None:
         """

@@ -23,7 +23,7 @@ from smtpd.delivery.outcome import disk_error
 from smtpd.mail.envelope import DeliveryStatus, Envelope, valid_queue_id
 from smtpd.mail.lineends import convert_chunks
 from smtpd.mail.source import IMessageSource, read_chunks
-from smtpd.util.durable import FolderSync, make_folder, temp_name, write_chunks
+from smtpd.util.durable import TEMP_SUFFIX, FolderSync, make_folder, temp_name, write_chunks
 
 log = Logger()
 
@@ -47,6 +47,8 @@ class DropDelivery:
         self._clock = clock
         self._run = run_blocking
         self._sync = FolderSync(self.folder)
+        self._started = clock.seconds()
+        self._cleaned = False
 
     def deliver(self, envelope: Envelope, deliveries: Sequence[tuple[Any, Any]],
                 message: IMessageSource) -> Deferred[list[DeliveryStatus]]:
@@ -99,6 +101,9 @@ class DropDelivery:
 
     def _drop_blocking(self, name: str, header: bytes, message: IMessageSource) -> None:
         make_folder(self.folder)
+        if not self._cleaned:
+            self._cleaned = True
+            remove_stale_temporaries(self.folder, self._started)
         path = os.path.join(self.folder, name)
         tmp = temp_name(path)
         body = convert_chunks(read_chunks(message), b"\r\n")
@@ -113,3 +118,23 @@ class DropDelivery:
                 except OSError:
                     pass
             raise
+
+
+def remove_stale_temporaries(folder: str, started: float) -> None:
+    """
+    Remove our temporary files (C{.name.<random>.tmp}) from C{folder} that
+    were last changed before C{started}: drops cut short by a crash of an
+    earlier run. Errors are ignored.
+    """
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        if not (entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX)):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime < started:
+                os.unlink(entry.path)
+        except OSError:
+            continue
