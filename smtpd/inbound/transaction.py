@@ -16,7 +16,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from smtpd.cleanup.interfaces import ClientInfo, MessageRefused
-from smtpd.directory.routing import LOCAL, route
+from smtpd.directory.interfaces import DirectoryUnavailable
+from smtpd.directory.routing import LMTP, LOCAL, route
 from smtpd.inbound import policy
 from smtpd.inbound.core import COMMAND, DATA, SUBMISSION
 from smtpd.inbound.dotstream import DotDecoder
@@ -34,7 +35,6 @@ class Transaction:
     _session_bytes = 0
     _message = None
     _decoder: DotDecoder | None = None
-    _relay_client: bool | None = None
 
     def _reset(self) -> None:
         self._sender: str | None = None
@@ -102,15 +102,46 @@ class Transaction:
             return self._param_error(e)
         if len(self._rcpts) >= config.messages.max_recipients > 0:
             return self._reply(452, "4.5.3", "Error: too many recipients")
+        resolver = self.inbound.recipients
+        if resolver is not None:
+            d = resolver.resolve(rcpt)
+            d.addCallbacks(self._rcpt_resolved, self._rcpt_lookup_failed,
+                           callbackArgs=(rcpt, params), errbackArgs=(rcpt,))
+            return d
         dest = route(config, self.inbound.users, rcpt)
         if dest is None:
             return self._reply(550, "5.1.1", f"<{rcpt}>: User unknown")
+        return self._rcpt_accept(rcpt, params, dest, (rcpt,))
+
+    def _rcpt_resolved(self, resolved, rcpt: str, params) -> None:
+        """The directory's answer for RCPT C{rcpt}."""
+        if resolved is None:
+            return self._reply(550, "5.1.1", f"<{rcpt}>: User unknown")
+        return self._rcpt_accept(rcpt, params, resolved.destination, resolved.recipients)
+
+    def _rcpt_lookup_failed(self, failure: Failure, rcpt: str) -> None:
+        """The directory could not say: a temporary refusal, never 'unknown'."""
+        failure.trap(DirectoryUnavailable)
+        log.warn("RCPT {rcpt}: directory unavailable: {why}", rcpt=rcpt,
+                 why=failure.getErrorMessage())
+        self._reply(451, "4.4.3", f"<{rcpt}>: Recipient address lookup failed, try again later")
+
+    def _rcpt_accept(self, rcpt: str, params, dest, addresses: tuple[str, ...]) -> None:
+        """
+        The relay rule, then queue C{addresses} for RCPT C{rcpt} (itself, or
+        what the directory expands it to, with C{rcpt} as their ORCPT).
+        """
+        config = self.inbound.config
         if not policy.may_relay(config, self.peer_ip, self._user is not None, dest):
             return self._reply(554, "5.7.1", "Relay access denied")
-        key = _same_recipient_key(rcpt, dest.kind == LOCAL)
-        if key not in self._rcpt_seen:
-            self._rcpt_seen.add(key)
-            self._rcpts.append(Recipient(rcpt, params.notify, params.orcpt))
+        for queued in addresses:
+            orcpt = params.orcpt
+            if queued != rcpt and not orcpt:
+                orcpt = f"rfc822;{rcpt}"
+            key = _same_recipient_key(queued, dest.kind in (LOCAL, LMTP))
+            if key not in self._rcpt_seen:
+                self._rcpt_seen.add(key)
+                self._rcpts.append(Recipient(queued, params.notify, orcpt))
         return self._reply(250, "2.1.5", "Ok")
 
     def smtp_DATA(self, arg: str):
@@ -141,12 +172,11 @@ class Transaction:
             proto += "S"
         if self._esmtp and self._user is not None:
             proto += "A"
-        if self._relay_client is None:
-            # Once per session: the address does not change.
-            relay = self.inbound.config.access.relay
-            self._relay_client = policy.in_networks(self.peer_ip, relay)
         return ClientInfo(self._helo or "", self.peer_ip, proto, self._user, self._tls,
-                          self._relay_client)
+                          self._is_relay_client)
+
+    def _is_relay_client(self) -> bool:
+        return policy.in_networks(self.peer_ip, self.inbound.config.access.relay)
 
     def data_received(self) -> defer.Deferred | None:
         """Take the buffered input as message data, up to the terminator."""
@@ -197,6 +227,7 @@ class Transaction:
     def _stored(self, envelope: Envelope, message) -> None:
         self._session_bytes += message.size
         self.inbound.received += 1
+        self.messages += 1
         self._reply(250, "2.0.0", f"Ok: queued as {envelope.id}")
 
     def _store_failed(self, failure: Failure) -> None:
