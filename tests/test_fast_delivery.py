@@ -6,6 +6,7 @@ batched Maildir writes, delivery at once before the 250
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import resource
@@ -136,7 +137,13 @@ class MaildirBatchTests(unittest.TestCase):
         os.makedirs(self.mailroot)
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
-        self.envelope = Envelope("0ABC", "a@example.org", [Recipient("bob@example.net")], 1.0)
+        self.ids = itertools.count(0xABC)
+
+    @property
+    def envelope(self) -> Envelope:
+        """A new message each time (one message is written once per Maildir)."""
+        return Envelope(f"{next(self.ids):04X}", "a@example.org",
+                        [Recipient("bob@example.net")], 1.0)
 
     def new(self, local: str) -> str:
         return os.path.join(self.mailroot, "mailbox", "example.net", local, "new")

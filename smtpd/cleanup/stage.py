@@ -23,6 +23,7 @@ from smtpd.cleanup.trace import received_header
 from smtpd.mail.envelope import Envelope, Recipient
 from smtpd.mail.source import IMessageSource
 from smtpd.queue.spool import THRESHOLD, JoinedReader, Spool
+from smtpd.util import faults
 
 log = Logger()
 
@@ -206,6 +207,7 @@ class IncomingMessage:
             spool.prepend(fields)
             envelope.size = spool.size
             await self._cleanup.intake(envelope, spool)
+            faults.point("stored")
             return envelope
         finally:
             spool.discard()

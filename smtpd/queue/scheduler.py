@@ -23,6 +23,8 @@ from smtpd.config import Config
 from smtpd.mail.envelope import DEFERRED, HELD, QUEUED, Envelope
 from smtpd.queue.results import wants
 
+# Envelopes read per thread hand-off while the schedule is loaded at start.
+LOAD_BATCH = 500
 # How long a failed attempt (an error, not a delivery result) waits, at least.
 DEFAULT_RETRY = 900.0
 # How many envelopes of entries just stored are kept in memory for their first
@@ -57,6 +59,7 @@ class Scheduler:
         self._busy: dict[str, Deferred] = {}
         self._attempting: set[str] = set()
         self._pumping = False
+        self.loading: Deferred[None] | None = None
         self._attempt: Callable[[str], Awaitable[None]] | None = None
         # Envelopes of entries just stored, as stored: the first attempt
         # needs no disk read (copies: the caller's object may change).
@@ -70,8 +73,39 @@ class Scheduler:
         due with C{attempt(queue_id)} (a coroutine function).
         """
         self._attempt = attempt
-        self.load(self.queue.schedule())
+        self.load([])
+        ids = self.queue.recover()
+        self.loading = Deferred.fromCoroutine(self._load_batches(ids))
         self.pump()
+
+    async def _load_batches(self, ids: list[str]) -> None:
+        """
+        Read the envelopes of C{ids} in the queue's thread, a batch at a time,
+        adding each batch to the schedule as it comes: a big queue does not
+        delay the listeners, and what is due is attempted while the rest is
+        still being read.
+        """
+        for start in range(0, len(ids), LOAD_BATCH):
+            try:
+                entries = await self.queue.read_schedule(ids[start:start + LOAD_BATCH])
+            except Exception:
+                self._errors.failure("Cannot read the queue at start")
+                return
+            if not self.running:
+                return
+            self.add(entries)
+            self.pump()
+
+    def add(self, entries: Iterable[tuple[float, str, str]]) -> None:
+        """Add C{(next_attempt, queue_id, state)} triples of entries not known yet."""
+        for when, queue_id, state in entries:
+            if queue_id in self._states:
+                continue
+            state = state if state in (QUEUED, DEFERRED, HELD) else QUEUED
+            self._states[queue_id] = state
+            if state != HELD:
+                self._due[queue_id] = when
+                heapq.heappush(self._heap, (when, queue_id))
 
     def stop(self) -> list[Deferred[None]]:
         """Start nothing more; Deferreds for the operations still running."""
