@@ -3,6 +3,8 @@
 # versions folder.
 
 VENV      := .venv
+BENCH_VENV := .venv-bench
+BENCH_ARGS ?=
 VENV_PY   := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 CONFIG    ?= etc/smtpd.ini
@@ -29,6 +31,20 @@ venv: $(STAMP)
 # when all are present. Tests skip, naming the package, when one is not installed.
 engines:
 	@sh tools/engines.sh
+
+# Side-by-side benchmark against Postfix and aiosmtpd (README: Benchmarks); never part of
+# `make test`. Installs what it needs when missing: the engines (Debian postfix for the
+# peer, smtp-source and smtp-sink) and a bench-only venv with aiosmtpd and matplotlib.
+# Quick run: make bench BENCH_ARGS="--messages 500 --reps 1"
+bench: $(STAMP) $(BENCH_VENV)/.installed
+	@sh tools/engines.sh
+	$(BENCH_VENV)/bin/python bench/bench.py --smtpd-venv $(VENV) $(BENCH_ARGS)
+
+$(BENCH_VENV)/.installed: $(VENV_PY)
+	$(VENV_PY) -c 'import sys, venv; venv.main([sys.argv[1]])' $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q 'aiosmtpd>=1.4' 'matplotlib>=3.8'
+	@touch $@
 
 # The interpreter: the first of python3.13, python3.12, python3 on PATH, then pyenv's
 # versions, that really runs and is >= 3.12 (pyenv shims exist but fail when the
@@ -57,4 +73,4 @@ $(STAMP): $(VENV_PY) setup.cfg pyproject.toml
 	@touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) _trial_temp build *.egg-info twisted/plugins/dropin.cache
+	rm -rf $(VENV) $(BENCH_VENV) _trial_temp build *.egg-info twisted/plugins/dropin.cache

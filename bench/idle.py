@@ -6,7 +6,10 @@ still gets its banner. Not a test: run by hand, numbers go into the README.
 
     .venv/bin/python bench/idle.py [--sessions 10000] [--probes 500]
 
-Starts a fresh `twistd -n smtpd` on a temporary deployment (127.0.0.1 only),
+`make bench` runs the same measurement (measure_idle) for its results. Starts
+a fresh `twistd -n smtpd` on a temporary deployment (127.0.0.1 only; default
+settings but the port and max_connections / max_connections_per_ip raised to
+fit the sessions),
 opens --sessions connections and reads each banner, then reports the growth
 of the server's resident memory (VmRSS in /proc/PID/status) per session, and
 the latency from connect to banner of --probes new clients opened one after
@@ -21,14 +24,14 @@ import argparse
 import os
 import resource
 import shutil
-import signal
 import socket
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench import deployment, start  # noqa: E402
+from peers import BenchError, Smtpd  # noqa: E402
 
 MAX_SESSIONS = 60_000
 WARMUP = 200
@@ -49,7 +52,7 @@ def raise_file_limit(needed: int) -> None:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if hard < needed:
-        sys.exit(f"ulimit -n is {hard}; {needed} open files are needed (raise the hard limit)")
+        raise BenchError(f"ulimit -n is {hard}; {needed} open files are needed (raise the hard limit)")
 
 
 def banner(port: int, timeout: float) -> socket.socket:
@@ -103,47 +106,74 @@ def percentile(values: list[float], fraction: float) -> float:
     return values[min(len(values) - 1, max(0, round(fraction * len(values)) - 1))]
 
 
+def idle_smtpd(folder: str, venv_bin: str, sessions: int, probes: int) -> Smtpd:
+    """A not yet started smtpd whose connection limits fit the idle measurement."""
+    limit = sessions + probes + WARMUP + 100
+    return Smtpd(folder, None, [], venv_bin, None,
+                 server_lines=(f"max_connections = {limit}",
+                               f"max_connections_per_ip = {limit}"))
+
+
+def measure_idle(port: int, pid: int, sessions: int, probes: int, timeout: float) -> dict:
+    """
+    Open C{sessions} idle sessions to the server C{pid} on C{port}: its memory
+    growth per session and the banner latency of C{probes} new clients meanwhile.
+    """
+    if not 0 < sessions <= MAX_SESSIONS or not 0 < probes <= 10_000:
+        raise BenchError(f"idle sessions must be 1..{MAX_SESSIONS}, probes 1..10000")
+    raise_file_limit(sessions + WARMUP + 100)
+    # Warm up the code paths and the allocator before the baseline.
+    close_all(open_sessions(port, WARMUP, time.monotonic() + 60))
+    time.sleep(0.5)
+    before = rss_kib(pid)
+    started = time.monotonic()
+    opened_sessions = open_sessions(port, sessions, started + timeout)
+    opened = time.monotonic() - started
+    try:
+        time.sleep(1.0)
+        after = rss_kib(pid)
+        latencies = probe(port, probes)
+    finally:
+        close_all(opened_sessions)
+    return {
+        "sessions": sessions,
+        "open_seconds": opened,
+        "rss_before": before * 1024,
+        "rss_after": after * 1024,
+        "bytes_per_session": (after - before) * 1024 / sessions,
+        "probes": probes,
+        "p50": percentile(latencies, 0.5),
+        "p99": percentile(latencies, 0.99),
+        "max": latencies[-1],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--probes", type=int, default=500)
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="seconds allowed for opening the sessions")
+    parser.add_argument("--smtpd-venv", default=".venv")
     args = parser.parse_args()
-    if not 0 < args.sessions <= MAX_SESSIONS or not 0 < args.probes <= 10_000:
-        sys.exit(f"--sessions must be 1..{MAX_SESSIONS}, --probes 1..10000")
-    raise_file_limit(args.sessions + WARMUP + 100)
-    limit = args.sessions + args.probes + WARMUP + 100
-    root, port = deployment(
-        "", server=f"max_connections = {limit}\nmax_connections_per_ip = {limit}\n"
-    )
-    server = start(root, port)
+    root = tempfile.mkdtemp(prefix="smtpd-idle-")
+    server = idle_smtpd(root, os.path.join(os.path.abspath(args.smtpd_venv), "bin"),
+                        args.sessions, args.probes)
     try:
-        # Warm up the code paths and the allocator before the baseline.
-        close_all(open_sessions(port, WARMUP, time.monotonic() + 60))
-        time.sleep(0.5)
-        before = rss_kib(server.pid)
-        started = time.monotonic()
-        sessions = open_sessions(port, args.sessions, started + args.timeout)
-        opened = time.monotonic() - started
-        try:
-            time.sleep(1.0)
-            after = rss_kib(server.pid)
-            latencies = probe(port, args.probes)
-        finally:
-            close_all(sessions)
+        server.start()
+        result = measure_idle(server.port, server.root_pid(), args.sessions, args.probes,
+                              args.timeout)
+    except (BenchError, RuntimeError) as e:
+        sys.exit(f"idle: {e}")
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait()
-    per_session = (after - before) * 1024 / args.sessions
-    print(f"idle: {args.sessions} sessions opened in {opened:.1f} s; server RSS "
-          f"{before / 1024:.1f} -> {after / 1024:.1f} MiB = {per_session / 1024:.2f} KiB "
-          f"({per_session:.0f} B) per session")
-    print(f"idle: banner to a new client with {args.sessions} idle: "
-          f"p50 {percentile(latencies, 0.5) * 1000:.2f} ms, "
-          f"p99 {percentile(latencies, 0.99) * 1000:.2f} ms, "
-          f"max {latencies[-1] * 1000:.2f} ms ({args.probes} probes)")
-    shutil.rmtree(root)
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"idle: {result['sessions']} sessions opened in {result['open_seconds']:.1f} s; "
+          f"server RSS {result['rss_before'] / 2**20:.1f} -> {result['rss_after'] / 2**20:.1f} MiB"
+          f" = {result['bytes_per_session']:.0f} B per session")
+    print(f"idle: banner to a new client with {result['sessions']} idle: "
+          f"p50 {result['p50'] * 1000:.2f} ms, p99 {result['p99'] * 1000:.2f} ms, "
+          f"max {result['max'] * 1000:.2f} ms ({result['probes']} probes)")
 
 
 if __name__ == "__main__":
