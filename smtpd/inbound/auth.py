@@ -91,6 +91,7 @@ class Auth:
         return d
 
     def _auth_result(self, ok: bool, login: str) -> None:
+        self.inbound.events["auth_success" if ok else "auth_failure"] += 1
         if ok:
             self._user = login.lower()
             return self._reply(235, "2.7.0", "Authentication successful")
