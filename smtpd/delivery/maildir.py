@@ -16,7 +16,7 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
@@ -342,18 +342,19 @@ def _write_into(folder: str, name: str, header: bytes, message: IMessageSource) 
     C{new/}; its path there. Nothing stays behind on failure.
     """
     tmp = os.path.join(folder, "tmp", name)
-    newlines = [0]
+    lines = 0
 
-    def counted(chunks):
+    def counted(chunks: Iterable[bytes]) -> Iterator[bytes]:
+        nonlocal lines
         for chunk in chunks:
-            newlines[0] += chunk.count(b"\n")
+            lines += chunk.count(b"\n")
             yield chunk
 
-    chunks = itertools.chain([header], convert_chunks(read_chunks(message), b"\n"))
-    size = write_chunks(tmp, counted(chunks))
+    body = convert_chunks(read_chunks(message), b"\n")
+    size = write_chunks(tmp, counted(itertools.chain([header], body)))
     # S= the size on disk, W= the size with CRLF line ends (Dovecot's fields):
     # POP3 (smtpd's and Dovecot's) lists sizes without reading every message.
-    final = os.path.join(folder, "new", f"{name},S={size},W={size + newlines[0]}")
+    final = os.path.join(folder, "new", f"{name},S={size},W={size + lines}")
     try:
         os.rename(tmp, final)
     except BaseException:

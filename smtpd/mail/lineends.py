@@ -7,10 +7,7 @@ are one line ending).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
-
-_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 class LineEnds:
@@ -34,7 +31,10 @@ class LineEnds:
             # It may be the first half of a CRLF that the next piece completes.
             chunk = chunk[:-1]
             self._held_cr = True
-        return _LINE_END.sub(self.end, chunk)
+        # Three passes in C, much faster than a regular expression's
+        # substitution: CRLF and bare CR become LF, then LF becomes the end.
+        text = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        return text if self.end == b"\n" else text.replace(b"\n", self.end)
 
     def finish(self) -> bytes:
         """What is still held at the end of the data (a final bare CR, converted)."""
