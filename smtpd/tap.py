@@ -31,7 +31,7 @@ from twisted.python.threadpool import ThreadPool
 from smtpd.admin.manhole import ManholeError
 from smtpd.admin.service import AdministrationService
 from smtpd.util import tls
-from smtpd.web.site import WebService
+from smtpd.web.site import WebError, WebService
 from smtpd.pop3.server import POP3Server
 from smtpd.queue.bounce import BounceBuilder
 from smtpd.config import Config, ConfigError, load_config
@@ -326,7 +326,7 @@ def makeService(options: Options) -> service.IService:
     os.umask(UMASK)
     try:
         top = build(config, reactor)
-    except ManholeError as e:
+    except (ManholeError, WebError) as e:
         print(str(e), file=sys.stderr)
         raise SystemExit(1)
     except (tls.TLSError, UsersError, OSError) as e:

@@ -15,10 +15,11 @@ from twisted.web.server import Site
 from smtpd.admin.api import Admin
 from smtpd.config import load_config
 from smtpd.web.health import free_space
-from smtpd.web.site import WebService
+from smtpd.web.site import WebError, WebService
 from smtpd.web.views import qshape, search
 from tests import support
 from tests.admin_support import OPERATOR, PASSWORD, eventually, short_root, write_ini
+from tests.admin_support import write_operators
 from tests.inbound import connect
 from tests.web_support import Browser, base_url, basic, send, start_web_server, web_ini
 
@@ -122,6 +123,7 @@ class LoginTests(unittest.TestCase):
     def test_tls_beyond_loopback(self):
         """An endpoint beyond loopback is served over TLS, a loopback one is plain."""
         root = short_root(self)
+        write_operators(root)
         config = load_config(write_ini(root, web_ini(9)))
         config = config.__class__(**{**config.__dict__, "http": config.http.__class__(
             listen=("tcp:8025:interface=0.0.0.0", "tcp:8026:interface=127.0.0.2"))})
@@ -133,6 +135,18 @@ class LoginTests(unittest.TestCase):
         self.assertIsInstance(inside, Site)
         self.assertTrue(outside.wrappedFactory.resource.need_login)
         self.assertFalse(inside.resource.need_login)
+
+
+    def test_refused_beyond_loopback_without_users(self):
+        """An endpoint beyond loopback with nobody in [manhole] users: one error line."""
+        root = short_root(self)
+        config = load_config(write_ini(root, web_ini(9).replace(
+            "[http]\nlisten = tcp:0:interface=127.0.0.1", "[http]\nlisten = tcp:0")))
+        with self.assertRaises(WebError) as caught:
+            WebService(config, server=None, clock=None, run_blocking=None, tls_options=None,
+                       listeners=[])
+        self.assertEqual(str(caught.exception).count("\n"), 0)
+        self.assertIn("[http] listen = tcp:0: listens beyond loopback", str(caught.exception))
 
 
 class APITests(unittest.TestCase):

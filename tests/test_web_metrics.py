@@ -5,14 +5,22 @@ server did (messages accepted, delivered, deferred by a 451, bounced by a 550).
 
 from __future__ import annotations
 
+import base64
+import os
+
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial import unittest
 
 from smtpd.admin.api import Admin
+from smtpd.directory.accounts import hash_password
 from smtpd.queue.stats import DeliveryStats, Histogram
 from tests import support
-from tests.admin_support import eventually
-from tests.web_support import Browser, base_url, send, start_web_server
+from tests.admin_support import RunningServer, eventually, short_root, write_ini
+from tests.admin_support import write_operators
+from tests.inbound import RawClient, connect
+from tests.web_support import Browser, base_url, send, start_web_server, web_ini
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:
@@ -85,6 +93,45 @@ class MetricsTests(unittest.TestCase):
         self.assertGreater(after[("process_resident_memory_bytes", ())], 0)
         self.assertGreater(after[("process_open_fds", ())], 0)
         self.assertEqual(len(sink.messages), 1)
+
+
+    async def test_refusals_and_auth(self):
+        """
+        A connection over max_connections_per_ip counts as refused by the
+        limit, one from a denied address as refused by deny; a wrong AUTH
+        password counts one failure and a right one one success.
+        """
+        root = short_root(self)
+        write_operators(root)
+        with open(os.path.join(root, "etc", "users"), "w") as f:
+            f.write(f"bob@localhost:{hash_password('secret', rounds=4).decode()}\n")
+        write_ini(root, web_ini(9).replace(
+            "listen = tcp:0:interface=127.0.0.1\n[delivery]",
+            "listen = tcp:0:interface=127.0.0.1\n"
+            "max_connections_per_ip = 1\n[access]\ndeny = 127.0.0.2\n"
+            "[auth]\nallow_plaintext = yes\n[delivery]"))
+        server = RunningServer(self, root)
+        port = server.smtp_port()
+        first = await connect(self, port)
+        over = await connect(self, port)
+        self.assertTrue((await over.wait(1))[0].startswith("421 4.7.0"))
+        # From 127.0.0.2, the denied address.
+        denied = RawClient()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port,
+                                                 bindAddress=("127.0.0.2", 0)), denied)
+        self.addCleanup(denied.transport.loseConnection)
+        self.assertTrue((await denied.wait(1))[0].startswith("554 5.7.1"))
+        await first.command(b"EHLO client.test\r\n")
+        for password, code in ((b"wrong", "535"), (b"secret", "235")):
+            token = base64.b64encode(b"\0bob@localhost\0" + password)
+            reply = await first.command(b"AUTH PLAIN " + token + b"\r\n")
+            self.assertTrue(reply.startswith(code), reply)
+        after = samples((await Browser(self).get(base_url(server) + "/metrics"))[2].decode())
+        self.assertEqual(after[("smtpd_connections_refused_total", (("reason", "limit"),))], 1)
+        self.assertEqual(after[("smtpd_connections_refused_total", (("reason", "deny"),))], 1)
+        self.assertEqual(after[("smtpd_auth_total", (("result", "failure"),))], 1)
+        self.assertEqual(after[("smtpd_auth_total", (("result", "success"),))], 1)
+        self.assertEqual(after[("smtpd_sessions_open", ())], 2)
 
 
 class StatsTests(unittest.TestCase):

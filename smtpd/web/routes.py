@@ -140,9 +140,10 @@ class Handler:
 
     async def readyz(self) -> None:
         shared = self.shared
+        # The floor of the configuration in force (a reload changes it).
+        floor = shared.server.config.http.min_free_space
         report = await shared.run_blocking(readiness, shared.listeners,
-                                           shared.config.server.mailroot,
-                                           shared.config.http.min_free_space)
+                                           shared.config.server.mailroot, floor)
         self.json(report, http.OK if report["ready"] else http.SERVICE_UNAVAILABLE)
 
     async def queue_entries(self, admin: Admin) -> list[dict]:

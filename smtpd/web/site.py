@@ -23,10 +23,35 @@ from twisted.internet.defer import Deferred
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web import resource, server as web_server
 
-from smtpd.admin.operators import OperatorChecker, is_loopback
+from smtpd.admin.operators import OperatorChecker, OperatorsError, is_loopback
+from smtpd.admin.operators import read_operators
 from smtpd.web.login import WebSessions
 from smtpd.web.metrics import ReactorLag, registry
 from smtpd.web.routes import Handler
+
+
+class WebError(Exception):
+    """The [http] listeners cannot start; the message is one config error line."""
+
+
+def check(config) -> list[str]:
+    """
+    The problems that stop [http] from starting, one line each: an endpoint
+    beyond loopback while C{[manhole] users} names nobody (no one could log in),
+    or a users file that cannot be read.
+    """
+    outside = [e for e in config.http.listen if not is_loopback(e)]
+    if not outside:
+        return []
+    try:
+        operators = read_operators(config.manhole.users)
+    except OperatorsError as e:
+        return [f"{config.path}: [manhole] users: {e}"]
+    if operators:
+        return []
+    return [f"{config.path}: [http] listen = {e}: listens beyond loopback and "
+            f"{config.manhole.users} names no users; expected an interface=127.0.0.1 "
+            "endpoint, or users added with smtpctl manhole-user add NAME" for e in outside]
 
 
 class WebService(service.Service):
@@ -35,9 +60,13 @@ class WebService(service.Service):
     server runs. Its listeners (L{listening}) are bound with the others.
 
     @ivar listening: C{(endpoint, factory)} pairs, one per C{[http] listen}.
+    @raise WebError: see L{check}.
     """
 
     def __init__(self, config, server, clock, run_blocking, tls_options, listeners):
+        problems = check(config)
+        if problems:
+            raise WebError("\n".join(problems))
         self.lag = ReactorLag(clock)
         shared = Shared(config, server, clock, run_blocking, listeners,
                         WebSessions(OperatorChecker(config.manhole.users, run_blocking), clock),
