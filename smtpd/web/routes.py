@@ -182,8 +182,9 @@ class Handler:
         if self.path == "/":
             entries = await admin.queue()
             shape = views.qshape(entries, self.shared.clock.seconds())
-            return self.html("Overview", page.overview(admin.status(), admin.sessions(), shape,
-                                                       csrf), session)
+            body = page.overview(admin.status(), admin.sessions(), shape, csrf)
+            return self.html("Overview", body + "<h2>Last hour</h2>"
+                             + self.shared.history.charts(), session)
         if self.path == "/queue":
             listing = views.page(await self.queue_entries(admin), self.page_number())
             return self.html("Queue", page.queue_page(listing, self.arg("q"), csrf), session)

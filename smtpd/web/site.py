@@ -23,8 +23,10 @@ from twisted.internet.defer import Deferred
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web import resource, server as web_server
 
+from smtpd.admin.api import Admin
 from smtpd.admin.operators import OperatorChecker, OperatorsError, is_loopback
 from smtpd.admin.operators import read_operators
+from smtpd.web.history import History
 from smtpd.web.login import WebSessions
 from smtpd.web.metrics import ReactorLag, registry
 from smtpd.web.routes import Handler
@@ -56,8 +58,8 @@ def check(config) -> list[str]:
 
 class WebService(service.Service):
     """
-    The [http] part of the service tree: samples the reactor's lag while the
-    server runs. Its listeners (L{listening}) are bound with the others.
+    The [http] part of the service tree: samples the reactor's lag and the
+    charts' history while the server runs. Its listeners (L{listening}) are bound with the others.
 
     @ivar listening: C{(endpoint, factory)} pairs, one per C{[http] listen}.
     @raise WebError: see L{check}.
@@ -68,9 +70,10 @@ class WebService(service.Service):
         if problems:
             raise WebError("\n".join(problems))
         self.lag = ReactorLag(clock)
+        self.history = History(clock, Admin(server, "web").status)
         shared = Shared(config, server, clock, run_blocking, listeners,
                         WebSessions(OperatorChecker(config.manhole.users, run_blocking), clock),
-                        registry(server, self.lag))
+                        registry(server, self.lag), self.history)
         self.shared = shared
         self.listening = []
         for description in config.http.listen:
@@ -81,21 +84,24 @@ class WebService(service.Service):
             self.listening.append((description, factory))
 
     def startService(self):
-        """Start sampling the reactor's lag (only when there is a listener)."""
+        """Start sampling the reactor's lag and the charts (only when there is a listener)."""
         service.Service.startService(self)
         if self.listening:
             self.lag.start()
+            self.history.start()
 
     def stopService(self):
         """Stop sampling."""
         service.Service.stopService(self)
         self.lag.stop()
+        self.history.stop()
 
 
 class Shared:
     """What every [http] site reads: the admin server, sessions, metrics, readiness inputs."""
 
-    def __init__(self, config, server, clock, run_blocking, listeners, sessions, metrics):
+    def __init__(self, config, server, clock, run_blocking, listeners, sessions, metrics,
+                 history):
         self.config = config
         self.server = server
         self.clock = clock
@@ -103,6 +109,7 @@ class Shared:
         self.listeners = listeners
         self.sessions = sessions
         self.metrics = metrics
+        self.history = history
 
 
 class Root(resource.Resource):
