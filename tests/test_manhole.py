@@ -130,6 +130,29 @@ class RefusingClientTests(unittest.TestCase):
         await run(client, "admin.status()['sessions']", rb"\b0\b")
 
 
+class PlainPasswordTests(unittest.TestCase):
+    """An operators file with a plain-text password (accepted, with a warning)."""
+
+    timeout = 20
+
+    async def test_plain_password_accepted_with_warning(self):
+        """The start logs a warning naming the operator; the login works."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        root = short_root(self)
+        write_operators(root, ["bob:plain-secret"])
+        write_ini(root, ini(1, "telnet = tcp:0:interface=127.0.0.1"))
+        server = RunningServer(self, root)
+        warnings = [formatEvent(e) for e in events if "plain-text password" in formatEvent(e)]
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn("manhole user bob has a plain-text password", warnings[0])
+        client = await telnet_login(self, server.manhole_port("telnet"), "bob", "plain-secret")
+        await client.screen.wait_for_any(b">>> ")
+
+
 def _queue(server: RunningServer) -> list[dict]:
     """The queue as admin.queue() lists it, read synchronously for polling."""
     from smtpd.admin import listing

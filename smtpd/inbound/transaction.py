@@ -34,7 +34,6 @@ class Transaction:
     _session_bytes = 0
     _message = None
     _decoder: DotDecoder | None = None
-    _relay_client: bool | None = None
 
     def _reset(self) -> None:
         self._sender: str | None = None
@@ -141,12 +140,11 @@ class Transaction:
             proto += "S"
         if self._esmtp and self._user is not None:
             proto += "A"
-        if self._relay_client is None:
-            # Once per session: the address does not change.
-            relay = self.inbound.config.access.relay
-            self._relay_client = policy.in_networks(self.peer_ip, relay)
         return ClientInfo(self._helo or "", self.peer_ip, proto, self._user, self._tls,
-                          self._relay_client)
+                          self._is_relay_client)
+
+    def _is_relay_client(self) -> bool:
+        return policy.in_networks(self.peer_ip, self.inbound.config.access.relay)
 
     def data_received(self) -> defer.Deferred | None:
         """Take the buffered input as message data, up to the terminator."""
