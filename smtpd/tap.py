@@ -6,6 +6,8 @@ C{twistd smtpd}: command-line options and the service tree (assembly only).
      +- ThreadPoolService (password checks)
      +- QueueManager (scans the queue; local delivery, relay, bounces)
      +- RelayService (closes pooled connections and the resolver on stop)
+     +- ClosingService (the LMTP agent's idle connections; the LDAP
+                        directory's connection when [directory] is on)
      +- InboundService (drains sessions on stop)
      +- AdministrationService (control socket, reload; the manhole's listeners)
      +- WebService ([http]: metrics, health, status page; its listeners)
@@ -36,6 +38,9 @@ from smtpd.pop3.server import POP3Server
 from smtpd.queue.bounce import BounceBuilder
 from smtpd.config import Config, ConfigError, load_config
 from smtpd.delivery.drop import DropDelivery
+from smtpd.delivery.lmtp import LMTPDelivery
+from smtpd.directory.ldap import LDAPDirectory, server_for
+from smtpd.directory.resolve import EVERYONE, RecipientResolver
 from smtpd.delivery.maildir import MaildirDelivery
 from smtpd.config.preflight import creates_certificate, preflight
 from smtpd.service.listeners import Listener, ListenerGroup, StartupError
@@ -160,7 +165,8 @@ def load_tls(config: Config, clock):
     return tls.ReloadableTLS(tls.server_tls_options(cert, key))
 
 
-def delivery_agents(config: Config, reactor, run_blocking, relay: RelayManager) -> dict:
+def delivery_agents(config: Config, reactor, run_blocking, relay: RelayManager,
+                    lmtp: LMTPDelivery) -> dict:
     """The delivery agents by name (C{[domain:NAME] type} and the queue's registry)."""
     mailroot = config.server.mailroot
     agents = [
@@ -168,8 +174,45 @@ def delivery_agents(config: Config, reactor, run_blocking, relay: RelayManager) 
                         max_batches=MAILDIR_BATCHES),
         DropDelivery(mailroot, reactor, run_blocking),
         relay,
+        lmtp,
     ]
     return {agent.name: agent for agent in agents}
+
+
+def lmtp_agent(config: Config, reactor) -> LMTPDelivery:
+    """The agent of C{type = lmtp} domains, with the [delivery] limits."""
+    return LMTPDelivery(reactor, config.server.hostname, timeout=config.delivery.outbound_timeout,
+                        max_messages=config.delivery.max_messages_per_connection,
+                        max_connections=config.delivery.outbound_connections_per_domain)
+
+
+class ClosingService(service.Service):
+    """On stop: closes the connections a part keeps open (its C{stop()})."""
+
+    def __init__(self, part):
+        self.part = part
+
+    def stopService(self):
+        """Close the idle connections."""
+        service.Service.stopService(self)
+        return self.part.stop()
+
+
+def add_directory(top, config: Config, reactor, inbound: Inbound,
+                  qmgr: QueueManager) -> LDAPDirectory | None:
+    """
+    With [directory] url set: the LDAP directory answers RCPT (through a
+    L{RecipientResolver}) and AUTH, and the queue routes the recipients it
+    vouched for without etc/users. Returns the directory, or None.
+    """
+    if not config.directory.enabled:
+        return None
+    directory = LDAPDirectory(config.directory, reactor, server_for(config.directory))
+    inbound.directory = directory
+    inbound.recipients = RecipientResolver(config, directory)
+    qmgr.users = EVERYONE
+    ClosingService(directory).setServiceParent(top)
+    return directory
 
 
 def build(config: Config, reactor) -> service.MultiService:
@@ -208,18 +251,19 @@ def build(config: Config, reactor) -> service.MultiService:
             factory = inbound.factory(kind)
             if kind == SMTPS:
                 factory = TLSMemoryBIOFactory(tls_options, False, factory)
-            listeners.append(Listener(reactor, description, factory))
+            listeners.append(Listener(reactor, description, factory, config.access.proxy_from))
 
     resolver = make_resolver(config.delivery.dns_servers, reactor)
     mx = MXResolver(resolver, reactor, config.server.hostname)
     relay = RelayManager(config, reactor, mx, local_endpoints=group.addresses,
                          run_blocking=run_blocking)
+    lmtp = lmtp_agent(config, reactor)
     qmgr = QueueManager(
         config,
         queue,
         reactor,
         users=users,
-        agents=delivery_agents(config, reactor, run_blocking, relay),
+        agents=delivery_agents(config, reactor, run_blocking, relay, lmtp),
         bounces=BounceBuilder(config.server.hostname, reactor),
         log=activity,
         run_blocking=run_blocking,
@@ -232,6 +276,7 @@ def build(config: Config, reactor) -> service.MultiService:
     cleanup.accept = qmgr.accept
     qmgr.setServiceParent(top)
     RelayService(relay).setServiceParent(top)
+    ClosingService(lmtp).setServiceParent(top)
     InboundService(inbound, activity).setServiceParent(top)
     top.pickup = add_pickup(top, config, cleanup, reactor, run_blocking)
     top.pop3 = add_pop3(listeners, config, reactor, users, auth_pool.runner(reactor),
@@ -252,6 +297,7 @@ def build(config: Config, reactor) -> service.MultiService:
                      for description, factory in web.listening)
     SignalService(reactor, admin.reload, activity.reopen).setServiceParent(top)
     group.setServiceParent(top)
+    top.directory = add_directory(top, config, reactor, inbound, qmgr)
     top.inbound = inbound
     top.qmgr = qmgr
     top.admin = admin
@@ -271,7 +317,8 @@ def add_pop3(listeners: list[Listener], config: Config, reactor, users, check_pa
                       tls_options, activity, may_connect=may_connect)
     for endpoints, implicit_tls in ((config.pop3.listen, False), (config.pop3.pop3s, True)):
         for description in endpoints:
-            listeners.append(Listener(reactor, description, pop3.factory(implicit_tls)))
+            listeners.append(Listener(reactor, description, pop3.factory(implicit_tls),
+                                      config.access.proxy_from))
     return pop3
 
 

@@ -42,7 +42,8 @@ from smtpd.config.values import (
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(REPOSITORY, "etc", "smtpd.ini")
-SECTIONS = "server, tls, auth, access, messages, delivery, manhole, pop3, http, logging, domain:NAME"
+SECTIONS = ("server, tls, auth, access, messages, delivery, directory, manhole, pop3, http, "
+            "logging, domain:NAME")
 
 
 class ConfigTestCase(unittest.TestCase):
@@ -475,7 +476,7 @@ class ProblemLineTests(ConfigTestCase):
             "[messages]\nbare_newlines = fix\n": "expected reject or normalize",
             "[logging]\nformat = xml\n": "expected w3c or json",
             "[auth]\nmechanisms = PLAIN CRAM-MD5\n": "expected PLAIN and/or LOGIN",
-            "[domain:example.com]\ntype = mailbox\n": "expected local, alias, drop or remote",
+            "[domain:example.com]\ntype = mailbox\n": "expected local, alias, drop, remote or lmtp",
         }
         for text, expected in cases.items():
             self.assertIn(expected, self.problem(text))
@@ -564,7 +565,7 @@ class ProblemLineTests(ConfigTestCase):
         self.assertEqual(
             self.problem("[domain:example.com]\nmailbox = x\n"),
             "[domain:example.com] mailbox: unknown key; known keys: type, alias_of, "
-            "relay, smart_host, outbound_tls, remote_port",
+            "relay, smart_host, outbound_tls, remote_port, lmtp",
         )
 
     def test_bad_domain_name(self) -> None:

@@ -32,6 +32,9 @@ _ENDPOINT_PARAMETERS = {
 _ENDPOINT_FILES = ("privateKey", "certKey", "extraCertChain", "dhParameters")
 
 
+PROXY_PREFIX = "haproxy:"
+
+
 def split_endpoint(description: str) -> tuple[list[str], dict[str, str]]:
     """
     The positional and named parameters of an endpoint string, split as
@@ -70,7 +73,9 @@ def endpoint_parameters(description: str) -> tuple[str, dict[str, str]]:
     """
     The kind (tcp, ssl, unix) and the named parameters of an endpoint string,
     positional ones bound to their names as Twisted's own parsers bind them.
+    A C{haproxy:} prefix (PROXY protocol) is looked through.
     """
+    description = description.removeprefix(PROXY_PREFIX)
     args, kw = split_endpoint(description)
     if not args or not args[0]:
         raise ValueError(f"{description!r}: no endpoint type")
@@ -126,6 +131,11 @@ def parse_endpoint(description: str, root: str = "") -> str:
     Relative file paths in it (unix socket, ssl files) are taken from C{root};
     the string is returned unchanged unless such a path was rewritten.
     """
+    if description.startswith(PROXY_PREFIX):
+        inner = parse_endpoint(description[len(PROXY_PREFIX):], root)
+        if inner.startswith(PROXY_PREFIX) or endpoint_parameters(inner)[0] != "tcp":
+            raise ValueError(f"{description!r}: haproxy: is for tcp: endpoints")
+        return PROXY_PREFIX + inner
     kind, bound = endpoint_parameters(description)
     for name, value in bound.items():
         _check_endpoint_value(description, name, value)
@@ -173,6 +183,40 @@ def parse_plain_tcp_endpoints(text: str, root: str = "") -> tuple[str, ...]:
     """
     endpoints = parse_endpoints(text, root)
     for endpoint in endpoints:
-        if endpoint_parameters(endpoint)[0] not in ("tcp", "systemd"):
+        kind = endpoint_parameters(endpoint)[0]
+        if kind not in ("tcp", "systemd") or endpoint.startswith(PROXY_PREFIX):
             raise ValueError(f"{endpoint!r} is not a plain tcp: (or systemd:) endpoint")
     return endpoints
+
+
+def parse_lmtp_target(text: str) -> str:
+    """
+    Where an LMTP server listens (RFC 2033): C{unix:/absolute/path} or
+    C{tcp:host:port} (an IPv6 address in brackets). Returned as written,
+    stripped; L{lmtp_target_parts} splits it.
+    """
+    text = text.strip()
+    kind, colon, rest = text.partition(":")
+    if kind == "unix" and colon:
+        if not rest.startswith("/") or any(ord(c) < 32 for c in rest):
+            raise ValueError(f"{text!r}: the socket path must be absolute")
+        return text
+    if kind == "tcp" and colon:
+        host, colon, port = rest.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{text!r} is not tcp:host:port")
+        if any(c.isspace() or ord(c) < 32 or c in "[]/" for c in host):
+            raise ValueError(f"{text!r}: {host!r} is not a host name or address")
+        return text
+    raise ValueError(f"{text!r} is neither unix:/path nor tcp:host:port")
+
+
+def lmtp_target_parts(target: str) -> tuple[str, str, int]:
+    """C{("unix", path, 0)} or C{("tcp", host, port)} of an accepted LMTP target."""
+    kind, _, rest = target.partition(":")
+    if kind == "unix":
+        return "unix", rest, 0
+    host, _, port = rest.rpartition(":")
+    host = host[1:-1] if host.startswith("[") else host
+    return "tcp", host, int(port)

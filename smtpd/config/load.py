@@ -13,10 +13,12 @@ from typing import cast
 
 from smtpd.config.endpoints import endpoint_parameters
 from smtpd.config.model import (
+    AccessConfig,
     AuthConfig,
     Config,
     ConfigError,
     DeliveryConfig,
+    DirectoryConfig,
     DomainConfig,
     ServerConfig,
 )
@@ -178,6 +180,11 @@ def _domain(
             f"[{section}] alias_of: missing; expected the name of a type = local "
             "domain of this file"
         )
+    if kind == "lmtp" and "lmtp" not in items:
+        problems.add(
+            f"[{section}] lmtp: missing; expected where the LMTP server listens: "
+            "unix:/path or tcp:host:port"
+        )
     values = {k: v for k, v in values.items() if k in allowed}
     return DomainConfig(name=name, **values)
 
@@ -263,6 +270,8 @@ def _check_across(
             "empty, but [server] submission requires AUTH",
             "PLAIN and/or LOGIN",
         )
+    _check_directory(cast(DirectoryConfig, sections["directory"]), bad, problems)
+    _check_proxies(sections, bad, problems)
     if delivery.smart_host_fallback and delivery.smart_host is None:
         if ("delivery", "smart_host") not in bad:
             problems.bad(
@@ -272,6 +281,42 @@ def _check_across(
                 "no [delivery] smart_host to fall back to",
                 "no, or a smart_host",
             )
+
+
+def _check_proxies(
+    sections: dict[str, object], bad: set[tuple[str, str]], problems: _Problems
+) -> None:
+    """Record haproxy: listeners when no proxy may use them."""
+    access = cast(AccessConfig, sections["access"])
+    if access.proxy_from or ("access", "proxy_from") in bad:
+        return
+    for section, key in (("server", "listen"), ("server", "submission"), ("pop3", "listen")):
+        endpoints = getattr(sections[section], key)
+        proxied = [e for e in endpoints if e.startswith("haproxy:")]
+        if proxied:
+            problems.bad(
+                section, key, " ".join(endpoints),
+                f"{proxied[0]} speaks the PROXY protocol but [access] proxy_from is empty",
+                "[access] proxy_from listing the load balancers' addresses",
+            )
+
+
+def _check_directory(
+    directory: DirectoryConfig, bad: set[tuple[str, str]], problems: _Problems
+) -> None:
+    """Record a directory URL without a base, or StartTLS inside ldaps://."""
+    if not directory.url:
+        return
+    if not directory.base and ("directory", "base") not in bad:
+        problems.add(
+            "[directory] base: missing; expected the DN to search under, "
+            "such as dc=example,dc=com, when url is set"
+        )
+    if directory.starttls and directory.url.lower().startswith("ldaps:"):
+        problems.bad(
+            "directory", "starttls", "yes", "ldaps:// is already encrypted",
+            "no with ldaps://, or an ldap:// url",
+        )
 
 
 def load_config(path: str) -> Config:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from smtpd.config.ldap import PRESETS
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -77,6 +79,7 @@ class AccessConfig:
     relay_authenticated: bool = True
     max_errors: int = 10
     auth_failures: int = 3
+    proxy_from: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,45 @@ class DomainConfig:
     smart_host: SmartHost | None = None
     outbound_tls: str | None = None
     remote_port: int | None = None
+    lmtp: str = ""
+
+
+@dataclass(frozen=True)
+class DirectoryConfig:
+    """
+    [directory]: an LDAP directory for recipients and AUTH; C{url} "" = off
+    (the accounts file answers). Filters and attributes left "" take the
+    preset of C{schema} (L{smtpd.config.ldap.PRESETS}).
+    """
+
+    url: str = ""
+    starttls: bool = False
+    ca_certificates: str = ""
+    bind_dn: str = ""
+    bind_password: str = ""
+    base: str = ""
+    schema: str = "rfc2307bis"
+    recipient_filter: str = ""
+    alias_filter: str = ""
+    mail_attribute: str = ""
+    alternate_attribute: str = ""
+    routing_attribute: str = ""
+    host_attribute: str = ""
+    member_attribute: str = ""
+    positive_ttl: float = 300.0
+    negative_ttl: float = 60.0
+    timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        preset = PRESETS.get(self.schema, PRESETS["rfc2307bis"])
+        for name, value in preset.items():
+            if not getattr(self, name):
+                object.__setattr__(self, name, value)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether an LDAP directory is configured."""
+        return bool(self.url)
 
 
 @dataclass(frozen=True)
@@ -181,6 +223,7 @@ class Config:
     messages: MessagesConfig = field(default_factory=MessagesConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     domains: tuple[DomainConfig, ...] = ()
+    directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     manhole: ManholeConfig = field(default_factory=ManholeConfig)
     pop3: POP3Config = field(default_factory=POP3Config)
     http: HTTPConfig = field(default_factory=HTTPConfig)

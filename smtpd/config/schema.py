@@ -10,11 +10,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from smtpd.config.endpoints import parse_endpoints, parse_plain_tcp_endpoints
+from smtpd.config.ldap import (
+    SCHEMAS,
+    parse_attribute,
+    parse_dn,
+    parse_ldap_filter,
+    parse_ldap_url,
+)
+from smtpd.config.endpoints import (
+    parse_endpoints,
+    parse_lmtp_target,
+    parse_plain_tcp_endpoints,
+)
 from smtpd.config.model import (
     AccessConfig,
     AuthConfig,
     DeliveryConfig,
+    DirectoryConfig,
     HTTPConfig,
     LoggingConfig,
     ManholeConfig,
@@ -137,6 +149,11 @@ _ENDPOINTS_TEXT = (
     "systemd:domain=INET6:index=0 (a socket inherited from systemd)"
 )
 _SMART_HOST_TEXT = "empty, host[:port] (MX lookup) or [host-or-ip][:port]"
+_FILTER_TEXT = (
+    "empty (the schema's preset) or an LDAP filter with %s (address), %u (local part), "
+    "%d (domain), such as (&(objectClass=inetOrgPerson)(mail=%s))"
+)
+_ATTRIBUTE_TEXT = "empty (the schema's preset) or an LDAP attribute name such as mail"
 _PORT_TEXT = "a port number from 1 to 65535"
 _OUTBOUND_TLS = ("none", "may", "encrypt", "verify")
 
@@ -198,6 +215,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
             "relay_authenticated": _key(parse_bool, _BOOL_TEXT, "RelayForAuth"),
             "max_errors": _key(_count(1), _at_least(1)),
             "auth_failures": _key(_count(1), _at_least(1)),
+            "proxy_from": _key(parse_networks, _NETWORKS_TEXT + ", or empty"),
         },
     ),
     "messages": (
@@ -257,6 +275,31 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
             ),
         },
     ),
+    "directory": (
+        DirectoryConfig,
+        {
+            "url": _key(parse_ldap_url, "empty (no directory), ldap://host[:port] or ldaps://host[:port]"),
+            "starttls": _key(parse_bool, _BOOL_TEXT),
+            "ca_certificates": Key(
+                lambda t, root: parse_path(t, root) if t.strip() else "",
+                "empty (the system's trusted CAs) or a PEM file path",
+            ),
+            "bind_dn": _key(parse_dn, "empty (anonymous) or a DN such as cn=smtpd,dc=example,dc=com"),
+            "bind_password": _key(parse_text, "a password without control characters", secret=True),
+            "base": _key(parse_dn, "a DN such as dc=example,dc=com"),
+            "schema": _key(choice(*SCHEMAS), "rfc2307bis or activedirectory"),
+            "recipient_filter": _key(parse_ldap_filter, _FILTER_TEXT),
+            "alias_filter": _key(parse_ldap_filter, _FILTER_TEXT),
+            "mail_attribute": _key(parse_attribute, _ATTRIBUTE_TEXT),
+            "alternate_attribute": _key(parse_attribute, _ATTRIBUTE_TEXT),
+            "routing_attribute": _key(parse_attribute, _ATTRIBUTE_TEXT),
+            "host_attribute": _key(parse_attribute, _ATTRIBUTE_TEXT),
+            "member_attribute": _key(parse_attribute, _ATTRIBUTE_TEXT),
+            "positive_ttl": _key(parse_duration, _DURATION_TEXT + ", or 0 for no caching"),
+            "negative_ttl": _key(parse_duration, _DURATION_TEXT + ", or 0 for no caching"),
+            "timeout": _key(_positive_duration, _DURATION_TEXT + ", not 0"),
+        },
+    ),
     "manhole": (
         ManholeConfig,
         {
@@ -302,20 +345,22 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
     ),
 }
 
-DOMAIN_TYPES = ("local", "alias", "drop", "remote")
+DOMAIN_TYPES = ("local", "alias", "drop", "remote", "lmtp")
 DOMAIN_SCHEMA: dict[str, Key] = {
-    "type": _key(choice(*DOMAIN_TYPES), "local, alias, drop or remote"),
+    "type": _key(choice(*DOMAIN_TYPES), "local, alias, drop, remote or lmtp"),
     "alias_of": _key(parse_domain_name, "the name of a type = local domain of this file"),
     "relay": _key(parse_bool, _BOOL_TEXT),
     "smart_host": _key(parse_smart_host, _SMART_HOST_TEXT),
     "outbound_tls": _key(choice(*_OUTBOUND_TLS), "none, may, encrypt or verify"),
     "remote_port": _key(parse_port, _PORT_TEXT),
+    "lmtp": _key(parse_lmtp_target, "unix:/absolute/path or tcp:host:port"),
 }
 DOMAIN_KEYS = {
     "local": ("type",),
     "alias": ("type", "alias_of"),
     "drop": ("type",),
     "remote": ("type", "relay", "smart_host", "outbound_tls", "remote_port"),
+    "lmtp": ("type", "lmtp"),
 }
 DOMAIN_PREFIX = "domain:"
 _KNOWN_SECTIONS = ", ".join([*SCHEMA, "domain:NAME"])

@@ -16,6 +16,7 @@ from smtpd.mail.address import split_address
 LOCAL = "local"
 DROP = "drop"
 REMOTE = "remote"
+LMTP = "lmtp"
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,10 @@ class Destination:
     """
     Where mail for one recipient goes.
 
-    @ivar kind: L{LOCAL} (a Maildir here), L{DROP} (an .eml in drop/) or
-        L{REMOTE} (relayed).
+    @ivar kind: L{LOCAL} (a Maildir here), L{DROP} (an .eml in drop/),
+        L{REMOTE} (relayed) or L{LMTP} (a mail store reached by LMTP).
     @ivar domain: the recipient's domain, lower case.
-    @ivar mailbox: for L{LOCAL}, the account C{local@localdomain} after alias
+    @ivar mailbox: for L{LOCAL} and L{LMTP}, the account C{local@localdomain} after alias
         mapping; "" otherwise.
     @ivar section: the governing C{[domain:...]} section, if any.
     """
@@ -59,5 +60,6 @@ def route(config: Config, users, address: str) -> Destination | None:
     target = section.alias_of if section.type == "alias" else section.name
     mailbox = f"{local.lower()}@{target}"
     if mailbox in users or local.lower() == "postmaster":
-        return Destination(LOCAL, domain, mailbox, section)
+        kind = LMTP if section.type == LMTP else LOCAL
+        return Destination(kind, domain, mailbox, section)
     return None

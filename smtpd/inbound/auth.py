@@ -1,5 +1,8 @@
 # -*- test-case-name: tests.test_protocol -*-
-"""SMTP AUTH (RFC 4954): PLAIN and LOGIN, checked against C{etc/users} off the reactor."""
+"""
+SMTP AUTH (RFC 4954): PLAIN and LOGIN, checked against C{etc/users} off the
+reactor, or by a simple bind when the [directory] is on.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,13 @@ import base64
 import binascii
 
 from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from smtpd.directory.interfaces import DirectoryUnavailable
 from smtpd.inbound.core import AUTH, COMMAND
+
+log = Logger()
 
 
 class Auth:
@@ -83,12 +91,24 @@ class Auth:
         return self._check_password(login, password)
 
     def _check_password(self, login: str, password: str) -> defer.Deferred[None]:
+        directory = self.inbound.directory
+        if directory is not None:
+            d = directory.authenticate(login.lower(), password.encode("utf-8"))
+            d.addCallbacks(self._auth_result, self._auth_unavailable,
+                           callbackArgs=(login,))
+            return d
         users = self.inbound.users
         d = self.inbound.run_blocking(
             users.check_password, login.lower(), password.encode("utf-8")
         )
         d.addCallback(self._auth_result, login)
         return d
+
+    def _auth_unavailable(self, failure: Failure) -> None:
+        """RFC 4954 6: the directory could not check the password now."""
+        failure.trap(DirectoryUnavailable)
+        log.warn("AUTH: directory unavailable: {why}", why=failure.getErrorMessage())
+        self._reply(454, "4.7.0", "Temporary authentication failure")
 
     def _auth_result(self, ok: bool, login: str) -> None:
         self.inbound.events["auth_success" if ok else "auth_failure"] += 1

@@ -45,6 +45,10 @@ class Inbound:
     ):
         self.config = config
         self.users = users
+        # With [directory] url set: the IDirectory for AUTH and the
+        # RecipientResolver for RCPT (None: etc/users, answered at once).
+        self.directory = None
+        self.recipients = None
         self.cleanup = cleanup
         self.clock = clock
         self.run_blocking = run_blocking

@@ -16,7 +16,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from smtpd.cleanup.interfaces import ClientInfo, MessageRefused
-from smtpd.directory.routing import LOCAL, route
+from smtpd.directory.interfaces import DirectoryUnavailable
+from smtpd.directory.routing import LMTP, LOCAL, route
 from smtpd.inbound import policy
 from smtpd.inbound.core import COMMAND, DATA, SUBMISSION
 from smtpd.inbound.dotstream import DotDecoder
@@ -101,15 +102,46 @@ class Transaction:
             return self._param_error(e)
         if len(self._rcpts) >= config.messages.max_recipients > 0:
             return self._reply(452, "4.5.3", "Error: too many recipients")
+        resolver = self.inbound.recipients
+        if resolver is not None:
+            d = resolver.resolve(rcpt)
+            d.addCallbacks(self._rcpt_resolved, self._rcpt_lookup_failed,
+                           callbackArgs=(rcpt, params), errbackArgs=(rcpt,))
+            return d
         dest = route(config, self.inbound.users, rcpt)
         if dest is None:
             return self._reply(550, "5.1.1", f"<{rcpt}>: User unknown")
+        return self._rcpt_accept(rcpt, params, dest, (rcpt,))
+
+    def _rcpt_resolved(self, resolved, rcpt: str, params) -> None:
+        """The directory's answer for RCPT C{rcpt}."""
+        if resolved is None:
+            return self._reply(550, "5.1.1", f"<{rcpt}>: User unknown")
+        return self._rcpt_accept(rcpt, params, resolved.destination, resolved.recipients)
+
+    def _rcpt_lookup_failed(self, failure: Failure, rcpt: str) -> None:
+        """The directory could not say: a temporary refusal, never 'unknown'."""
+        failure.trap(DirectoryUnavailable)
+        log.warn("RCPT {rcpt}: directory unavailable: {why}", rcpt=rcpt,
+                 why=failure.getErrorMessage())
+        self._reply(451, "4.4.3", f"<{rcpt}>: Recipient address lookup failed, try again later")
+
+    def _rcpt_accept(self, rcpt: str, params, dest, addresses: tuple[str, ...]) -> None:
+        """
+        The relay rule, then queue C{addresses} for RCPT C{rcpt} (itself, or
+        what the directory expands it to, with C{rcpt} as their ORCPT).
+        """
+        config = self.inbound.config
         if not policy.may_relay(config, self.peer_ip, self._user is not None, dest):
             return self._reply(554, "5.7.1", "Relay access denied")
-        key = _same_recipient_key(rcpt, dest.kind == LOCAL)
-        if key not in self._rcpt_seen:
-            self._rcpt_seen.add(key)
-            self._rcpts.append(Recipient(rcpt, params.notify, params.orcpt))
+        for queued in addresses:
+            orcpt = params.orcpt
+            if queued != rcpt and not orcpt:
+                orcpt = f"rfc822;{rcpt}"
+            key = _same_recipient_key(queued, dest.kind in (LOCAL, LMTP))
+            if key not in self._rcpt_seen:
+                self._rcpt_seen.add(key)
+                self._rcpts.append(Recipient(queued, params.notify, orcpt))
         return self._reply(250, "2.1.5", "Ok")
 
     def smtp_DATA(self, arg: str):

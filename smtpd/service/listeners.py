@@ -12,9 +12,10 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet.defer import gatherResults, maybeDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from smtpd.inbound.proxy import server_endpoint
 
 log = Logger()
 
@@ -24,12 +25,17 @@ class StartupError(Exception):
 
 
 class Listener:
-    """One endpoint string and the factory it serves; C{port} once bound."""
+    """
+    One endpoint string and the factory it serves; C{port} once bound.
+    A C{haproxy:tcp:...} string reads a PROXY protocol header from the
+    C{proxies} networks first (L{smtpd.inbound.proxy}).
+    """
 
-    def __init__(self, reactor: Any, description: str, factory: Any):
+    def __init__(self, reactor: Any, description: str, factory: Any, proxies: Any = ()):
         self.reactor = reactor
         self.description = description
         self.factory = factory
+        self.proxies = tuple(proxies)
         self.port: Any = None
 
     def bind(self) -> None:
@@ -39,7 +45,7 @@ class Listener:
         @raise StartupError: when the endpoint cannot be bound.
         """
         outcome: list[Any] = []
-        d = serverFromString(self.reactor, self.description).listen(self.factory)
+        d = server_endpoint(self.reactor, self.description, self.proxies).listen(self.factory)
         d.addBoth(outcome.append)
         if not outcome:
             raise StartupError(f"Cannot listen on {self.description}: it did not bind at once")
