@@ -30,6 +30,15 @@ AT_RESTART = frozenset({
 })
 
 
+# Sections read only at start ("Changes to [directory] take a restart").
+AT_RESTART_SECTIONS = ("directory.",)
+
+
+def at_restart(key: str) -> bool:
+    """Whether a changed C{section.key} applies only after a restart."""
+    return key in AT_RESTART or key.startswith(AT_RESTART_SECTIONS)
+
+
 def differences(old: Config, new: Config) -> list[str]:
     """The C{section.key} names whose values differ (C{domains} as one name)."""
     changed = []
@@ -95,8 +104,8 @@ class Reloader:
         self._apply(new, users, options)
         report = {
             "ok": True,
-            "changed": [c for c in changed if c not in AT_RESTART],
-            "at_restart": [c for c in changed if c in AT_RESTART],
+            "changed": [c for c in changed if not at_restart(c)],
+            "at_restart": [c for c in changed if at_restart(c)],
             "accounts": len(users),
         }
         log.info("reloaded {path}: changed {changed}; needs a restart: {restart}; "
@@ -118,13 +127,21 @@ class Reloader:
                 log.error("accounts reload refused: {problem}", problem=line)
             return {"ok": False, "errors": list(e.problems)}
         self.inbound.users = users
-        self.qmgr.users = users
+        self._route_by(users)
         for part in self.configured:
             if hasattr(part, "users"):
                 part.users = users
         log.info("reloaded {path}: {accounts} accounts", path=self.config.auth.users,
                  accounts=len(users))
         return {"ok": True, "accounts": len(users)}
+
+    def _route_by(self, users: Users) -> None:
+        """
+        The accounts the queue routes by: the file's, unless a directory
+        vouches for the recipients (it stays in charge until a restart).
+        """
+        if getattr(self.inbound, "directory", None) is None:
+            self.qmgr.users = users
 
     def _read(self):
         """The new configuration, accounts and TLS options; raises on any problem."""
@@ -140,8 +157,11 @@ class Reloader:
         self.config = new
         self.inbound.config = new
         self.inbound.users = users
+        recipients = getattr(self.inbound, "recipients", None)
+        if recipients is not None and hasattr(recipients, "config"):
+            recipients.config = new
         self.qmgr.config = new
-        self.qmgr.users = users
+        self._route_by(users)
         self.relay.reconfigure(new)
         self.activity.hostname = new.server.hostname
         for part in self.configured:
