@@ -49,6 +49,16 @@ def state_of(driver, queue_id: str) -> str:
     return row.find_elements(By.TAG_NAME, "td")[2].text
 
 
+def click(driver, by, value: str) -> None:
+    """Click an element that loads a new page, and wait until the old page is gone."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    element = driver.find_element(by, value)
+    element.click()
+    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(element))
+
+
 class BrowserTests(unittest.TestCase):
     """The status page in headless Chromium."""
 
@@ -98,20 +108,20 @@ class BrowserTests(unittest.TestCase):
             driver.get(url + "/")
             driver.find_element(By.ID, "name").send_keys(OPERATOR)
             driver.find_element(By.ID, "password").send_keys(PASSWORD)
-            driver.find_element(By.ID, "login").click()
+            click(driver, By.ID, "login")
             seen["overview"] = driver.find_element(By.ID, "sessions").text
             driver.save_screenshot(shot)
-            driver.find_element(By.LINK_TEXT, "Queue").click()
+            click(driver, By.LINK_TEXT, "Queue")
             driver.find_element(By.ID, "q").send_keys("busy@remote.test")
-            driver.find_element(By.ID, "search").click()
+            click(driver, By.ID, "search")
             table = driver.find_element(By.ID, "queue")
             seen["after_search"] = [a.text for a in table.find_elements(By.TAG_NAME, "a")]
-            driver.find_element(By.ID, f"hold-{wanted}").click()
+            click(driver, By.ID, f"hold-{wanted}")
             seen["held"] = state_of(driver, wanted)
-            driver.find_element(By.ID, f"release-{wanted}").click()
+            click(driver, By.ID, f"release-{wanted}")
             seen["released"] = state_of(driver, wanted)
-            driver.find_element(By.LINK_TEXT, "Overview").click()
-            driver.find_element(By.ID, f"terminate-{session_id}").click()
+            click(driver, By.LINK_TEXT, "Overview")
+            click(driver, By.ID, f"terminate-{session_id}")
         finally:
             driver.quit()
         return seen
