@@ -9,9 +9,12 @@ C{twistd smtpd}: command-line options and the service tree (assembly only).
      +- ClosingService (the LMTP agent's idle connections; the LDAP
                         directory's connection when [directory] is on)
      +- InboundService (drains sessions on stop)
+     +- AdministrationService (control socket, reload; the manhole's listeners)
+     +- WebService ([http]: metrics, health, status page; its listeners)
      +- SignalService (SIGHUP, SIGUSR1)
      +- ListenerGroup (every listen / submission / smtps endpoint, and the
-                       [pop3] listen / pop3s endpoints of the POP3Server; stops first)
+                       [pop3] listen / pop3s endpoints of the POP3Server, the manhole's
+                       and [http] listen; stops first)
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from twisted.python.threadpool import ThreadPool
 from smtpd.admin.manhole import ManholeError
 from smtpd.admin.service import AdministrationService
 from smtpd.util import tls
+from smtpd.web.site import WebError, WebService
 from smtpd.pop3.server import POP3Server
 from smtpd.queue.bounce import BounceBuilder
 from smtpd.config import Config, ConfigError, load_config
@@ -293,12 +297,18 @@ def build(config: Config, reactor) -> service.MultiService:
     # The manhole's listeners are bound first with the others (bind or exit 1).
     listeners.extend(Listener(reactor, description, factory)
                      for description, factory in admin.listening)
+    web = WebService(config, admin.server, reactor, run_blocking, tls_options, listeners)
+    web.setServiceParent(top)
+    # The [http] listeners too (TLS beyond loopback).
+    listeners.extend(Listener(reactor, description, factory)
+                     for description, factory in web.listening)
     SignalService(reactor, admin.reload, activity.reopen).setServiceParent(top)
     group.setServiceParent(top)
     top.directory = add_directory(top, config, reactor, inbound, qmgr)
     top.inbound = inbound
     top.qmgr = qmgr
     top.admin = admin
+    top.web = web
     top.reload = admin.reload
     return top
 
@@ -370,7 +380,7 @@ def makeService(options: Options) -> service.IService:
     os.umask(UMASK)
     try:
         top = build(config, reactor)
-    except ManholeError as e:
+    except (ManholeError, WebError) as e:
         print(str(e), file=sys.stderr)
         raise SystemExit(1)
     except (tls.TLSError, UsersError, OSError) as e:

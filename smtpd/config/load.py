@@ -229,7 +229,7 @@ def _overlap(a: tuple[int, str], b: tuple[int, str]) -> bool:
 
 
 def _check_listeners(sections: dict[str, object], problems: _Problems) -> None:
-    """Record two listeners ([server] and [pop3]) that would bind the same port."""
+    """Record two listeners ([server], [pop3], [http]) that would bind the same port."""
     seen: list[tuple[tuple[int, str], str, str]] = []
     for section, key in _LISTENER_KEYS:
         endpoints = getattr(sections[section], key)
@@ -250,7 +250,7 @@ def _check_listeners(sections: dict[str, object], problems: _Problems) -> None:
 
 
 _LISTENER_KEYS = (("server", "listen"), ("server", "submission"), ("server", "smtps"),
-                  ("pop3", "listen"), ("pop3", "pop3s"))
+                  ("pop3", "listen"), ("pop3", "pop3s"), ("http", "listen"))
 
 
 def _check_across(

@@ -207,6 +207,15 @@ class POP3Config:
 
 
 @dataclass(frozen=True)
+class HTTPConfig:
+    """[http]: metrics, health checks, the status page and its JSON API (empty = off)."""
+
+    listen: tuple[str, ...] = ()
+    login: bool = False
+    min_free_space: int = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """[logging]: where the per-command and per-delivery log lines go."""
 
@@ -235,6 +244,7 @@ class Config:
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     manhole: ManholeConfig = field(default_factory=ManholeConfig)
     pop3: POP3Config = field(default_factory=POP3Config)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def domain(self, name: str) -> DomainConfig | None:

@@ -27,6 +27,7 @@ from smtpd.config.model import (
     AuthConfig,
     DeliveryConfig,
     DirectoryConfig,
+    HTTPConfig,
     LoggingConfig,
     ManholeConfig,
     MessagesConfig,
@@ -336,6 +337,19 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
                 parse_plain_tcp_endpoints,
                 "plain tcp: endpoint strings such as tcp:995 (the server adds TLS)",
             ),
+        },
+    ),
+    "http": (
+        HTTPConfig,
+        {
+            "listen": Key(
+                parse_plain_tcp_endpoints,
+                "plain tcp: endpoint strings such as tcp:8025:interface=127.0.0.1 (the server "
+                "adds TLS beyond loopback), or empty (off)",
+            ),
+            "login": _key(parse_bool, _BOOL_TEXT),
+            "min_free_space": _key(parse_size, "a size such as 0 (no check), 104857600 (bytes), "
+                                   "2048K or 100M"),
         },
     ),
     "logging": (

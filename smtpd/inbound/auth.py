@@ -96,6 +96,7 @@ class Auth:
     def _auth_result(self, login: str | None, attempted: str):
         if login is None:
             return self._auth_failed(attempted)
+        self.inbound.events["auth_success"] += 1
         self._user = login
         return self._reply(235, "2.7.0", "Authentication successful")
 
@@ -110,6 +111,7 @@ class Auth:
         A wrong login: counted for the session and for the address, which
         may make us wait (a guesser gets slower) and then close.
         """
+        self.inbound.events["auth_failure"] += 1
         self._auth_failures += 1
         # The attempted login goes into the log line (what fail2ban reads).
         self._command = ("AUTH", "login=" + "".join(c if c.isprintable() and c != " " else "?"

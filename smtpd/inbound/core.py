@@ -102,6 +102,7 @@ class SessionCore(smtp.ESMTP):
         if not policy.may_connect(config, self.peer_ip):
             # RFC 5321 3.1: a 554 greeting, then 503 to everything but QUIT.
             self._denied = True
+            self.inbound.events["refused_deny"] += 1
             self._send(f"554 5.7.1 {self._hostname} Access denied\r\n")
             return
         self.start_reverse_dns()

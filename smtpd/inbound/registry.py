@@ -40,6 +40,10 @@ class Inbound:
     @ivar sessions: the live sessions by id (for the admin API).
     @ivar per_ip: live sessions per client address.
     @ivar received: messages accepted since start.
+    @ivar events: since start: C{refused_limit}, C{refused_shutdown} and
+        C{refused_deny} (connections refused), C{auth_success},
+        C{auth_failure}, C{messages_tls} and C{messages_plain} (accepted
+        messages by whether the session was encrypted).
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class Inbound:
         self.sessions: dict[int, SMTPSession] = {}
         self.per_ip: Counter[str] = Counter()
         self.received = 0
+        self.events: Counter[str] = Counter()
         self._next_id = 0
         self._stopping = False
         self._on_empty: tuple[defer.Deferred[None], object] | None = None
@@ -87,11 +92,14 @@ class Inbound:
         """
         server = self.config.server
         if self._stopping:
+            self.events["refused_shutdown"] += 1
             return "4.3.2 Service shutting down"
         if server.max_connections and len(self.sessions) >= server.max_connections:
+            self.events["refused_limit"] += 1
             return "4.7.0 Error: too many connections"
         limit = server.max_connections_per_ip
         if limit and self.per_ip[session.peer_ip] >= limit:
+            self.events["refused_limit"] += 1
             return "4.7.0 Error: too many connections from your address"
         refusal = self.throttle.connect(session.peer_ip)
         if refusal is not None:

@@ -236,6 +236,7 @@ class Transaction:
     def _stored(self, envelope: Envelope, message) -> None:
         self._session_bytes += message.size
         self.inbound.received += 1
+        self.inbound.events["messages_tls" if self.tls_active else "messages_plain"] += 1
         self.messages += 1
         self._reply(250, "2.0.0", f"Ok: queued as {envelope.id}")
 

@@ -116,7 +116,7 @@ class Intake:
 
     def _delivered(self, envelope: Envelope, mailboxes: dict[str, list[Recipient]]) -> None:
         """Count and log a message delivered at once, like a queue delivery."""
-        self.results.received()
+        self.results.received(envelope)
         now = self.clock.seconds()
         for mailbox, recipients in mailboxes.items():
             for r in recipients:
