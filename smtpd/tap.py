@@ -10,9 +10,12 @@ C{twistd smtpd}: command-line options and the service tree (assembly only).
      +- ClosingService (the LMTP agent's idle connections; the LDAP
                         directory's connection when [directory] is on)
      +- InboundService (drains sessions on stop)
+     +- AdministrationService (control socket, reload; the manhole's listeners)
+     +- WebService ([http]: metrics, health, status page; its listeners)
      +- SignalService (SIGHUP, SIGUSR1)
      +- ListenerGroup (every listen / submission / smtps endpoint, and the
-                       [pop3] listen / pop3s endpoints of the POP3Server; stops first)
+                       [pop3] listen / pop3s endpoints of the POP3Server, the manhole's
+                       and [http] listen; stops first)
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from twisted.python.threadpool import ThreadPool
 from smtpd.admin.manhole import ManholeError
 from smtpd.admin.service import AdministrationService
 from smtpd.util import tls
+from smtpd.web.site import WebError, WebService
 from smtpd.pop3.server import POP3Server
 from smtpd.queue.bounce import BounceBuilder
 from smtpd.config import Config, ConfigError, load_config
@@ -50,6 +54,7 @@ from smtpd.cleanup.authfilters import mailauth_filters
 from smtpd.cleanup.stage import Cleanup
 from smtpd.inbound.policy import may_connect
 from smtpd.inbound.registry import Inbound
+from smtpd.inbound.sasl import DEFAULT_QUEUE
 from smtpd.pickup.sender import PickupSender
 from smtpd.pickup.service import PickupService
 from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION
@@ -70,7 +75,10 @@ SHUTDOWN_GRACE = 5.0
 # free for the queue.
 THREAD_POOL_SIZE = 16
 MAILDIR_BATCHES = THREAD_POOL_SIZE // 2
-AUTH_THREADS = 2
+# Four threads take a burst of logins (bcrypt cost 12 is ~0.25 s each); up to
+# AUTH_QUEUE more checks wait, beyond that AUTH gets "454 4.7.0".
+AUTH_THREADS = 4
+AUTH_QUEUE = DEFAULT_QUEUE
 # Mail authentication gets threads of its own (SPF evaluations waiting on DNS
 # answers, DKIM signing and verification), so slow DNS never delays the queue's
 # fsyncs and a flood of checks never starves delivery.
@@ -155,16 +163,18 @@ class InboundService(service.Service):
         return d
 
 
-def load_tls(config: Config, clock):
+def load_tls(config: Config, clock) -> tls.ReloadableTLS:
     """
-    The server TLS options; a self-signed certificate is created when missing,
-    at the default paths only (preflight refuses other missing paths).
+    The server TLS options ([tls] certificate, key, min_version, ciphers); a
+    self-signed certificate is created when missing, at the default paths
+    only (preflight refuses other missing paths). C{reload(config.tls)}
+    re-reads them.
     """
     cert, key = config.tls.certificate, config.tls.key
     if creates_certificate(config):
         if tls.ensure_certificate(cert, key, config.server.hostname, clock.seconds()):
             log.info("Created a self-signed certificate {cert}", cert=cert)
-    return tls.ReloadableTLS(tls.server_tls_options(cert, key))
+    return tls.ReloadableTLS(tls.options_for(config.tls))
 
 
 def delivery_agents(config: Config, reactor, run_blocking, relay: RelayManager,
@@ -246,7 +256,8 @@ def build(config: Config, reactor) -> service.MultiService:
     filters = mailauth_filters(config, resolver, reactor, mailauth_pool.runner(reactor))
     cleanup = Cleanup(config, queue, reactor, run_blocking, filters=filters)
     inbound = Inbound(
-        config, users, cleanup, reactor, auth_pool.runner(reactor), tls_options, activity
+        config, users, cleanup, reactor, auth_pool.runner(reactor), tls_options, activity,
+        resolver=resolver, auth_limit=AUTH_THREADS + AUTH_QUEUE,
     )
     for kind, endpoints in (
         (LISTEN, config.server.listen),
@@ -295,12 +306,18 @@ def build(config: Config, reactor) -> service.MultiService:
     # The manhole's listeners are bound first with the others (bind or exit 1).
     listeners.extend(Listener(reactor, description, factory)
                      for description, factory in admin.listening)
+    web = WebService(config, admin.server, reactor, run_blocking, tls_options, listeners)
+    web.setServiceParent(top)
+    # The [http] listeners too (TLS beyond loopback).
+    listeners.extend(Listener(reactor, description, factory)
+                     for description, factory in web.listening)
     SignalService(reactor, admin.reload, activity.reopen).setServiceParent(top)
     group.setServiceParent(top)
     top.directory = add_directory(top, config, reactor, inbound, qmgr)
     top.inbound = inbound
     top.qmgr = qmgr
     top.admin = admin
+    top.web = web
     top.reload = admin.reload
     return top
 
@@ -372,7 +389,7 @@ def makeService(options: Options) -> service.IService:
     os.umask(UMASK)
     try:
         top = build(config, reactor)
-    except ManholeError as e:
+    except (ManholeError, WebError) as e:
         print(str(e), file=sys.stderr)
         raise SystemExit(1)
     except (tls.TLSError, UsersError, OSError) as e:

@@ -77,10 +77,12 @@ class _CountingDNSFactory(server.DNSServerFactory):
     """A DNS server that records every query and answers SERVFAIL for some names."""
 
     def __init__(self, authorities: list[Any], queries: list, servfail: set[str],
-                 authenticated: bool = False):
+                 truncate: set[str] = frozenset(), authenticated: bool = False):
         server.DNSServerFactory.__init__(self, authorities=authorities)
         self.queries = queries
         self.servfail = servfail
+        self.truncate = truncate
+        self.transports: list[str] = []
         self.authenticated = authenticated
 
     def sendReply(self, protocol: Any, message: dns.Message, address: Any) -> None:
@@ -92,6 +94,15 @@ class _CountingDNSFactory(server.DNSServerFactory):
         query = message.queries[0]
         name = query.name.name.decode("ascii").lower()
         self.queries.append((name, dns.QUERY_TYPES.get(query.type, query.type)))
+        self.transports.append("tcp" if address is None else "udp")
+        if address is not None and name in self.truncate:
+            # Over UDP: "the answer does not fit" (TC), no records; TCP answers.
+            response = dns.Message(id=message.id, answer=1, auth=1, trunc=1,
+                                   recDes=message.recDes, recAv=1)
+            response.queries = message.queries
+            response.timeReceived = message.timeReceived
+            self.sendReply(protocol, response, address)
+            return defer.succeed(None)
         if any(name == s or name.endswith("." + s) for s in self.servfail):
             response = self._responseFromMessage(message=message, rCode=dns.ESERVER)
             self.sendReply(protocol, response, address)
@@ -106,6 +117,7 @@ class DNSServerAddress(tuple):
     """
 
     queries: list[tuple[str, str]]
+    transports: list[str]
 
     def query_count(self, rtype: str | None = None) -> int:
         """How many queries arrived (of one type, e.g. C{"MX"})."""
@@ -116,6 +128,7 @@ def start_dns_server(
     testcase: Any,
     zones: dict[str, dict[str, list[Any]]],
     servfail: tuple[str, ...] = (),
+    truncate: tuple[str, ...] = (),
     authenticated: bool = False,
 ) -> DNSServerAddress:
     """
@@ -126,13 +139,17 @@ def start_dns_server(
         records answers NXDOMAIN; a name with records but none of the asked
         type answers NODATA.
     @param servfail: names (and their subdomains) answered with SERVFAIL.
+    @param truncate: names answered over UDP with TC set and no records (the
+        answer is only given over TCP).
     @param authenticated: set the AD bit in every answer, as a validating
         resolver does for DNSSEC-secure data (for DANE).
-    @return: the address, with the list of queries received.
+    @return: the address, with the list of queries received (and
+        C{transports}: "udp" or "tcp" for each).
     """
     queries: list[tuple[str, str]] = []
     authorities = [_MemoryAuthority(origin, records) for origin, records in zones.items()]
-    factory = _CountingDNSFactory(authorities, queries, set(servfail), authenticated)
+    factory = _CountingDNSFactory(authorities, queries, set(servfail), set(truncate),
+                                  authenticated)
     for _ in range(20):
         udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
         port = udp.getHost().port
@@ -143,10 +160,24 @@ def start_dns_server(
             continue
         testcase.addCleanup(udp.stopListening)
         testcase.addCleanup(tcp.stopListening)
+        testcase.addCleanup(_close_connections, factory)
         address = DNSServerAddress(("127.0.0.1", port))
         address.queries = queries
+        address.transports = factory.transports
         return address
     raise RuntimeError("no free port pair for the test DNS server")
+
+
+def _close_connections(factory: server.DNSServerFactory) -> defer.Deferred:
+    """
+    Close the TCP connections of a test DNS server (resolvers keep theirs
+    open), and give the clients a moment to see it.
+    """
+    for protocol in list(factory.connections):
+        protocol.transport.abortConnection()
+    d: defer.Deferred = defer.Deferred()
+    reactor.callLater(0.01 if factory.connections else 0, d.callback, None)
+    return d
 
 
 class _BlackHole(DatagramProtocol):
@@ -179,6 +210,8 @@ class SinkScript:
     @ivar keep_data: whether messages keep their data; when not, only its
         size is counted (L{SinkMessage.size}), for messages too big to hold.
     @ivar drop_in_data: abort the connection as soon as message data arrives.
+    @ivar reset_after_data: record the message at the final dot, then abort
+        the connection (a reset) instead of answering.
     """
 
     name: str = "sink.test"
@@ -199,6 +232,7 @@ class SinkScript:
     end_of_data: str | None = "250 2.0.0 Ok: queued"
     keep_data: bool = True
     drop_in_data: bool = False
+    reset_after_data: bool = False
 
 
 @dataclass
@@ -449,7 +483,9 @@ class SinkSession(LineReceiver):
         message, self.current = self.current, None
         message.size = size
         self.sink.messages.append(message)
-        if self.script.end_of_data is not None:
+        if self.script.reset_after_data:
+            self.transport.abortConnection()
+        elif self.script.end_of_data is not None:
             self.reply(self.script.end_of_data)
         return message
 

@@ -42,7 +42,8 @@ from smtpd.config.values import (
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(REPOSITORY, "etc", "smtpd.ini")
-SECTIONS = "server, tls, auth, access, messages, delivery, checks, directory, manhole, pop3, logging, domain:NAME"
+SECTIONS = ("server, tls, auth, access, messages, delivery, checks, directory, manhole, pop3, "
+            "http, logging, domain:NAME")
 
 
 class ConfigTestCase(unittest.TestCase):
@@ -378,7 +379,7 @@ class ProblemLineTests(ConfigTestCase):
         """An unknown key lists the section's keys."""
         self.assertEqual(
             self.problem("[tls]\ncertificat = x.pem\n"),
-            "[tls] certificat: unknown key; known keys: certificate, key, require",
+            "[tls] certificat: unknown key; known keys: certificate, key, require, min_version, ciphers",
         )
 
     def test_bad_duration(self) -> None:

@@ -65,6 +65,7 @@ class EndToEndTests(unittest.TestCase):
         [listener] = top.listeners.listeners
         self.port = listener.address()[1]
         self.root = root
+        self.top = top
         return root
 
     async def send(self, sender: bytes, rcpts: list[bytes], body: bytes = MESSAGE) -> str:

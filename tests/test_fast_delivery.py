@@ -6,6 +6,7 @@ batched Maildir writes, delivery at once before the 250
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import resource
@@ -136,7 +137,13 @@ class MaildirBatchTests(unittest.TestCase):
         os.makedirs(self.mailroot)
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
-        self.envelope = Envelope("0ABC", "a@example.org", [Recipient("bob@example.net")], 1.0)
+        self.ids = itertools.count(0xABC)
+
+    @property
+    def envelope(self) -> Envelope:
+        """A new message each time (one message is written once per Maildir)."""
+        return Envelope(f"{next(self.ids):04X}", "a@example.org",
+                        [Recipient("bob@example.net")], 1.0)
 
     def new(self, local: str) -> str:
         return os.path.join(self.mailroot, "mailbox", "example.net", local, "new")
@@ -160,6 +167,25 @@ class MaildirBatchTests(unittest.TestCase):
         for d, local in zip(others, ("carol", "dave", "erin")):
             path = self.successResultOf(d)
             self.assertEqual(files(self.new(local)), [os.path.basename(path)])
+
+    def test_write_many_one_batch(self):
+        """
+        The copies of one message for several mailboxes (write_many) go to
+        disk in one batch, one thread job, each into its own Maildir.
+        """
+        runner = GatedRunner()
+        agent = MaildirDelivery(self.mailroot, HOST, self.clock, runner)
+        locals_ = ["bob", "carol", "dave", "erin"]
+        writes = agent.write_many(self.envelope, [f"{n}@example.net" for n in locals_], SOURCE)
+        self.assertEqual(len(runner.calls), 1)
+        self.assertEqual(len(runner.calls[0][2][0]), 4)
+        runner.release()
+        self.assertEqual(runner.calls, [])
+        for d, local in zip(writes, locals_):
+            path = self.successResultOf(d)
+            self.assertEqual(files(self.new(local)), [os.path.basename(path)])
+            with open(path, "rb") as f:
+                self.assertIn(f"Delivered-To: {local}@example.net\n".encode(), f.read())
 
     def test_one_failure_in_a_batch(self):
         """A delivery that fails in a batch fails alone; the others land."""

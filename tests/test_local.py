@@ -74,7 +74,7 @@ class MaildirTests(DeliveryTestCase):
         [name] = os.listdir(os.path.join(self.maildir, "new"))
         content = self.delivered()[0]
         size, wire_size = len(content), len(content) + content.count(b"\n")
-        self.assertRegex(name, rf"\A1700000000\.M250000P{os.getpid()}Q1R[0-9a-f]+"
+        self.assertRegex(name, r"\A1\.Q0ABCM[0-9a-f]{12}"
                                rf"\.mx\.example\.com,S={size},W={wire_size}\Z")
 
     def test_headers_and_line_endings(self) -> None:
@@ -95,10 +95,25 @@ class MaildirTests(DeliveryTestCase):
         self.assertTrue(self.delivered()[0].startswith(b"Return-Path: <>\n"))
 
     def test_unique_names(self) -> None:
-        """Two deliveries at the same instant make two files."""
+        """Two messages delivered at the same instant make two files."""
+        other = Envelope("0ABD", "a@example.com", [Recipient("bob@example.com")], 1.0)
+        for envelope in (self.envelope, other):
+            self.successResultOf(self.agent.write(envelope, "bob@example.com", SOURCE))
+        self.assertEqual(len(self.delivered()), 2)
+
+    def test_replayed_delivery_replaces_its_copy(self) -> None:
+        """
+        The same message written again to the same mailbox (an attempt
+        replayed after a crash) replaces its own file: one copy, whole; a
+        second mailbox gets its own.
+        """
         for _ in range(2):
             self.successResultOf(self.agent.write(self.envelope, "bob@example.com", SOURCE))
-        self.assertEqual(len(self.delivered()), 2)
+        self.successResultOf(self.agent.write(self.envelope, "carol@example.com", SOURCE))
+        self.assertEqual(len(self.delivered()), 1)
+        carol = os.path.join(self.mailroot, "mailbox", "example.com", "carol", "new")
+        self.assertEqual(len(os.listdir(carol)), 1)
+        self.assertEqual(os.listdir(os.path.join(self.maildir, "tmp")), [])
 
     def test_hostname_escaped(self) -> None:
         """'/' and ':' in the host name are escaped in file names (Maildir rule)."""
@@ -157,6 +172,22 @@ class MaildirTests(DeliveryTestCase):
             self.agent.write(self.envelope, "bob@example.com", SOURCE), MailboxError)
         self.assertEqual(files_under(self.base), ["mailroot"])
 
+    def test_crashed_own_tmp_files_cleaned(self) -> None:
+        """
+        At a Maildir's first use in a run, our own files in tmp/ (named for
+        this host) changed before the run started are removed at once: copies
+        cut short by a crash; another program's recent file stays.
+        """
+        tmp = os.path.join(self.maildir, "tmp")
+        os.makedirs(tmp)
+        for name in ("1.Q0AAAM1.mx.example.com", "1.other.host"):
+            path = os.path.join(tmp, name)
+            with open(path, "wb") as f:
+                f.write(b"half")
+            os.utime(path, (1_700_000_000 - 10, 1_700_000_000 - 10))
+        self.successResultOf(self.agent.write(self.envelope, "bob@example.com", SOURCE))
+        self.assertEqual(os.listdir(tmp), ["1.other.host"])
+
     def test_old_tmp_files_cleaned(self) -> None:
         """
         At a Maildir's first use in the process, files left in tmp/ for over
@@ -174,7 +205,7 @@ class MaildirTests(DeliveryTestCase):
         self.successResultOf(self.agent.write(self.envelope, "bob@example.com", SOURCE))
         self.assertEqual(os.listdir(tmp), ["recent"])
         os.utime(os.path.join(tmp, "recent"), (now - 40 * 3600, now - 40 * 3600))
-        self.successResultOf(self.agent.write(self.envelope, "bob@example.com", SOURCE))
+        self.successResultOf(self.agent.write(Envelope("0ABD", "a@example.com", [], 1.0), "bob@example.com", SOURCE))
         self.assertEqual(os.listdir(tmp), ["recent"])
         self.assertEqual(len(self.delivered()), 2)
 
@@ -248,6 +279,25 @@ class DropTests(DeliveryTestCase):
         self.agent = DropDelivery(self.mailroot, self.clock, defer.maybeDeferred)
         self.drop = os.path.join(self.mailroot, "drop")
 
+    def test_crashed_temporaries_removed(self) -> None:
+        """
+        At the first drop of a run, temporary files a crash left (changed
+        before the run started) are removed; a newer one and other files stay.
+        """
+        os.makedirs(self.drop)
+        for name, when in ((".0AAA.X.eml.1234abcd.tmp", 1_600_000_000),
+                           (".0BBB.X.eml.1234abcd.tmp", 1_800_000_000),
+                           ("other.eml", 1_600_000_000)):
+            path = os.path.join(self.drop, name)
+            with open(path, "wb") as f:
+                f.write(b"half")
+            os.utime(path, (when, when))
+        self.successResultOf(self.agent.drop(self.envelope, ["b@drop.example"], SOURCE))
+        names = sorted(os.listdir(self.drop))
+        self.assertNotIn(".0AAA.X.eml.1234abcd.tmp", names)
+        self.assertIn(".0BBB.X.eml.1234abcd.tmp", names)
+        self.assertIn("other.eml", names)
+
     def test_format(self) -> None:
         """
         One .eml file per message: x-sender, one x-receiver per recipient, then
@@ -274,9 +324,13 @@ class DropTests(DeliveryTestCase):
             self.assertEqual(f.read().split(b"\r\n")[2:], [b"Subject: x", b"", b"body", b""])
 
     def test_one_file_per_message(self) -> None:
-        """Two messages (even the same one twice) make two files."""
-        for _ in range(2):
-            self.successResultOf(self.agent.drop(self.envelope, ["b@drop.example"], SOURCE))
+        """
+        Two messages make two files; the same message dropped again (an
+        attempt replayed after a crash) replaces its own file.
+        """
+        other = Envelope("0ABD", "a@example.com", [], 1.0)
+        for envelope in (self.envelope, self.envelope, other):
+            self.successResultOf(self.agent.drop(envelope, ["b@drop.example"], SOURCE))
         self.assertEqual(len(os.listdir(self.drop)), 2)
 
     def test_header_injection_refused(self) -> None:

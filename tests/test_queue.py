@@ -255,6 +255,10 @@ class ScanTests(QueueTestCase):
         """The badmail folder."""
         return os.path.join(self.mailroot, "badmail")
 
+    def corrupt(self) -> str:
+        """The queue's corrupt/ folder."""
+        return os.path.join(self.folder, "corrupt")
+
     def read_badmail(self, name: str) -> bytes:
         """The content of C{name} in badmail."""
         with open(os.path.join(self.badmail(), name), "rb") as f:
@@ -292,19 +296,16 @@ class ScanTests(QueueTestCase):
 
     def test_corrupt_envelope(self) -> None:
         """
-        An envelope that does not parse goes to badmail with its message data
-        and the reason; the start does not fail and the rest is kept.
+        An envelope that does not parse goes to queue/corrupt/ with its
+        message data; the start does not fail and the rest is kept.
         """
         good = self.store()
         self.write("0BAD.json", b"{not json")
         self.write("0BAD.eml", DATA)
         self.assertEqual(self.queue.scan(), [good])
-        self.assertEqual(self.listing(), [good.id + ".eml", good.id + ".json"])
-        self.assertEqual(self.listing(self.badmail()), ["0BAD.bad", "0BAD.bdr"])
-        self.assertEqual(self.read_badmail("0BAD.bad"), DATA)
-        report = self.read_badmail("0BAD.bdr")
-        self.assertIn(b"Reason: unreadable envelope", report)
-        self.assertIn(b"{not json", report)
+        self.assertEqual(self.listing(), [good.id + ".eml", good.id + ".json", "corrupt"])
+        self.assertEqual(self.listing(self.corrupt()), ["0BAD.eml", "0BAD.json"])
+        self.assertFalse(os.path.exists(self.badmail()))
 
     def test_wrong_types(self) -> None:
         """An envelope with fields of the wrong type is treated as unreadable."""
@@ -312,7 +313,7 @@ class ScanTests(QueueTestCase):
         raw = e.to_json().replace(b'"attempts":0', b'"attempts":"many"')
         self.write(e.id + ".json", raw)
         self.assertEqual(self.queue.scan(), [])
-        self.assertEqual(self.read_badmail(e.id + ".bad"), DATA)
+        self.assertEqual(self.listing(self.corrupt()), [e.id + ".eml", e.id + ".json"])
 
     def test_id_mismatch(self) -> None:
         """An envelope whose id is not its file name is treated as unreadable."""
@@ -321,18 +322,15 @@ class ScanTests(QueueTestCase):
                   os.path.join(self.folder, "0OTHER.json"))
         os.rename(self.queue.data_path(e.id), os.path.join(self.folder, "0OTHER.eml"))
         self.assertEqual(self.queue.scan(), [])
-        self.assertIn(b"does not match", self.read_badmail("0OTHER.bdr"))
+        self.assertEqual(self.listing(self.corrupt()), ["0OTHER.eml", "0OTHER.json"])
 
     def test_envelope_without_data(self) -> None:
-        """An envelope without its data file goes to badmail with the envelope."""
+        """An envelope without its data file goes to queue/corrupt/."""
         e = self.store()
         os.unlink(self.queue.data_path(e.id))
         self.assertEqual(self.queue.scan(), [])
-        self.assertEqual(self.listing(), [])
-        self.assertEqual(self.read_badmail(e.id + ".bad"), e.to_json())
-        report = self.read_badmail(e.id + ".bdr")
-        self.assertIn(b"Reason: message data file missing", report)
-        self.assertIn(b"Sender: <a@example.com>", report)
+        self.assertEqual(self.listing(), ["corrupt"])
+        self.assertEqual(self.listing(self.corrupt()), [e.id + ".json"])
 
 
 class BadmailTests(QueueTestCase):

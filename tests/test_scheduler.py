@@ -43,6 +43,41 @@ class SchedulerTests(QueueManagerMixin, unittest.TestCase):
         self.assertEqual(self.queue.schedule(cleanup=False),
                          [(self.clock.seconds() + 60, queue_id, "deferred")])
 
+    def test_start_loads_in_batches(self) -> None:
+        """
+        The start returns before any envelope is read for the schedule; the
+        envelopes are then read a batch at a time, and what is due in a
+        batch already read is attempted while later batches wait.
+        """
+        import smtpd.queue.scheduler as scheduler_module
+
+        self.patch(scheduler_module, "LOAD_BATCH", 2)
+        ids = self.store_waiting(5, 0, spacing=0)
+        batches: list[tuple[list[str], Deferred]] = []
+
+        class GatedQueue(CountingQueue):
+            def read_schedule(self, some):
+                d = Deferred()
+                batches.append((list(some), d))
+                return d
+
+        gated = GatedQueue(self.queue)
+        self.queue = gated
+        self.qmgr = self.make_qmgr()
+        self.qmgr.startService()
+        self.assertEqual([sorted(b) for b, _ in batches], [sorted(batches[0][0])])
+        self.assertEqual(self.relay.calls, [])
+        first, d = batches[0]
+        d.callback(self.queue.queue._read_schedule_blocking(first))
+        self.clock.advance(0)
+        self.assertEqual(sorted(gated.reads), sorted(first))
+        self.assertEqual(len(batches), 2)
+        while len(batches) < 3 or not batches[-1][1].called:
+            some, d = batches[-1]
+            d.callback(self.queue.queue._read_schedule_blocking(some))
+            self.clock.advance(0)
+        self.assertEqual(sorted(gated.reads), sorted(ids))
+
     def test_envelopes_read_when_due(self) -> None:
         """
         At start no envelope is read through the queue; each is read when

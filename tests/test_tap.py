@@ -75,12 +75,13 @@ def deployment(testcase, ini: str = INI) -> str:
     return path
 
 
-def spawn(testcase, args: list[str]) -> Process:
-    """Run a command of the venv from an unrelated working directory."""
+def spawn(testcase, args: list[str], extra_env: dict[str, str] | None = None) -> Process:
+    """Run a command of the venv from an unrelated working directory (C{extra_env} added)."""
     elsewhere = os.path.abspath(testcase.mktemp())
     os.makedirs(elsewhere)
     process = Process()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SMTPD_FAULT")}
+    env.update(extra_env or {})
     transport = reactor.spawnProcess(
         process, os.path.join(BIN, args[0]), args, env=env, path=elsewhere
     )

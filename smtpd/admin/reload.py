@@ -25,6 +25,7 @@ log = Logger(namespace="smtpd.admin")
 AT_RESTART = frozenset({
     "server.listen", "server.submission", "server.smtps", "server.mailroot",
     "manhole.telnet", "manhole.ssh", "manhole.users", "manhole.ssh_key_dir",
+    "http.listen", "http.login",
     "logging.path", "logging.format", "logging.rotate", "logging.rotate_size",
 })
 
@@ -148,7 +149,7 @@ class Reloader:
         users = Users.load(new.auth.users)
         options = None
         if self.server_tls is not None:
-            options = tls.server_tls_options(new.tls.certificate, new.tls.key)
+            options = tls.options_for(new.tls)
         return new, users, options
 
     def _apply(self, new: Config, users: Users, options) -> None:

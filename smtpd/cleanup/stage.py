@@ -24,6 +24,7 @@ from smtpd.mail.envelope import Envelope, Recipient
 from smtpd.mail.source import IMessageSource
 from smtpd.mailauth.results import ForgedResultsFilter
 from smtpd.queue.spool import THRESHOLD, JoinedReader, Spool
+from smtpd.util import faults
 
 log = Logger()
 
@@ -211,6 +212,7 @@ class IncomingMessage:
             spool.prepend(fields)
             envelope.size = spool.size
             await self._cleanup.intake(envelope, spool)
+            faults.point("stored")
             return envelope
         finally:
             spool.discard()

@@ -230,7 +230,7 @@ def _overlap(a: tuple[int, str], b: tuple[int, str]) -> bool:
 
 
 def _check_listeners(sections: dict[str, object], problems: _Problems) -> None:
-    """Record two listeners ([server] and [pop3]) that would bind the same port."""
+    """Record two listeners ([server], [pop3], [http]) that would bind the same port."""
     seen: list[tuple[tuple[int, str], str, str]] = []
     for section, key in _LISTENER_KEYS:
         endpoints = getattr(sections[section], key)
@@ -251,7 +251,7 @@ def _check_listeners(sections: dict[str, object], problems: _Problems) -> None:
 
 
 _LISTENER_KEYS = (("server", "listen"), ("server", "submission"), ("server", "smtps"),
-                  ("pop3", "listen"), ("pop3", "pop3s"))
+                  ("pop3", "listen"), ("pop3", "pop3s"), ("http", "listen"))
 
 
 def _check_across(
@@ -271,6 +271,16 @@ def _check_across(
             "empty, but [server] submission requires AUTH",
             "PLAIN and/or LOGIN",
         )
+    access = cast(AccessConfig, sections["access"])
+    if access.reject_unknown_client and not access.reverse_dns:
+        if ("access", "reverse_dns") not in bad:
+            problems.bad(
+                "access",
+                "reject_unknown_client",
+                "yes",
+                "it needs reverse_dns = yes to know client names",
+                "no, or reverse_dns = yes",
+            )
     _check_directory(cast(DirectoryConfig, sections["directory"]), bad, problems)
     _check_proxies(sections, bad, problems)
     if delivery.smart_host_fallback and delivery.smart_host is None:

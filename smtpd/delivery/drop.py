@@ -6,6 +6,7 @@ C{mailroot/drop/} for C{type = drop} domains.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import secrets
@@ -22,7 +23,7 @@ from smtpd.delivery.outcome import disk_error
 from smtpd.mail.envelope import DeliveryStatus, Envelope, valid_queue_id
 from smtpd.mail.lineends import convert_chunks
 from smtpd.mail.source import IMessageSource, read_chunks
-from smtpd.util.durable import FolderSync, make_folder, temp_name, write_chunks
+from smtpd.util.durable import TEMP_SUFFIX, FolderSync, make_folder, temp_name, write_chunks
 
 log = Logger()
 
@@ -46,6 +47,8 @@ class DropDelivery:
         self._clock = clock
         self._run = run_blocking
         self._sync = FolderSync(self.folder)
+        self._started = clock.seconds()
+        self._cleaned = False
 
     def deliver(self, envelope: Envelope, deliveries: Sequence[tuple[Any, Any]],
                 message: IMessageSource) -> Deferred[list[DeliveryStatus]]:
@@ -87,12 +90,20 @@ class DropDelivery:
                       for r in recipients]
         except MailboxError as e:
             return self._run(raise_error, e)
-        stem = envelope.id if valid_queue_id(envelope.id) else "message"
-        name = f"{stem}.{int(self._clock.seconds()):X}{secrets.token_hex(4).upper()}.eml"
+        if valid_queue_id(envelope.id):
+            # The same name each time this drop is made: an attempt replayed
+            # after a crash replaces its own file rather than adding one.
+            digest = hashlib.sha256("\n".join(recipients).lower().encode("utf-8"))
+            name = f"{envelope.id}.{digest.hexdigest()[:12].upper()}.eml"
+        else:
+            name = f"message.{int(self._clock.seconds()):X}{secrets.token_hex(4).upper()}.eml"
         return self._run(self._drop_blocking, name, b"".join(lines), message)
 
     def _drop_blocking(self, name: str, header: bytes, message: IMessageSource) -> None:
         make_folder(self.folder)
+        if not self._cleaned:
+            self._cleaned = True
+            remove_stale_temporaries(self.folder, self._started)
         path = os.path.join(self.folder, name)
         tmp = temp_name(path)
         body = convert_chunks(read_chunks(message), b"\r\n")
@@ -107,3 +118,23 @@ class DropDelivery:
                 except OSError:
                     pass
             raise
+
+
+def remove_stale_temporaries(folder: str, started: float) -> None:
+    """
+    Remove our temporary files (C{.name.<random>.tmp}) from C{folder} that
+    were last changed before C{started}: drops cut short by a crash of an
+    earlier run. Errors are ignored.
+    """
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        if not (entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX)):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime < started:
+                os.unlink(entry.path)
+        except OSError:
+            continue

@@ -11,9 +11,9 @@ L{MailboxError}.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
-import secrets
 import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -26,9 +26,10 @@ from zope.interface import implementer
 
 from smtpd.delivery.interfaces import IMailboxAgent
 from smtpd.delivery.outcome import disk_error
-from smtpd.mail.envelope import DeliveryStatus, Envelope
+from smtpd.mail.envelope import DeliveryStatus, Envelope, valid_queue_id
 from smtpd.mail.lineends import convert_chunks
 from smtpd.mail.source import IMessageSource, read_chunks
+from smtpd.util import faults
 from smtpd.util.durable import (
     FolderSync,
     fsync_directory,
@@ -136,12 +137,12 @@ class MaildirDelivery:
         self._slow_disk = slow_disk
         # Seconds per message of recent batches (moving average).
         self._disk_time = 0.0
-        self._counter = itertools.count(1)
         # Checked Maildir folder -> the group commit of its new/ folder.
         self._checked: dict[str, FolderSync] = {}
         self._checking = threading.Lock()
         self._waiting: list[tuple[tuple, Deferred]] = []
         self._batches = 0
+        self._started = clock.seconds()
 
     name = "local"
 
@@ -155,8 +156,9 @@ class MaildirDelivery:
         mailboxes: dict[str, list[int]] = {}
         for i, (_, destination) in enumerate(deliveries):
             mailboxes.setdefault(destination.mailbox, []).append(i)
-        jobs = [Deferred.fromCoroutine(self._deliver_one(envelope, mailbox, message))
-                for mailbox in mailboxes]
+        writes = self.write_many(envelope, list(mailboxes), message)
+        jobs = [Deferred.fromCoroutine(self._deliver_one(envelope, mailbox, write))
+                for mailbox, write in zip(mailboxes, writes)]
 
         def statuses(replies: list[tuple[int, str, str]]) -> list[DeliveryStatus]:
             found: list[DeliveryStatus | None] = [None] * len(deliveries)
@@ -168,10 +170,10 @@ class MaildirDelivery:
         return gatherResults(jobs).addCallback(statuses)
 
     async def _deliver_one(self, envelope: Envelope, mailbox: str,
-                           message: IMessageSource) -> tuple[int, str, str]:
-        """One copy into C{mailbox}: the reply for its recipients."""
+                           write: Deferred[str]) -> tuple[int, str, str]:
+        """The reply for the recipients of C{mailbox}, whose copy C{write} makes."""
         try:
-            await self.write(envelope, mailbox, message)
+            await write
         except MailboxError as e:
             return 550, "5.1.1", f"<{mailbox}>: mailbox unavailable: {e}"
         except OSError as e:
@@ -197,16 +199,34 @@ class MaildirDelivery:
         Fails with L{MailboxError} for an unsafe mailbox, L{OSError} on disk
         errors; nothing is left in C{tmp/} or C{new/} on failure.
         """
-        try:
-            localpart, domain = split_mailbox(mailbox)
-            header = (b"Return-Path: <" + header_value(envelope.sender, "sender")
-                      + b">\nDelivered-To: " + header_value(mailbox.lower(), "mailbox") + b"\n")
-        except MailboxError as e:
-            return self._run(raise_error, e)
-        done: Deferred[str] = Deferred()
-        self._waiting.append(((domain, localpart, self._unique_name(), header, message), done))
-        self._write_waiting()
+        [done] = self.write_many(envelope, [mailbox], message)
         return done
+
+    def write_many(self, envelope: Envelope, mailboxes: Sequence[str],
+                   message: IMessageSource) -> list[Deferred[str]]:
+        """
+        L{write} into each of C{mailboxes}, all in the same batch (one thread
+        job, one fsync per C{new/} folder) when no batch is being written; a
+        Deferred per mailbox, in order.
+        """
+        writes: list[Deferred[str]] = []
+        for mailbox in mailboxes:
+            try:
+                localpart, domain = split_mailbox(mailbox)
+                header = (b"Return-Path: <" + header_value(envelope.sender, "sender")
+                          + b">\nDelivered-To: " + header_value(mailbox.lower(), "mailbox")
+                          + b"\n")
+                # Named after the queue id: a delivery replayed after a crash
+                # replaces its own copy instead of adding a second one.
+                name = self.message_name(envelope, mailbox)
+            except MailboxError as e:
+                writes.append(self._run(raise_error, e))
+                continue
+            done: Deferred[str] = Deferred()
+            self._waiting.append(((domain, localpart, name, header, message), done))
+            writes.append(done)
+        self._write_waiting()
+        return writes
 
     def remove(self, path: str) -> Deferred[None]:
         """
@@ -215,12 +235,17 @@ class MaildirDelivery:
         """
         return self._run(self._remove_blocking, path)
 
-    def _unique_name(self) -> str:
-        now = self._clock.seconds()
-        seconds = int(now)
-        micro = int((now - seconds) * 1_000_000)
-        return (f"{seconds}.M{micro}P{os.getpid()}Q{next(self._counter)}"
-                f"R{secrets.token_hex(4)}.{self._hostname}")
+    def message_name(self, envelope: Envelope, mailbox: str) -> str:
+        """
+        The Maildir name of C{envelope}'s copy for C{mailbox}: unique (the
+        queue id never repeats) and the same every time that copy is written,
+        so a delivery replayed after a crash (the Maildir written, the queue
+        not yet told) replaces its own file instead of adding a second one.
+        """
+        if not valid_queue_id(envelope.id):
+            raise MailboxError(f"invalid queue id {envelope.id!r}")
+        digest = hashlib.sha256(mailbox.lower().encode("utf-8")).hexdigest()[:12]
+        return f"{_stamp(envelope)}.Q{envelope.id}M{digest}.{self._hostname}"
 
     def maildir(self, mailbox: str) -> str:
         """The Maildir folder of C{mailbox} (not checked against symlinks)."""
@@ -278,6 +303,7 @@ class MaildirDelivery:
             else:
                 placed.setdefault(new, []).append(len(results))
                 results.append((True, path))
+                faults.point("maildir")
         for new, indexes in placed.items():
             try:
                 new.sync()
@@ -316,7 +342,8 @@ class MaildirDelivery:
             make_folder(os.path.join(folder, sub))
             if not _inside(os.path.join(folder, sub), folder):
                 raise MailboxError(f"{sub}/ of mailbox {localpart}@{domain} leads outside it")
-        clean_tmp(os.path.join(folder, "tmp"), self._clock.seconds())
+        clean_tmp(os.path.join(folder, "tmp"), self._clock.seconds(),
+                  f".{self._hostname}", self._started)
         with self._checking:
             return self._checked.setdefault(folder, FolderSync(os.path.join(folder, "new")))
 
@@ -342,6 +369,7 @@ def _write_into(folder: str, name: str, header: bytes, message: IMessageSource) 
     C{new/}; its path there. Nothing stays behind on failure.
     """
     tmp = os.path.join(folder, "tmp", name)
+    unlink_quietly(tmp)  # this copy's own, left by a crash mid-write
     lines = 0
 
     def counted(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -363,10 +391,23 @@ def _write_into(folder: str, name: str, header: bytes, message: IMessageSource) 
     return final
 
 
-def clean_tmp(tmp: str, now: float) -> None:
+def _stamp(envelope: Envelope) -> int:
+    """
+    The time part of a Maildir name: the second in the queue id (a report
+    made again after a crash keeps its id, not its arrival), else the arrival.
+    """
+    head = envelope.id[:8]
+    if len(envelope.id) == 24 and all(c in "0123456789ABCDEF" for c in head):
+        return int(head, 16)
+    return int(envelope.arrival)
+
+
+def clean_tmp(tmp: str, now: float, ours: str = "", started: float = 0.0) -> None:
     """
     Remove the files of a Maildir's C{tmp/} neither accessed nor changed for
-    L{TMP_MAX_AGE} (the Maildir rule: 36 hours); errors are ignored.
+    L{TMP_MAX_AGE} (the Maildir rule: 36 hours), and our own (names ending
+    in C{ours}) last changed before C{started}: deliveries cut short by a
+    crash of an earlier run. Errors are ignored.
     """
     try:
         entries = list(os.scandir(tmp))
@@ -377,7 +418,8 @@ def clean_tmp(tmp: str, now: float) -> None:
             info = entry.stat(follow_symlinks=False)
             if stat.S_ISDIR(info.st_mode):
                 continue
-            if now - max(info.st_atime, info.st_mtime) > TMP_MAX_AGE:
+            crashed = ours and entry.name.endswith(ours) and info.st_mtime < started
+            if crashed or now - max(info.st_atime, info.st_mtime) > TMP_MAX_AGE:
                 os.unlink(entry.path)
         except OSError:
             continue

@@ -18,6 +18,8 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 
 from smtpd.inbound import policy
+from smtpd.inbound.deadline import Deadlines
+from smtpd.inbound.snapshot import session_info
 
 log = Logger()
 
@@ -72,6 +74,8 @@ class SessionCore(smtp.ESMTP):
         self._tls = kind == SMTPS
         self._errors = 0
         self._command: tuple[str, str] | None = None
+        self.deadlines = Deadlines(inbound.clock, lambda: self.inbound.config.server,
+                                   self.deadline_passed)
 
     # -- connection
 
@@ -98,14 +102,17 @@ class SessionCore(smtp.ESMTP):
         if not policy.may_connect(config, self.peer_ip):
             # RFC 5321 3.1: a 554 greeting, then 503 to everything but QUIT.
             self._denied = True
+            self.inbound.events["refused_deny"] += 1
             self._send(f"554 5.7.1 {self._hostname} Access denied\r\n")
             return
+        self.start_reverse_dns()
         self._send(f"220 {self._hostname} {config.server.banner}\r\n")
 
     def connectionLost(self, reason=None):
         """Release the session's place, timers and any message half received."""
         self._closing = True
         self.setTimeout(None)
+        self.deadlines.stop()
         self.abort_transfer()
         if self._registered:
             self.inbound.unregister(self)
@@ -117,6 +124,13 @@ class SessionCore(smtp.ESMTP):
     def timeoutConnection(self):
         """The client was idle for C{connection_timeout}."""
         self.terminate("4.4.2 Error: timeout exceeded")
+
+    def deadline_passed(self):
+        """A command line or the DATA took longer than its deadline."""
+        self.terminate("4.4.2 Error: timeout exceeded")
+
+    def start_reverse_dns(self) -> None:
+        """Look the client's name up (the access part overrides)."""
 
     def terminate(self, why: str) -> None:
         """Close this session with a C{421} reply saying C{why}."""
@@ -179,17 +193,25 @@ class SessionCore(smtp.ESMTP):
                 self._guarded(self.data_received)
             elif not self._take_line():
                 break
+        # A command line under way must be complete by its deadline.
+        self.deadlines.partial_line(
+            self._mode != DATA and bool(self._buf) and not self._waiting and not self._closing
+        )
 
     def _take_line(self) -> bool:
         """Handle one command line from the buffer; False when none is complete."""
         end = self._buf.find(b"\n")
-        limit = MAX_AUTH_LINE if self._mode == AUTH else MAX_PARAM_LINE
+        # The limit of the line whatever part of it has arrived (RFC 4954 4:
+        # AUTH lines and responses may be 12288 octets).
+        auth = self._mode == AUTH or self._buf[:5].upper() == b"AUTH "
+        limit = MAX_AUTH_LINE if auth else MAX_PARAM_LINE
         if end < 0:
             if len(self._buf) > limit:
                 self._buf = b""
                 self._discarding = True
             return False
         line, self._buf = self._buf[:end], self._buf[end + 1 :]
+        self.deadlines.line_taken()
         if self._discarding:
             self._discarding = False
             self._reply(500, "5.5.2", "Error: line too long")
@@ -289,34 +311,13 @@ class SessionCore(smtp.ESMTP):
     # -- for the admin API
 
     def info(self) -> dict:
-        """
-        This session as plain data: C{id}, C{peer}, C{reverse_name} (the
-        admin API fills it in; "" here), C{helo}, C{user}, C{tls} (the protocol version, or
-        ""), C{started} (Unix time), C{bytes_in}, C{bytes_out}, C{messages}
-        (accepted), C{command} (the last one received).
-        """
-        return {
-            "id": self.session_id,
-            "peer": self.peer_ip,
-            "reverse_name": "",
-            "helo": getattr(self, "helo", None) or "",
-            "user": getattr(self, "user", None) or "",
-            "tls": self.tls_version(),
-            "started": self.started,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "messages": self.messages,
-            "command": self.current_command,
-        }
+        """This session as plain data for the admin API (L{session_info})."""
+        return session_info(self)
 
-    def tls_version(self) -> str:
-        """The TLS protocol version in use (C{"TLSv1.3"}), or "" without TLS."""
-        if not self._tls or self.transport is None:
-            return ""
-        try:
-            return self.transport.getHandle().get_protocol_version_name()
-        except (AttributeError, OSError):
-            return "TLS"
+    @property
+    def tls_active(self) -> bool:
+        """Whether the session runs over TLS (STARTTLS done, or implicit TLS)."""
+        return self._tls
 
     @property
     def server_address(self) -> tuple[str, int | str]:

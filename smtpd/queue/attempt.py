@@ -18,6 +18,7 @@ from smtpd.queue.dispatcher import Dispatcher
 from smtpd.queue.notifier import Notifier
 from smtpd.queue.results import Results
 from smtpd.queue.scheduler import Scheduler
+from smtpd.util import faults
 
 
 class Attempts:
@@ -63,6 +64,7 @@ class Attempts:
             kinds: dict[str, str] = {}
         else:
             statuses, kinds = await self.dispatcher.deliver(envelope, pending, message)
+            faults.point("delivered")
         now = self.clock.seconds()
         for recipient in pending:
             self.results.record(envelope, recipient, statuses[recipient.address],

@@ -94,10 +94,8 @@ class Intake:
             except Exception:
                 results = [(False, Failure())]
         else:
-            results = await DeferredList(
-                [maybeDeferred(local.write, envelope, m, message) for m in mailboxes],
-                consumeErrors=True,
-            )
+            results = await DeferredList(local.write_many(envelope, list(mailboxes), message),
+                                         consumeErrors=True)
         written = [path for ok, path in results if ok]
         if len(written) == len(results):
             self._delivered(envelope, mailboxes)
@@ -118,7 +116,7 @@ class Intake:
 
     def _delivered(self, envelope: Envelope, mailboxes: dict[str, list[Recipient]]) -> None:
         """Count and log a message delivered at once, like a queue delivery."""
-        self.results.received()
+        self.results.received(envelope)
         now = self.clock.seconds()
         for mailbox, recipients in mailboxes.items():
             for r in recipients:

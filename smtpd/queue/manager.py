@@ -156,7 +156,7 @@ class QueueManager(Service):
     def _stored(self, envelope: Envelope) -> None:
         """Queue observer: count what others stored; a new entry is tried at once."""
         if envelope.client != LOCAL_CLIENT:
-            self.results.received()
+            self.results.received(envelope)
         self.scheduler.added(envelope)
 
     # -- the way in, and administration

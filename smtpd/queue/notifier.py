@@ -13,6 +13,7 @@ in the queue.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,18 @@ from smtpd.mail.envelope import PENDING, Envelope, Recipient
 from smtpd.mail.source import BytesSource, IMessageSource, read_all, read_head
 from smtpd.queue.bounce import DELAYED, DELIVERED, FAILED, RELAYED, BounceBuilder, has_8bit
 from smtpd.queue.results import LOCAL_CLIENT, Results, wants
+from smtpd.util import faults
+
+
+def report_id(envelope: Envelope, action: str) -> str:
+    """
+    The queue id of the C{action} report on C{envelope}'s current attempt:
+    the same each time that attempt is replayed after a crash (the attempt
+    count on disk is only raised after the report is durable), so a report
+    made twice is stored, and delivered to a Maildir, once.
+    """
+    digest = hashlib.sha256(f"{envelope.id}/{envelope.attempts}/{action}".encode()).hexdigest()
+    return envelope.id[:8] + digest[:16].upper()
 
 
 class Notifier:
@@ -95,8 +108,11 @@ class Notifier:
         if not wanted:
             return True
         copy = self.config.messages.ndr_copy_to
-        return await self._send(envelope, wanted, FAILED, message,
+        sent = await self._send(envelope, wanted, FAILED, message,
                                 extra=(copy,) if copy else ())
+        if sent:
+            faults.point("bounced")
+        return sent
 
     async def _report_success(self, envelope: Envelope, attempted: list[Recipient],
                               kinds: dict[str, str], message: IMessageSource) -> None:
@@ -128,12 +144,14 @@ class Notifier:
             addresses = [envelope.sender]
             addresses += [a for a in extra if a.lower() != envelope.sender.lower()]
             dsn = Envelope(
-                id=self.queue.new_id(), sender="",
+                id=report_id(envelope, action), sender="",
                 recipients=[Recipient(a) for a in addresses],
                 arrival=now, next_attempt=now, size=len(report),
                 client=LOCAL_CLIENT, body="8BITMIME" if has_8bit(report) else "",
             )
             await self._submit(dsn, BytesSource(report))
+        except FileExistsError:
+            pass  # made before a crash, stored under the same id: already durable
         except Exception:
             self.results.errors.failure("Cannot queue the {action} report for {queue_id}",
                                         action=action, queue_id=envelope.id)

@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from smtpd.directory.routing import DROP, LOCAL
 from smtpd.mail.envelope import DELIVERED, FAILED, DeliveryStatus, Envelope, Recipient
+from smtpd.queue.stats import DeliveryStats
 
 # Envelope.client of the reports we generate: not counted as "received".
 LOCAL_CLIENT = "local"
@@ -59,10 +60,13 @@ class Results:
         self.log = log if log is not None else Logger()
         self.errors = self.log if hasattr(self.log, "failure") else Logger()
         self.counters = {"received": 0, "delivered": 0, "deferred": 0, "bounced": 0}
+        self.stats = DeliveryStats()
 
-    def received(self) -> None:
+    def received(self, envelope: Envelope | None = None) -> None:
         """Count one message received from outside the queue."""
         self.counters["received"] += 1
+        if envelope is not None:
+            self.stats.message(len(envelope.recipients), envelope.size)
 
     def record(self, envelope: Envelope, recipient: Recipient, status: DeliveryStatus,
                kind: str, now: float) -> None:
@@ -72,12 +76,15 @@ class Results:
         recipient.remote_mta = status.remote_mta
         if status.delivered:
             recipient.state = DELIVERED
-            self.counters["delivered"] += 1
+            result = "delivered"
         elif status.permanent:
             recipient.state = FAILED
-            self.counters["bounced"] += 1
+            result = "bounced"
         else:
-            self.counters["deferred"] += 1
+            result = "deferred"
+        self.counters[result] += 1
+        self.stats.result(result, kind, status.status, recipient.address,
+                          max(0.0, now - envelope.arrival), bool(status.tls))
         relay = status.remote_mta or {LOCAL: "local", DROP: "drop"}.get(kind, "none")
         self.log_line(envelope, recipient, relay, status.code, status.status, now, status.tls)
 
@@ -92,6 +99,7 @@ class Results:
         if reply:
             recipient.last_reply = reply
         self.counters["bounced"] += 1
+        self.stats.result("bounced", "none", status, recipient.address, 0.0)
         if now is not None:
             self.log_line(envelope, recipient, recipient.remote_mta or "none", 554, status, now)
 

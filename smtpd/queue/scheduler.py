@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -22,8 +23,13 @@ from smtpd.config import Config
 from smtpd.mail.envelope import DEFERRED, HELD, QUEUED, Envelope
 from smtpd.queue.results import wants
 
+# Envelopes read per thread hand-off while the schedule is loaded at start.
+LOAD_BATCH = 500
 # How long a failed attempt (an error, not a delivery result) waits, at least.
 DEFAULT_RETRY = 900.0
+# How many envelopes of entries just stored are kept in memory for their first
+# attempt (beyond that the attempt reads the envelope from disk, as any other).
+FRESH_LIMIT = 1024
 
 
 class Scheduler:
@@ -53,7 +59,11 @@ class Scheduler:
         self._busy: dict[str, Deferred] = {}
         self._attempting: set[str] = set()
         self._pumping = False
+        self.loading: Deferred[None] | None = None
         self._attempt: Callable[[str], Awaitable[None]] | None = None
+        # Envelopes of entries just stored, as stored: the first attempt
+        # needs no disk read (copies: the caller's object may change).
+        self._fresh: dict[str, Envelope] = {}
 
     # -- start and stop
 
@@ -63,12 +73,44 @@ class Scheduler:
         due with C{attempt(queue_id)} (a coroutine function).
         """
         self._attempt = attempt
-        self.load(self.queue.schedule())
+        self.load([])
+        ids = self.queue.recover()
+        self.loading = Deferred.fromCoroutine(self._load_batches(ids))
         self.pump()
+
+    async def _load_batches(self, ids: list[str]) -> None:
+        """
+        Read the envelopes of C{ids} in the queue's thread, a batch at a time,
+        adding each batch to the schedule as it comes: a big queue does not
+        delay the listeners, and what is due is attempted while the rest is
+        still being read.
+        """
+        for start in range(0, len(ids), LOAD_BATCH):
+            try:
+                entries = await self.queue.read_schedule(ids[start:start + LOAD_BATCH])
+            except Exception:
+                self._errors.failure("Cannot read the queue at start")
+                return
+            if not self.running:
+                return
+            self.add(entries)
+            self.pump()
+
+    def add(self, entries: Iterable[tuple[float, str, str]]) -> None:
+        """Add C{(next_attempt, queue_id, state)} triples of entries not known yet."""
+        for when, queue_id, state in entries:
+            if queue_id in self._states:
+                continue
+            state = state if state in (QUEUED, DEFERRED, HELD) else QUEUED
+            self._states[queue_id] = state
+            if state != HELD:
+                self._due[queue_id] = when
+                heapq.heappush(self._heap, (when, queue_id))
 
     def stop(self) -> list[Deferred[None]]:
         """Start nothing more; Deferreds for the operations still running."""
         self._attempt = None
+        self._fresh.clear()
         self._disarm()
         return [settled(d) for d in self._busy.values()]
 
@@ -92,13 +134,19 @@ class Scheduler:
     # -- what the other parts tell it
 
     def added(self, envelope: Envelope) -> None:
-        """A new entry was stored: it is tried at once (unless held)."""
+        """
+        A new entry was stored: it is tried at once (unless held; on the next
+        turn of the reactor, one timer for all the entries stored meanwhile),
+        with the envelope as stored (kept in memory: no disk read for it).
+        """
         if not self.running:
             return
         if envelope.state == HELD:
             self._states[envelope.id] = HELD
             return
         self._states[envelope.id] = DEFERRED if envelope.state == DEFERRED else QUEUED
+        if len(self._fresh) < FRESH_LIMIT:
+            self._fresh[envelope.id] = copy_envelope(envelope)
         self.schedule(envelope.id, self.clock.seconds())
         self._arm()
 
@@ -113,11 +161,13 @@ class Scheduler:
     def unschedule(self, queue_id: str) -> None:
         """C{queue_id} is not due until scheduled again."""
         self._due.pop(queue_id, None)
+        self._fresh.pop(queue_id, None)
 
     def forget(self, queue_id: str) -> None:
         """The entry left the queue."""
         self._states.pop(queue_id, None)
         self._due.pop(queue_id, None)
+        self._fresh.pop(queue_id, None)
 
     def state(self, queue_id: str) -> str | None:
         """The state of entry C{queue_id}, or L{None} when unknown."""
@@ -139,6 +189,7 @@ class Scheduler:
             self._states[queue_id] = state
             if state == HELD:
                 self._due.pop(queue_id, None)
+                self._fresh.pop(queue_id, None)
 
     def ids(self) -> list[str]:
         """Every known entry id, sorted (ids sort roughly by arrival)."""
@@ -168,9 +219,13 @@ class Scheduler:
     async def read(self, queue_id: str) -> Envelope | None:
         """
         The entry's envelope, or L{None} when the entry is gone (then forgotten).
+        An entry just stored is not read again: its envelope is the one stored.
 
         @raise Exception: when it cannot be read.
         """
+        fresh = self._fresh.pop(queue_id, None)
+        if fresh is not None:
+            return fresh
         try:
             return await self.queue.read_envelope(queue_id)
         except FileNotFoundError:
@@ -290,6 +345,11 @@ class Scheduler:
         ):
             deadlines.append(envelope.arrival + delivery.delay_notification)
         return min([when] + [t for t in deadlines if t > now])
+
+
+def copy_envelope(envelope: Envelope) -> Envelope:
+    """A copy of C{envelope} whose recipients can change without touching the original."""
+    return replace(envelope, recipients=[replace(r) for r in envelope.recipients])
 
 
 def settled(d: Deferred) -> Deferred[None]:

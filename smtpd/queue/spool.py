@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from smtpd.mail.source import IMessageSource
+from smtpd.util import faults
 from smtpd.util.durable import temp_name, unlink_quietly, write_file
 
 # Below this a message stays in memory: the all-local fast path (4 KiB
@@ -111,6 +112,7 @@ class Spool:
         view = memoryview(chunk)
         while view:
             view = view[os.write(self._fd, view):]
+        faults.point("spool")
 
     def _written(self, _: object, size: int) -> None:
         self._writing = None

@@ -24,7 +24,9 @@ from twisted.logger import Logger
 
 from smtpd.mail.envelope import Envelope, valid_queue_id
 from smtpd.mail.source import BytesSource, FileSource, IMessageSource, read_chunks
+from smtpd.queue.recovery import move_to_corrupt, remove_leftover
 from smtpd.queue.spool import Spool, place_blocking
+from smtpd.util import faults
 from smtpd.util.durable import (
     TEMP_SUFFIX,
     FolderSync,
@@ -193,6 +195,7 @@ class Queue:
                     raise OSError(errno.EEXIST, "queue entry exists", path)
             place_blocking(message, eml)
             placed.append(eml)
+            faults.point("store-data")
             replace_file(js, record)
             placed.append(js)
             self._sync_directory()
@@ -260,10 +263,10 @@ class Queue:
         Every complete entry, oldest first. Synchronous: used by
         C{smtpctl queue list}.
 
-        With C{cleanup} (at start, when no other process writes here): create
+        With C{cleanup} (at start, when nothing else writes here): create
         the folder when missing, remove temporary files and data files without
         an envelope (incomplete stores), and move envelopes that do not parse or
-        have no data to C{badmail/}. Without it nothing on disk is touched and
+        have no data to C{corrupt/} (L{smtpd.queue.recovery}), logging each. Without it nothing on disk is touched and
         unreadable entries are skipped, so it is safe while the server runs.
         """
         entries = list(self._walk(cleanup))
@@ -278,6 +281,49 @@ class Queue:
         """
         return [(e.next_attempt, e.id, e.state) for e in self._walk(cleanup)]
 
+    def recover(self) -> list[str]:
+        """
+        At start, before anything else writes here: create the folder when
+        missing, remove temporary files and data files without an envelope,
+        move envelopes without data to C{corrupt/} (L{smtpd.queue.recovery}),
+        all from the names alone; the ids of the entries that have both
+        files, for L{read_schedule}. Synchronous and quick: no envelope is
+        read.
+        """
+        self._ensure_directory()
+        names = set(os.listdir(self.directory))
+        ids = []
+        for name in names:
+            stem, ext = os.path.splitext(name)
+            if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+                remove_leftover(self.directory, name, "temporary file")
+            elif not valid_queue_id(stem):
+                continue
+            elif ext == ".eml" and stem + ".json" not in names:
+                remove_leftover(self.directory, name, "data file without envelope")
+            elif ext == ".json" and stem + ".eml" not in names:
+                move_to_corrupt(self.directory, stem, "message data file missing")
+            elif ext == ".json":
+                ids.append(stem)
+        fsync_directory(self.directory)
+        return ids
+
+    def read_schedule(self, ids: list[str]) -> Deferred[list[tuple[float, str, str]]]:
+        """
+        C{(next_attempt, queue_id, state)} of the entries C{ids} (from
+        L{recover}), reading each envelope off the reactor thread; one that
+        cannot be parsed moves to C{corrupt/}.
+        """
+        return self._run(self._read_schedule_blocking, ids)
+
+    def _read_schedule_blocking(self, ids: list[str]) -> list[tuple[float, str, str]]:
+        found = []
+        for queue_id in ids:
+            envelope = self._scan_entry(queue_id, True, True)
+            if envelope is not None:
+                found.append((envelope.next_attempt, envelope.id, envelope.state))
+        return found
+
     def _walk(self, cleanup: bool) -> Iterator[Envelope]:
         """The envelope of each complete entry, one at a time (see L{scan})."""
         if cleanup:
@@ -289,10 +335,10 @@ class Queue:
         for name in names:
             stem, ext = os.path.splitext(name)
             if cleanup and name.startswith(".") and name.endswith(TEMP_SUFFIX):
-                unlink_quietly(os.path.join(self.directory, name))
+                remove_leftover(self.directory, name, "temporary file")
             elif cleanup and ext == ".eml" and stem + ".json" not in names:
                 if valid_queue_id(stem):
-                    unlink_quietly(os.path.join(self.directory, name))
+                    remove_leftover(self.directory, name, "data file without envelope")
             elif ext == ".json" and valid_queue_id(stem):
                 envelope = self._scan_entry(stem, stem + ".eml" in names, cleanup)
                 if envelope is not None:
@@ -312,26 +358,13 @@ class Queue:
             envelope = parse_envelope(raw, queue_id)
         except ValueError as e:
             if cleanup:
-                self._bad_entry(queue_id, f"unreadable envelope: {e}", None, raw, has_data)
+                move_to_corrupt(self.directory, queue_id, f"unreadable envelope: {e}")
             return None
         if not has_data:
             if cleanup:
-                self._bad_entry(queue_id, "message data file missing", envelope, raw, False)
+                move_to_corrupt(self.directory, queue_id, "message data file missing")
             return None
         return envelope
-
-    def _bad_entry(self, queue_id: str, reason: str, envelope: Envelope | None,
-                   raw: bytes, has_data: bool) -> None:
-        """Move a broken entry to badmail; when even that fails, leave it and log."""
-        try:
-            content = self.source(queue_id) if has_data else raw
-            self._write_badmail(queue_id, content, badmail_report(reason, envelope, raw))
-            self._remove_blocking(queue_id)
-        except OSError as e:
-            log.error("queue entry {id} is broken ({reason}) and could not be moved "
-                      "to badmail: {error}", id=queue_id, reason=reason, error=e)
-        else:
-            log.warn("queue entry {id} moved to badmail: {reason}", id=queue_id, reason=reason)
 
     # -- badmail
 

@@ -1,0 +1,1 @@
+"""The [http] service: Prometheus metrics, health checks, the status page and its JSON API."""
