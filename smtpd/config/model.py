@@ -80,6 +80,7 @@ class AccessConfig:
     max_errors: int = 10
     auth_failures: int = 3
     proxy_from: tuple[Network, ...] = ()
+    etrn: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True)

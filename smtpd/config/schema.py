@@ -214,6 +214,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
             "max_errors": _key(_count(1), _at_least(1)),
             "auth_failures": _key(_count(1), _at_least(1)),
             "proxy_from": _key(parse_networks, _NETWORKS_TEXT + ", or empty"),
+            "etrn": _key(parse_networks, _NETWORKS_TEXT + ", or empty"),
         },
     ),
     "messages": (
