@@ -27,6 +27,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
+from smtpd.admin.manhole import ManholeError
+from smtpd.admin.service import AdministrationService
 from smtpd.util import tls
 from smtpd.pop3.server import POP3Server
 from smtpd.queue.bounce import BounceBuilder
@@ -156,7 +158,7 @@ def load_tls(config: Config, clock):
     if creates_certificate(config):
         if tls.ensure_certificate(cert, key, config.server.hostname, clock.seconds()):
             log.info("Created a self-signed certificate {cert}", cert=cert)
-    return tls.server_tls_options(cert, key)
+    return tls.ReloadableTLS(tls.server_tls_options(cert, key))
 
 
 def delivery_agents(config: Config, reactor, run_blocking, relay: RelayManager,
@@ -222,7 +224,8 @@ def build(config: Config, reactor) -> service.MultiService:
     mailroot = config.server.mailroot
     queue = Queue(os.path.join(mailroot, "queue"), reactor, run_blocking)
     activity = ActivityLog(
-        config.logging.format, config.logging.path, reactor, config.server.hostname
+        config.logging.format, config.logging.path, reactor, config.server.hostname,
+        rotate=config.logging.rotate, rotate_size=config.logging.rotate_size,
     )
     listeners: list[Listener] = []
     group = ListenerGroup(listeners)
@@ -273,13 +276,24 @@ def build(config: Config, reactor) -> service.MultiService:
     ClosingService(lmtp).setServiceParent(top)
     InboundService(inbound, activity).setServiceParent(top)
     top.pickup = add_pickup(top, config, cleanup, reactor, run_blocking)
-    SignalService(reactor, None, activity.reopen).setServiceParent(top)
     top.pop3 = add_pop3(listeners, config, reactor, users, auth_pool.runner(reactor),
                         run_blocking, tls_options, activity)
+    admin = AdministrationService(
+        config, reactor, qmgr=qmgr, queue=queue, inbound=inbound, relay=relay,
+        activity=activity, run_blocking=run_blocking, server_tls=tls_options,
+        configured=[cleanup, top.pop3], resolver=resolver, mx=mx,
+    )
+    admin.setServiceParent(top)
+    # The manhole's listeners are bound first with the others (bind or exit 1).
+    listeners.extend(Listener(reactor, description, factory)
+                     for description, factory in admin.listening)
+    SignalService(reactor, admin.reload, activity.reopen).setServiceParent(top)
     group.setServiceParent(top)
     top.directory = add_directory(top, config, reactor, inbound, qmgr)
     top.inbound = inbound
     top.qmgr = qmgr
+    top.admin = admin
+    top.reload = admin.reload
     return top
 
 
@@ -350,6 +364,9 @@ def makeService(options: Options) -> service.IService:
     os.umask(UMASK)
     try:
         top = build(config, reactor)
+    except ManholeError as e:
+        print(str(e), file=sys.stderr)
+        raise SystemExit(1)
     except (tls.TLSError, UsersError, OSError) as e:
         print(f"{config.path}: cannot start: {e}", file=sys.stderr)
         raise SystemExit(1)

@@ -116,6 +116,7 @@ class Deployment:
         await eventually(lambda: len(self.files("new")) > before)
 
     def activity(self) -> str:
-        """The activity log so far."""
+        """The activity log so far (its buffer written out first)."""
+        self.top.inbound.command_log.flush()
         with open(os.path.join(self.root, "activity.log"), encoding="utf-8") as f:
             return f.read()

@@ -131,7 +131,7 @@ class ShippedConfigTests(ConfigTestCase):
                     self.assertIn(key.iis, text)
         for word in [*DOMAIN_SCHEMA, "type = alias", "type = drop", "type = remote"]:
             self.assertIn(word, text)
-        self.assertIn("not available yet", text)
+        self.assertIn("smtpctl manhole-user add NAME", text)
 
     def test_schema_matches_dataclasses(self) -> None:
         """The schema knows exactly the fields of each section's dataclass."""
@@ -582,16 +582,23 @@ class ProblemLineTests(ConfigTestCase):
             "expected each domain once",
         )
 
-    def test_manhole_not_supported(self) -> None:
-        """A manhole listener is reported, never silently ignored."""
-        path, lines = self.problems(
-            "[manhole]\ntelnet = tcp:2323:interface=127.0.0.1\nssh = tcp:2222\n"
+    def test_manhole_endpoints(self) -> None:
+        """Manhole listeners are endpoint strings; a bad one is one problem line."""
+        path = self.write(
+            "[manhole]\ntelnet = tcp:2323:interface=127.0.0.1\nssh = tcp:2222:interface=\\:\\:1\n"
         )
-        self.assertEqual(lines, [
-            f"{path}: [manhole] telnet = tcp:2323:interface=127.0.0.1: not supported yet; "
-            "expected empty",
-            f"{path}: [manhole] ssh = tcp:2222: not supported yet; expected empty",
-        ])
+        manhole = load_config(path).manhole
+        self.assertEqual(manhole.telnet, ("tcp:2323:interface=127.0.0.1",))
+        self.assertEqual(manhole.ssh, ("tcp:2222:interface=\\:\\:1",))
+        line = self.problem("[manhole]\nssh = tcp:lots\n")
+        self.assertTrue(line.startswith("[manhole] ssh = tcp:lots: "), line)
+
+    def test_log_rotation(self) -> None:
+        """rotate is daily, size or none; rotate_size is a non-zero size."""
+        logging = load_config(self.write("[logging]\nrotate = size\nrotate_size = 2M\n")).logging
+        self.assertEqual((logging.rotate, logging.rotate_size), ("size", 2 * 1024 * 1024))
+        self.assertIn("expected daily, size or none", self.problem("[logging]\nrotate = weekly\n"))
+        self.assertIn("rotate_size = 0: zero size", self.problem("[logging]\nrotate_size = 0\n"))
 
     def test_password_hidden(self) -> None:
         """A bad password is not echoed; control characters are escaped."""
@@ -658,7 +665,7 @@ class MultipleProblemsTests(ConfigTestCase):
             type = alias
             alias_of = nowhere.example
             [manhole]
-            ssh = tcp:2222
+            ssh = tcp:lots
         """)
         error = self.assertRaises(ConfigError, load_config, path)
         starts = [
@@ -668,7 +675,7 @@ class MultipleProblemsTests(ConfigTestCase):
             "[tls] require = maybe:",
             "[nonsense] unknown section",
             "[messages] max_message_size = 1G:",
-            "[manhole] ssh = tcp:2222: not supported yet",
+            "[manhole] ssh = tcp:lots:",
             "[domain:a.example] alias_of = nowhere.example:",
         ]
         self.assertEqual(len(error.problems), len(starts), error.problems)

@@ -5,6 +5,7 @@ Tests for L{smtpd.ctl}: the C{smtpctl} command.
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 
@@ -108,14 +109,14 @@ class UserTests(CtlTestCase):
                                       stdin="s3cret pass\n"), 0)
         self.assertTrue(Users.load(self.users).check_password("bob@example.com",
                                                               b"s3cret pass"))
-        self.assertEqual(self.run_ctl("user", "add", "carol@alias.example",
+        self.assertEqual(self.run_ctl("user", "add", "carol@example.com",
                                       "--password-stdin", stdin="pw\n"), 0)
         self.stdout.truncate(0)
         self.stdout.seek(0)
         self.assertEqual(self.run_ctl("user", "list"), 0)
-        self.assertEqual(self.stdout.getvalue(), "bob@example.com\ncarol@alias.example\n")
+        self.assertEqual(self.stdout.getvalue(), "bob@example.com\ncarol@example.com\n")
         self.assertEqual(self.run_ctl("user", "del", "BOB@example.com"), 0)
-        self.assertEqual(Users.load(self.users).addresses(), ["carol@alias.example"])
+        self.assertEqual(Users.load(self.users).addresses(), ["carol@example.com"])
         self.assertEqual(self.stderr.getvalue(), "")
 
     def test_add_prompts_twice(self) -> None:
@@ -136,9 +137,11 @@ class UserTests(CtlTestCase):
         before = Users.load(self.users).addresses()
         for address, stdin, message in [
             ("BOB@example.com", "pw\n", "already exists"),
-            ("bob@remote.example", "pw\n", "not a local or alias domain"),
-            ("bob@drop.example", "pw\n", "not a local or alias domain"),
-            ("bob@elsewhere.example", "pw\n", "not a local or alias domain"),
+            ("bob@remote.example", "pw\n", "not a local domain"),
+            ("bob@drop.example", "pw\n", "not a local domain"),
+            ("bob@elsewhere.example", "pw\n", "not a local domain"),
+            ("bob@alias.example", "pw\n", "alias.example is an alias of example.com: its "
+             "accounts are those of example.com; add bob@example.com instead"),
             ("../bob@example.com", "pw\n", "local part"),
             ("carol@example.com", "\n", "password is empty"),
         ]:
@@ -187,19 +190,27 @@ class QueueListTests(CtlTestCase):
                                 last_reply="451 4.4.1 connection refused"),
                       Recipient("c@example.com", state="delivered")],
                      arrival=1_700_000_000.0, next_attempt=1_700_000_900.0,
-                     attempts=2, state=DEFERRED)
+                     attempts=2, state=DEFERRED, size=20)
         self.successResultOf(queue.store(e, b"Subject: x\r\n\r\nbody\r\n"))
         self.assertEqual(self.run_ctl("queue", "list"), 0)
         lines = self.stdout.getvalue().splitlines()
-        self.assertEqual(lines[0].split(), ["ID", "ARRIVAL", "(UTC)", "SENDER", "STATE",
-                                            "ATTEMPTS", "NEXT", "ATTEMPT", "(UTC)"])
-        self.assertEqual(lines[1].split(), [e.id, "2023-11-14", "22:13:20", "<a@example.com>",
-                                            "deferred", "2", "2023-11-14", "22:28:20"])
+        self.assertEqual(lines[0].split(), ["ID", "SIZE", "AGE", "STATE", "TRIES", "NEXT",
+                                            "SENDER"])
+        cells = lines[1].split()
+        self.assertEqual(cells[:2], [e.id, "20B"])
+        self.assertTrue(cells[2].endswith("d"), cells)  # arrived in 2023: days ago
+        self.assertEqual(cells[3:], ["deferred", "2", "now", "<a@example.com>"])
         self.assertEqual(lines[2:], [
-            "    <b@remote.example>  pending  451 4.4.1 connection refused",
-            "    <c@example.com>  delivered",
-            "1 message",
+            "    b@remote.example  pending  (451 4.4.1 connection refused)",
+            "    c@example.com  delivered",
+            "-- 20B in 1 message",
         ])
+        self.stdout.truncate(0)
+        self.stdout.seek(0)
+        self.assertEqual(self.run_ctl("queue", "list", "--json"), 0)
+        [listed] = json.loads(self.stdout.getvalue())
+        self.assertEqual((listed["id"], listed["state"], listed["recipients"][0]["last_reply"]),
+                         (e.id, "deferred", "451 4.4.1 connection refused"))
 
     def test_read_only(self) -> None:
         """Listing never changes the queue folder, whatever it holds."""
@@ -241,3 +252,22 @@ class ConsoleScriptTests(CtlTestCase):
                              (os.path.join("etc", "smtpd.ini").encode() + b": OK\n", b"", 0))
 
         return d.addCallback(check)
+
+
+class ManholeUserTests(CtlTestCase):
+    """C{smtpctl manhole-user add}."""
+
+    def test_add(self) -> None:
+        """An operator is written with a bcrypt hash; a bad name is refused."""
+        from smtpd.admin.operators import read_operators
+
+        self.assertEqual(self.run_ctl("manhole-user", "add", "alice", "--password-stdin",
+                                      stdin="s3cret\n"), 0)
+        path = os.path.join(self.root, "etc", "manhole.passwd")
+        stored = read_operators(path)["alice"]
+        self.assertTrue(stored.startswith(b"$2b$"))
+        self.assertIn(f"operator alice written to {path}", self.stdout.getvalue())
+        self.assertEqual(self.run_ctl("manhole-user", "add", "bad name", "--password-stdin",
+                                      stdin="x\n"), 1)
+        self.assertIn("is not an operator name", self.stderr.getvalue())
+        self.assertNoTraceback()

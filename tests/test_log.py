@@ -1,11 +1,13 @@
 """The activity log: W3C extended and JSON lines."""
 
 import json
+import os
 
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from smtpd.util.activity import ActivityLog
+from smtpd.util.logfiles import FLUSH_DELAY
 
 
 class FakeSession:
@@ -65,3 +67,109 @@ class ActivityLogTests(unittest.TestCase):
              "client": "mx.b.test [192.0.2.1]", "status": 451, "dsn": "4.4.1", "delay": 90.0, "tls": True},
         )
         self.assertEqual(record["time"], 1796000000)
+
+
+def parse_w3c(path: str) -> tuple[list[str], list[dict]]:
+    """The header lines and the records (by #Fields) of a W3C extended log file."""
+    header, records, fields = [], [], []
+    with open(path) as f:
+        for line in f.read().splitlines():
+            if line.startswith("#"):
+                header.append(line)
+                if line.startswith("#Fields: "):
+                    fields = line[len("#Fields: "):].split(" ")
+                continue
+            records.append(dict(zip(fields, line.split(" "))))
+    return header, records
+
+
+class LogFileTests(unittest.TestCase):
+    """Buffering, rotation and reopening of the activity log file."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1796000000)  # 2026-11-29 ...
+        self.folder = os.path.abspath(self.mktemp())
+        os.makedirs(self.folder)
+        self.path = os.path.join(self.folder, "smtpd.log")
+
+    def test_buffered_until_timer_or_close(self):
+        """Lines wait in memory until the flush timer fires (or the log closes)."""
+        log = ActivityLog("json", self.path, self.clock, "mx.test")
+        log.open()
+        log.command(FakeSession(), "NOOP", "", 250)
+        self.assertEqual(os.path.getsize(self.path), 0)
+        self.clock.advance(FLUSH_DELAY)
+        self.assertEqual(len(open(self.path).readlines()), 1)
+        log.command(FakeSession(), "QUIT", "", 221)
+        log.close()
+        self.assertEqual(len(open(self.path).readlines()), 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_size_rotation_starts_with_header(self):
+        """With rotate = size, every new file starts with #Software and #Fields."""
+        log = ActivityLog("w3c", self.path, self.clock, "mx.test", rotate="size",
+                          rotate_size=300)
+        log.open()
+        for n in range(6):
+            log.command(FakeSession(), "RCPT", f"TO:<user{n}@example.com>", 250)
+            log.flush()
+        log.close()
+        rotated = sorted(n for n in os.listdir(self.folder) if n.startswith("smtpd.log."))
+        self.assertTrue(rotated, os.listdir(self.folder))
+        seen = []
+        for name in ["smtpd.log", *rotated]:
+            header, records = parse_w3c(os.path.join(self.folder, name))
+            self.assertEqual(header[0], "#Software: smtpd")
+            self.assertTrue(header[3].startswith("#Fields: date time c-ip"), header)
+            seen += [r["cs-uri-query"] for r in records]
+        self.assertEqual(sorted(seen), sorted(f"TO:<user{n}@example.com>" for n in range(6)))
+
+    def test_daily_rotation_by_the_clock(self):
+        """With rotate = daily, the first line after UTC midnight goes to a new file."""
+        open(self.path, "wb").close()
+        # The date of an existing file is its modification time's.
+        os.utime(self.path, (self.clock.seconds(), self.clock.seconds()))
+        log = ActivityLog("w3c", self.path, self.clock, "mx.test", rotate="daily")
+        log.open()
+        log.command(FakeSession(), "HELO", "a", 250)
+        log.flush()
+        self.clock.advance(86400)
+        log.command(FakeSession(), "HELO", "b", 250)
+        log.close()
+        [old] = [n for n in os.listdir(self.folder) if n != "smtpd.log"]
+        self.assertEqual([r["cs-uri-query"] for r in parse_w3c(self.path)[1]], ["b"])
+        header, records = parse_w3c(os.path.join(self.folder, old))
+        self.assertEqual([r["cs-uri-query"] for r in records], ["a"])
+        self.assertEqual(parse_w3c(self.path)[0][0], "#Software: smtpd")
+
+    def test_reopen_after_rename(self):
+        """After logrotate renames the file, reopen() starts a new one with the header."""
+        log = ActivityLog("w3c", self.path, self.clock, "mx.test", rotate="none")
+        log.open()
+        log.command(FakeSession(), "HELO", "before", 250)
+        log.flush()
+        os.rename(self.path, self.path + ".1")
+        log.command(FakeSession(), "HELO", "buffered", 250)
+        log.reopen()
+        log.command(FakeSession(), "HELO", "after", 250)
+        log.close()
+        header, records = parse_w3c(self.path)
+        self.assertEqual(header[0], "#Software: smtpd")
+        self.assertEqual([r["cs-uri-query"] for r in records], ["after"])
+        self.assertEqual([r["cs-uri-query"] for r in parse_w3c(self.path + ".1")[1]],
+                         ["before", "buffered"])
+
+    def test_delivery_line_carries_the_reply(self):
+        """A delivery line says status=bounced with the remote reply, relay, delay, attempt."""
+        log = ActivityLog("w3c", self.path, self.clock, "mx.test")
+        log.open()
+        log.delivery("ABC", "a@b.test", "mx.b.test[192.0.2.1]", 550, "5.1.1", 12.0,
+                     outcome="bounced", reply="550 5.1.1 <a@b.test>: user unknown", attempt=2)
+        log.close()
+        [record] = parse_w3c(self.path)[1]
+        self.assertEqual(
+            record["cs-uri-query"],
+            "id=ABC+relay=mx.b.test[192.0.2.1]+delay=12.0+attempt=2+dsn=5.1.1+"
+            "status=bounced+(550+5.1.1+<a@b.test>:+user+unknown)")
+        self.assertEqual((record["cs-method"], record["sc-status"]), ("DELIVER", "550"))

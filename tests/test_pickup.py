@@ -14,6 +14,7 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from smtpd.cleanup.interfaces import MessageRefused
 from smtpd.cleanup.stage import Cleanup
 from smtpd.config import load_config
 from smtpd.directory import accounts
@@ -178,3 +179,38 @@ class ParseTests(unittest.TestCase):
                        b"x-receiver: bob@X.example\r\n\r\n", True, "h", "d")
         self.assertEqual(parsed.sender, "")
         self.assertEqual(parsed.recipients, ["Bob@x.example", "bob@x.example"])
+
+
+class FailingFilter:
+    """A cleanup filter that breaks."""
+
+    name = "broken"
+
+    def check(self, envelope, message, client):
+        raise RuntimeError("filter broken")
+
+
+class TemporaryFailureTests(unittest.TestCase):
+    """A temporary refusal keeps the file for a later try."""
+
+    async def test_failing_filter_keeps_the_file(self):
+        """A filter that fails (451) leaves the pickup file in place, not in badmail."""
+        root = os.path.abspath(self.mktemp())
+        from tests.inbound import make_config
+
+        config = make_config(root)
+        clock = Clock()
+        queue = Queue(os.path.join(config.server.mailroot, "queue"), clock, run_blocking)
+        cleanup = Cleanup(config, queue, clock, run_blocking, filters=[FailingFilter()])
+        badmail = os.path.join(config.server.mailroot, "badmail")
+        sender = PickupSender(cleanup, badmail, run_blocking)
+        os.makedirs(os.path.join(config.server.mailroot, "pickup"))
+        path = os.path.join(config.server.mailroot, "pickup", "f.eml")
+        with open(path, "wb") as f:
+            f.write(IIS_FILE)
+        with self.assertRaises(MessageRefused):
+            await sender.send(path)
+        self.assertTrue(os.path.exists(path))
+        self.assertFalse(os.path.exists(badmail) and os.listdir(badmail))
+        self.assertEqual(queue.scan(cleanup=False), [])
+        self.flushLoggedErrors(RuntimeError)

@@ -133,6 +133,7 @@ class LogAfterDisconnectTests(unittest.TestCase):
         await _until(lambda: stored)
         await deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(len(stored), 1)
+        activity.flush()  # lines are buffered until the flush timer
         with open(log_path) as f:
             lines = [line for line in f if not line.startswith("#")]
         self.assertTrue(any(" DATA " in line and line.rstrip().endswith(" 250")

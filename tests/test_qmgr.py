@@ -29,6 +29,7 @@ from smtpd.mail.source import BytesSource, read_all
 from smtpd.delivery.drop import DropDelivery
 from smtpd.delivery.maildir import MaildirDelivery
 from smtpd.util.activity import ActivityLog
+from smtpd.util.logfiles import FLUSH_DELAY
 from smtpd.queue.manager import QueueManager
 from smtpd.queue.results import reply_line
 from smtpd.queue.store import Queue
@@ -389,10 +390,14 @@ class DeliveryTests(QueueManagerMixin, unittest.TestCase):
         queue_id = self.store(["carol@example.net"])
         self.clock.advance(0)
         with open(path) as f:
+            self.assertEqual(f.read(), "")  # buffered until the flush timer
+        self.clock.advance(FLUSH_DELAY)
+        with open(path) as f:
             [line] = [json.loads(x) for x in f]
         self.assertEqual((line["event"], line["queue_id"], line["user"], line["client"],
-                          line["status"], line["dsn"]),
-                         ("delivery", queue_id, "carol@example.net", "local", 250, "2.0.0"))
+                          line["status"], line["dsn"], line["outcome"], line["attempt"]),
+                         ("delivery", queue_id, "carol@example.net", "local", 250, "2.0.0",
+                          "sent", 1))
 
     def test_relay_exception(self) -> None:
         """An exception from the relay is logged and becomes 451 4.3.0; local mail still goes."""

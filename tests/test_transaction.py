@@ -169,6 +169,7 @@ class FilterTests(SessionTestsMixin, unittest.TestCase):
         sender, client_info, seen = tagger.seen[0]
         self.assertEqual(client_info.helo, "client.example")
         self.assertEqual(client_info.protocol, "ESMTP")
+        self.assertTrue(client_info.relay_client)  # 127.0.0.1 is in [access] relay
         self.assertTrue(seen.startswith(b"Received: ") and seen.endswith(MESSAGE))
         await defer.succeed(None)
 

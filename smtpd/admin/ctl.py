@@ -1,14 +1,21 @@
 # -*- test-case-name: tests.test_ctl -*-
 """
-C{smtpctl}: the offline administration command (SPEC 2).
+C{smtpctl}: the administration command (SPEC 2), offline or against the
+running server.
 
     smtpctl [--config PATH] check
     smtpctl [--config PATH] user add ADDR [--password-stdin]
     smtpctl [--config PATH] user del ADDR
     smtpctl [--config PATH] user list
-    smtpctl [--config PATH] queue list
+    smtpctl [--config PATH] manhole-user add NAME [--password-stdin]
+    smtpctl [--config PATH] status [--json]
+    smtpctl [--config PATH] queue list [--json] | show ID [--json]
+    smtpctl [--config PATH] queue retry [ID] | hold ID | release ID | delete ID [--bounce]
+    smtpctl [--config PATH] sessions [--json] | sessions kill ID
+    smtpctl [--config PATH] reload
 
-Every failure is one or more lines on stderr and exit status 1, never a
+The commands about the running server go through its control socket
+(L{smtpd.admin.remote}). Every failure is one or more lines on stderr and exit status 1, never a
 traceback; usage errors exit 2.
 """
 
@@ -18,32 +25,23 @@ import argparse
 import getpass
 import os
 import sys
-import time
 from collections.abc import Sequence
 
-from twisted.internet import defer
-
+from smtpd.admin import remote
+from smtpd.admin.operators import OperatorsError, add_operator, check as check_manhole
+from smtpd.admin.remote import CommandError
 from smtpd.config import Config, ConfigError, load_config
 from smtpd.config.preflight import preflight
-from smtpd.mail.envelope import Envelope
-from smtpd.queue.store import Queue
 from smtpd.directory.accounts import Users, UsersError, add, normalize_address, remove
 from smtpd.util.ownership import hand_over_to_deployment
 
 DEFAULT_CONFIG = os.path.join("etc", "smtpd.ini")
 
 
-class CommandError(Exception):
-    """A failure to report as lines on stderr with exit status 1."""
-
-    def __init__(self, *lines: str):
-        super().__init__("\n".join(lines))
-        self.lines = list(lines)
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="smtpctl", description="Administer an smtpd deployment offline.")
+        prog="smtpctl",
+        description="Administer an smtpd deployment, offline or through the running server.")
     parser.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH",
                         help=f"the configuration file (default: {DEFAULT_CONFIG})")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -57,10 +55,42 @@ def _parser() -> argparse.ArgumentParser:
     user_del = user_commands.add_parser("del", help="remove an account")
     user_del.add_argument("address")
     user_commands.add_parser("list", help="list the accounts")
-    queue = commands.add_parser("queue", help="inspect the queue")
-    queue_commands = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
-    queue_commands.add_parser("list", help="list the queued messages")
+    operator = commands.add_parser("manhole-user", help="manage the manhole operators")
+    operator_commands = operator.add_subparsers(dest="action", required=True, metavar="ACTION")
+    operator_add = operator_commands.add_parser(
+        "add", help="add an operator (or change its password)")
+    operator_add.add_argument("name")
+    operator_add.add_argument("--password-stdin", action="store_true",
+                              help="read the password from the first line of stdin")
+    _json(commands.add_parser("status", help="the running server's state"))
+    _queue_parser(commands)
+    sessions = commands.add_parser("sessions", help="the running server's inbound sessions")
+    _json(sessions)
+    session_commands = sessions.add_subparsers(dest="action", metavar="ACTION")
+    session_commands.add_parser("kill", help="close a session with 421 4.3.2").add_argument("id")
+    commands.add_parser("reload", help="make the running server re-read its configuration")
     return parser
+
+
+def _json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def _queue_parser(commands) -> None:
+    queue = commands.add_parser("queue", help="inspect and control the queue")
+    queue_commands = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _json(queue_commands.add_parser("list", help="list the queued messages"))
+    show = queue_commands.add_parser("show", help="one message: envelope, recipients, header")
+    show.add_argument("id")
+    _json(show)
+    retry = queue_commands.add_parser("retry", help="attempt one message (or all) now")
+    retry.add_argument("id", nargs="?")
+    queue_commands.add_parser("hold", help="stop attempting a message").add_argument("id")
+    queue_commands.add_parser("release", help="attempt a held message again").add_argument("id")
+    delete = queue_commands.add_parser("delete", help="remove a message")
+    delete.add_argument("id")
+    delete.add_argument("--bounce", action="store_true",
+                        help="send the sender a non-delivery report first")
 
 
 def _config(path: str) -> Config:
@@ -87,6 +117,9 @@ def check(options: argparse.Namespace) -> None:
     if problems:
         raise CommandError(*problems)
     _users(config)
+    problems = check_manhole(config)
+    if problems:
+        raise CommandError(*problems)
     print(f"{options.config}: OK", file=sys.stdout)
 
 
@@ -113,9 +146,14 @@ def user_add(options: argparse.Namespace) -> None:
         raise CommandError(*(f"smtpctl: {p}" for p in e.problems)) from e
     domain = address.rpartition("@")[2]
     section = config.domain(domain)
-    if section is None or section.type not in ("local", "alias"):
+    if section is not None and section.type == "alias":
+        local_part = address.rpartition("@")[0]
         raise CommandError(
-            f"smtpctl: {domain} is not a local or alias domain in {options.config}; "
+            f"smtpctl: {domain} is an alias of {section.alias_of}: its accounts are those "
+            f"of {section.alias_of}; add {local_part}@{section.alias_of} instead")
+    if section is None or section.type != "local":
+        raise CommandError(
+            f"smtpctl: {domain} is not a local domain in {options.config}; "
             f"add a [domain:{domain}] section with type = local")
     if address in _users(config):
         raise CommandError(f"smtpctl: {address} already exists")
@@ -126,6 +164,7 @@ def user_add(options: argparse.Namespace) -> None:
         raise CommandError(*(f"smtpctl: {p}" for p in e.problems)) from e
     print(f"added {address} to {config.auth.users}", file=sys.stdout)
     _hand_over(config)
+    _tell_server(config)
 
 
 def user_del(options: argparse.Namespace) -> None:
@@ -137,6 +176,25 @@ def user_del(options: argparse.Namespace) -> None:
         raise CommandError(*(f"smtpctl: {p}" for p in e.problems)) from e
     print(f"removed {options.address.lower()} from {config.auth.users}", file=sys.stdout)
     _hand_over(config)
+    _tell_server(config)
+
+
+def _tell_server(config: Config) -> None:
+    """Make a running server re-read the accounts file (nothing to do when stopped)."""
+    said = remote.reload_accounts(config)
+    if said:
+        print(said, file=sys.stdout)
+
+
+def manhole_user_add(options: argparse.Namespace) -> None:
+    """Add a manhole operator with a bcrypt hash of the password."""
+    config = _config(options.config)
+    password = _read_password(options.password_stdin)
+    try:
+        add_operator(config.manhole.users, options.name, password)
+    except OperatorsError as e:
+        raise CommandError(f"smtpctl: {e}") from e
+    print(f"operator {options.name} written to {config.manhole.users}", file=sys.stdout)
 
 
 def _hand_over(config: Config) -> None:
@@ -157,49 +215,9 @@ def user_list(options: argparse.Namespace) -> None:
         print(address, file=sys.stdout)
 
 
-def _when(seconds: float) -> str:
-    if not seconds:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
-
-
-def queue_table(entries: Sequence[Envelope]) -> list[str]:
-    """The lines of the C{queue list} table (times in UTC)."""
-    if not entries:
-        return ["queue is empty"]
-    rows = [("ID", "ARRIVAL (UTC)", "SENDER", "STATE", "ATTEMPTS", "NEXT ATTEMPT (UTC)")]
-    for e in entries:
-        rows.append((e.id, _when(e.arrival), f"<{e.sender}>", e.state,
-                     str(e.attempts), _when(e.next_attempt)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for row, entry in zip(rows, [None, *entries]):
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-        for r in entry.recipients if entry is not None else ():
-            reply = f"  {r.last_reply}" if r.last_reply else ""
-            lines.append(f"    <{r.address}>  {r.state}{reply}")
-    count = len(entries)
-    lines.append(f"{count} message{'s' if count != 1 else ''}")
-    return lines
-
-
-def queue_list(options: argparse.Namespace) -> None:
-    """Print the on-disk queue without touching it (the server may be running)."""
-    from twisted.internet import reactor
-
-    config = _config(options.config)
-    queue = Queue(os.path.join(config.server.mailroot, "queue"), reactor, defer.maybeDeferred)
-    try:
-        entries = queue.scan(cleanup=False)
-    except OSError as e:
-        raise CommandError(f"smtpctl: cannot read {queue.directory}: {e.strerror}") from e
-    for line in queue_table(entries):
-        print(_printable(line), file=sys.stdout)
-
-
-def _printable(line: str) -> str:
-    # Addresses and replies come from the network: no terminal escapes.
-    return "".join(c if c.isprintable() else "?" for c in line)
+def _remote(command):
+    """A command of L{smtpd.admin.remote} with the configuration loaded."""
+    return lambda options: command(_config(options.config), options)
 
 
 _COMMANDS = {
@@ -207,7 +225,17 @@ _COMMANDS = {
     ("user", "add"): user_add,
     ("user", "del"): user_del,
     ("user", "list"): user_list,
-    ("queue", "list"): queue_list,
+    ("manhole-user", "add"): manhole_user_add,
+    ("status", None): _remote(remote.status),
+    ("queue", "list"): _remote(remote.queue_list),
+    ("queue", "show"): _remote(remote.queue_show),
+    ("queue", "retry"): _remote(remote.queue_retry),
+    ("queue", "hold"): _remote(remote.queue_hold),
+    ("queue", "release"): _remote(remote.queue_release),
+    ("queue", "delete"): _remote(remote.queue_delete),
+    ("sessions", None): _remote(remote.sessions),
+    ("sessions", "kill"): _remote(remote.sessions_kill),
+    ("reload", None): _remote(remote.reload),
 }
 
 

@@ -7,12 +7,13 @@ the filters that see a complete message (L{ICleanupFilter}), and a refusal
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from zope.interface import Attribute, Interface
 
 
-@dataclass(frozen=True)
 class ClientInfo:
     """
     The SMTP client a message came from.
@@ -22,16 +23,28 @@ class ClientInfo:
     @ivar protocol: the RFC 3848 keyword of the session (C{ESMTPSA}, ...).
     @ivar user: the authenticated login, or L{None}.
     @ivar tls: whether the session was encrypted.
-    @ivar relay_client: whether it may relay (in C{[access] relay}); with
-        C{user} this decides outbound signing versus inbound checks.
     """
 
-    helo: str
-    ip: str
-    protocol: str = "ESMTP"
-    user: str | None = None
-    tls: bool = False
-    relay_client: bool = False
+    def __init__(self, helo: str, ip: str, protocol: str = "ESMTP", user: str | None = None,
+                 tls: bool = False, relay_check: Callable[[], bool] = lambda: False):
+        self.helo = helo
+        self.ip = ip
+        self.protocol = protocol
+        self.user = user
+        self.tls = tls
+        self._relay_check = relay_check
+
+    @cached_property
+    def relay_client(self) -> bool:
+        """
+        Whether the client may relay (in C{[access] relay}); with C{user} this
+        decides outbound signing versus inbound checks. Worked out when first
+        asked.
+        """
+        return self._relay_check()
+
+    def __repr__(self) -> str:
+        return f"ClientInfo({self.helo!r}, {self.ip!r}, {self.protocol!r}, user={self.user!r})"
 
 
 @dataclass(frozen=True)

@@ -175,8 +175,8 @@ class DirectoryConfig:
 class ManholeConfig:
     """[manhole]: the administration shell inside the live process."""
 
-    telnet: str = ""
-    ssh: str = ""
+    telnet: tuple[str, ...] = ()
+    ssh: tuple[str, ...] = ()
     users: str = "etc/manhole.passwd"
     ssh_key_dir: str = "etc/ssh"
 
@@ -195,6 +195,8 @@ class LoggingConfig:
 
     path: str = "-"
     format: str = "w3c"
+    rotate: str = "daily"
+    rotate_size: int = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -125,11 +125,12 @@ def _log_path(text: str, root: str) -> str:
     return "-" if text.strip() == "-" else parse_path(text, root)
 
 
-def _not_yet(text: str) -> str:
-    """A manhole listener: must be empty until the manhole exists."""
-    if text.strip():
-        raise ValueError("not supported yet")
-    return ""
+def _rotate_size(text: str) -> int:
+    """A log file size that is not zero (0 would rotate after every line)."""
+    value = parse_size(text)
+    if value <= 0:
+        raise ValueError("zero size")
+    return value
 
 
 def _count(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -302,8 +303,8 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
     "manhole": (
         ManholeConfig,
         {
-            "telnet": _key(_not_yet, "empty"),
-            "ssh": _key(_not_yet, "empty"),
+            "telnet": Key(parse_endpoints, _ENDPOINTS_TEXT + ", or empty (off)"),
+            "ssh": Key(parse_endpoints, _ENDPOINTS_TEXT + ", or empty (off)"),
             "users": _path_key("a file path"),
             "ssh_key_dir": _path_key("a folder path"),
         },
@@ -323,6 +324,10 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
         {
             "path": Key(_log_path, "- (twistd's log) or a file path", path=True),
             "format": _key(choice("w3c", "json"), "w3c or json"),
+            "rotate": _key(choice("daily", "size", "none"), "daily, size or none"),
+            "rotate_size": _key(
+                _rotate_size, "a size such as 1048576 (bytes), 2048K or 10M, not 0"
+            ),
         },
     ),
 }

@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.names import client, dns, error, resolve
 
 from smtpd.delivery.hostsfile import HostsFile
+from smtpd.delivery.quietudp import QuietDatagramReactor
 from smtpd.mail.address import ip_literal
 
 # Answers are cached at most this long, whatever their TTL says.
@@ -143,6 +144,11 @@ class MXResolver:
         self._timeout = timeout
         self._cache_size = cache_size
         self._cache: OrderedDict[tuple[str, int], tuple[float, _Answer]] = OrderedDict()
+
+    def use_resolver(self, resolver: Any) -> None:
+        """Ask C{resolver} from now on (a reload's DNS servers); forget cached answers."""
+        self._resolver = resolver
+        self._cache.clear()
 
     def lookup(self, domain: str) -> Deferred[list[MXHost]]:
         """
@@ -380,5 +386,6 @@ def make_resolver(dns_servers: tuple[tuple[str, int], ...] | list, reactor: Any,
     re-reads it in the background, and no line is logged per re-read).
     """
     servers = list(dns_servers) or resolv_conf_servers(resolv_conf)
-    theResolver = client.Resolver(servers=servers, reactor=reactor)
+    # One UDP port per query (a random source port), without four log lines each.
+    theResolver = client.Resolver(servers=servers, reactor=QuietDatagramReactor(reactor))
     return resolve.ResolverChain([HostsFile(hosts_file), theResolver])

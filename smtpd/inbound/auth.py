@@ -115,6 +115,9 @@ class Auth:
             self._user = login.lower()
             return self._reply(235, "2.7.0", "Authentication successful")
         self._auth_failures += 1
+        # The attempted login goes into the log line (what fail2ban reads).
+        self._command = ("AUTH", "login=" + "".join(c if c.isprintable() and c != " " else "?"
+                                                   for c in login[:256]))
         self._reply(535, "5.7.8", "Authentication credentials invalid")
         limit = self.inbound.config.access.auth_failures
         if limit and self._auth_failures >= limit:

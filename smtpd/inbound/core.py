@@ -51,6 +51,12 @@ class SessionCore(smtp.ESMTP):
     _hostname = "localhost"
     _server_address: tuple[str, int | str] | None = None
     in_transfer = False
+    # For the admin API (IIS Current Sessions).
+    started = 0.0
+    bytes_in = 0
+    bytes_out = 0
+    messages = 0
+    current_command = ""
 
     def __init__(self, inbound, kind: str):
         smtp.ESMTP.__init__(self)
@@ -75,6 +81,7 @@ class SessionCore(smtp.ESMTP):
 
     def connectionMade(self):
         """Greet, or refuse with 421 (limits) or 554 (access control)."""
+        self.started = self.inbound.clock.seconds()
         peer, host = self.transport.getPeer(), self.transport.getHost()
         self.peer_ip = getattr(peer, "host", "") or str(peer)
         self._server_address = (getattr(host, "host", ""), getattr(host, "port", ""))
@@ -129,6 +136,7 @@ class SessionCore(smtp.ESMTP):
         """Take input into the buffer and work through it."""
         if self._closing:
             return
+        self.bytes_in += len(data)
         self.resetTimeout()
         self._buf += data
         self._reading()
@@ -239,6 +247,7 @@ class SessionCore(smtp.ESMTP):
         if verb_s == "AUTH":
             limit = MAX_AUTH_LINE
         self._command = (verb_s, arg_s or "")
+        self.current_command = verb_s[:16]
         if len(line) + 2 > limit:
             return self._reply(500, "5.5.2", "Error: line too long")
         if self._denied and verb_s != "QUIT":
@@ -253,7 +262,9 @@ class SessionCore(smtp.ESMTP):
     # -- output
 
     def _send(self, text: str) -> None:
-        self.transport.write(text.encode("utf-8"))
+        data = text.encode("utf-8")
+        self.bytes_out += len(data)
+        self.transport.write(data)
 
     def _reply(self, code: int, status: str, text: str) -> None:
         """Send one reply C{code status text} and log the command it answers."""
@@ -276,6 +287,36 @@ class SessionCore(smtp.ESMTP):
         self._command = None
 
     # -- for the admin API
+
+    def info(self) -> dict:
+        """
+        This session as plain data: C{id}, C{peer}, C{reverse_name} (the
+        admin API fills it in; "" here), C{helo}, C{user}, C{tls} (the protocol version, or
+        ""), C{started} (Unix time), C{bytes_in}, C{bytes_out}, C{messages}
+        (accepted), C{command} (the last one received).
+        """
+        return {
+            "id": self.session_id,
+            "peer": self.peer_ip,
+            "reverse_name": "",
+            "helo": getattr(self, "helo", None) or "",
+            "user": getattr(self, "user", None) or "",
+            "tls": self.tls_version(),
+            "started": self.started,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "messages": self.messages,
+            "command": self.current_command,
+        }
+
+    def tls_version(self) -> str:
+        """The TLS protocol version in use (C{"TLSv1.3"}), or "" without TLS."""
+        if not self._tls or self.transport is None:
+            return ""
+        try:
+            return self.transport.getHandle().get_protocol_version_name()
+        except (AttributeError, OSError):
+            return "TLS"
 
     @property
     def server_address(self) -> tuple[str, int | str]:

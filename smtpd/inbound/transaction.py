@@ -35,7 +35,6 @@ class Transaction:
     _session_bytes = 0
     _message = None
     _decoder: DotDecoder | None = None
-    _relay_client: bool | None = None
 
     def _reset(self) -> None:
         self._sender: str | None = None
@@ -173,12 +172,11 @@ class Transaction:
             proto += "S"
         if self._esmtp and self._user is not None:
             proto += "A"
-        if self._relay_client is None:
-            # Once per session: the address does not change.
-            relay = self.inbound.config.access.relay
-            self._relay_client = policy.in_networks(self.peer_ip, relay)
         return ClientInfo(self._helo or "", self.peer_ip, proto, self._user, self._tls,
-                          self._relay_client)
+                          self._is_relay_client)
+
+    def _is_relay_client(self) -> bool:
+        return policy.in_networks(self.peer_ip, self.inbound.config.access.relay)
 
     def data_received(self) -> defer.Deferred | None:
         """Take the buffered input as message data, up to the terminator."""
@@ -229,6 +227,7 @@ class Transaction:
     def _stored(self, envelope: Envelope, message) -> None:
         self._session_bytes += message.size
         self.inbound.received += 1
+        self.messages += 1
         self._reply(250, "2.0.0", f"Ok: queued as {envelope.id}")
 
     def _store_failed(self, failure: Failure) -> None:

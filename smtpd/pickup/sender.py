@@ -43,8 +43,9 @@ class PickupSender:
         """
         Queue the file C{path} and remove it; or move it to badmail. Returns
         what happened: C{"queued <id>"}, C{"badmail: <reason>"}, C{"gone"}.
-        Raises L{OSError} when it could not be queued for a reason that may
-        pass (a full disk): the file stays for a later try.
+        Raises L{OSError} or a temporary (4xx) L{MessageRefused} when it could
+        not be queued for a reason that may pass (a full disk, a failing
+        filter): the file stays for a later try.
         """
         try:
             head, complete = await self.run(_read_head, path)
@@ -66,6 +67,8 @@ class PickupSender:
         try:
             envelope = await message.finish()
         except MessageRefused as e:
+            if e.code < 500:
+                raise  # a temporary refusal: the file stays for a later try
             return await self._bad(path, str(e))
         await self.run(_remove, path)
         log.info("pickup file {name} queued as {id}", name=os.path.basename(path), id=envelope.id)

@@ -97,10 +97,15 @@ class Results:
 
     def log_line(self, envelope: Envelope, recipient: Recipient, relay: str,
                  code: int, status: str, now: float, tls: bool = False) -> None:
-        """The delivery log line for one recipient (SPEC 7)."""
+        """
+        The delivery log line for one recipient (SPEC 7); results are recorded
+        before the attempt is counted, so this is attempt C{attempts + 1}.
+        """
         delay = max(0.0, now - envelope.arrival)
         if hasattr(self.log, "delivery"):
-            self.log.delivery(envelope.id, recipient.address, relay, code, status, delay, tls)
+            self.log.delivery(envelope.id, recipient.address, relay, code, status, delay, tls,
+                              outcome=outcome(recipient), reply=recipient.last_reply,
+                              attempt=envelope.attempts + 1)
             return
         fields = {
             "queue_id": envelope.id, "recipient": recipient.address, "relay": relay,
@@ -114,3 +119,12 @@ class Results:
             )
         else:
             self.log(fields)
+
+
+def outcome(recipient: Recipient) -> str:
+    """Postfix's word for a recipient's result: sent, bounced or deferred."""
+    if recipient.state == DELIVERED:
+        return "sent"
+    if recipient.state == FAILED:
+        return "bounced"
+    return "deferred"

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import time
 import weakref
-from typing import BinaryIO
 
 from twisted.logger import Logger
+
+from smtpd.util.logfiles import LogWriter
 
 _FIELDS = (
     "date time c-ip cs-username s-computername s-ip s-port x-session "
@@ -55,14 +56,18 @@ class ActivityLog:
 
     @param fmt: C{"w3c"} or C{"json"}.
     @param clock: an L{IReactorTime}; timestamps come from C{clock.seconds()}.
+    @param rotate: C{daily}, C{size} or C{none} (C{[logging] rotate}).
+    @param rotate_size: the size that starts a new file with C{size}.
     """
 
-    def __init__(self, fmt: str, path: str, clock, hostname: str):
+    def __init__(self, fmt: str, path: str, clock, hostname: str, rotate: str = "none",
+                 rotate_size: int = 0):
         self.fmt = fmt
         self.path = path
         self.clock = clock
-        self._file: BinaryIO | None = None
-        self._header_written = False
+        self._file: LogWriter | None = None
+        self.rotate = rotate
+        self.rotate_size = rotate_size
         # The W3C date and time of the current second.
         self._second: int | None = None
         self._stamp = ""
@@ -84,22 +89,31 @@ class ActivityLog:
     def open(self) -> None:
         """Open the log file (append); nothing to do for twistd's log."""
         if self.path != "-" and self._file is None:
-            # Unbuffered: each line is one write(2), on disk (cache) at once.
-            self._file = open(self.path, "ab", buffering=0)
-            self._header_written = self._file.tell() > 0
+            header = self._header if self.fmt == "w3c" else None
+            self._file = LogWriter(self.path, self.clock, self.rotate, self.rotate_size, header)
+            self._file.open()
+
+    def _header(self) -> bytes:
+        """The W3C header every new file starts with (IIS writes the same four lines)."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.clock.seconds()))
+        return (f"#Software: smtpd\n#Version: 1.0\n#Date: {stamp}\n#Fields: {_FIELDS}\n"
+                .encode("ascii"))
 
     def reopen(self) -> None:
         """
-        Close and open the log file again (SIGUSR1, after logrotate renamed
-        it): later lines go to a new file at C{path}, which starts with the
-        W3C header.
+        Go on in a new file at C{path} (SIGUSR1, after logrotate renamed the
+        old one); the new file starts with the W3C header.
         """
         if self._file is not None:
-            self.close()
-            self.open()
+            self._file.reopen()
+
+    def flush(self) -> None:
+        """Write the lines waiting in the buffer now."""
+        if self._file is not None:
+            self._file.flush()
 
     def close(self) -> None:
-        """Close the log file."""
+        """Write what is buffered and close the log file."""
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -138,8 +152,8 @@ class ActivityLog:
             except TypeError:
                 pass  # not weakly referenceable: made again each time
         stamp = self._w3c_stamp(self.clock.seconds())
-        self._write_w3c(" ".join((stamp, client, _w3c(session.user), server, _w3c(verb),
-                                  _w3c(argument), _w3c(code))), stamp)
+        self._write(" ".join((stamp, client, _w3c(session.user), server, _w3c(verb),
+                              _w3c(argument), _w3c(code))))
 
     def delivery(
         self,
@@ -150,8 +164,18 @@ class ActivityLog:
         status: str,
         delay: float,
         tls: bool = False,
+        outcome: str = "",
+        reply: str = "",
+        attempt: int = 0,
     ) -> None:
-        """One delivery attempt for one recipient."""
+        """
+        One delivery attempt for one recipient, as Postfix's C{status=} lines:
+        C{outcome} is sent, deferred or bounced, C{reply} the remote reply or
+        the reason, C{attempt} the attempt number.
+        """
+        said = f"{outcome} ({reply})" if reply else outcome
+        argument = (f"id={queue_id} relay={relay} delay={delay:.1f} attempt={attempt} "
+                    f"dsn={status} status={said}" + (" tls" if tls else ""))
         self._emit(
             {
                 "event": "delivery",
@@ -161,13 +185,15 @@ class ActivityLog:
                 "server_port": "",
                 "session": queue_id,
                 "command": "DELIVER",
-                "argument": f"id={queue_id} status={status} delay={delay:.1f}"
-                + (" tls" if tls else ""),
+                "argument": argument,
                 "status": code,
                 "queue_id": queue_id,
                 "dsn": status,
                 "delay": round(delay, 3),
                 "tls": tls,
+                "outcome": outcome,
+                "reply": reply,
+                "attempt": attempt,
             }
         )
 
@@ -178,21 +204,13 @@ class ActivityLog:
             line = json.dumps(record, separators=(",", ":"))
             self._write(line)
         else:
-            stamp = self._w3c_stamp(now)
-            self._write_w3c(self._w3c_line(stamp, record), stamp)
+            self._write(self._w3c_line(self._w3c_stamp(now), record))
 
     def _write(self, line: str) -> None:
         if self._file is None:
             _log.info("{line}", line=line)
         else:
-            self._file.write(line.encode("utf-8") + b"\n")
-
-    def _write_w3c(self, line: str, stamp: str) -> None:
-        """Write a W3C line, after the header when the file is new."""
-        if self._file is not None and not self._header_written:
-            self._header_written = True
-            self._write(f"#Software: smtpd\n#Version: 1.0\n#Date: {stamp}\n#Fields: {_FIELDS}")
-        self._write(line)
+            self._file.write(line.encode("utf-8"))
 
     def _w3c_stamp(self, now: float) -> str:
         second = int(now)

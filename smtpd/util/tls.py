@@ -17,7 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 from OpenSSL.crypto import X509, PKey
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.ssl import CertificateOptions, TLSVersion
+from zope.interface import implementer
 
 from smtpd.util.durable import fsync_directory, replace_file
 
@@ -182,3 +184,18 @@ def server_tls_options(cert_path: str, key_path: str) -> CertificateOptions:
             f"cannot use {cert_path} with {key_path}: {_first_line(e)}"
         ) from None
     return options
+
+
+@implementer(IOpenSSLContextFactory)
+class ReloadableTLS:
+    """
+    Server TLS options that a reload may replace: every new TLS connection
+    (STARTTLS or implicit TLS) takes the context of the options in force.
+    """
+
+    def __init__(self, options: CertificateOptions):
+        self.options = options
+
+    def getContext(self):
+        """The OpenSSL context of the current options."""
+        return self.options.getContext()

@@ -1,0 +1,196 @@
+# -*- test-case-name: tests.test_control -*-
+"""
+The C{smtpctl} commands that act on the running server through its control
+socket: status, queue list/show/retry/hold/release/delete, sessions, reload.
+With the server stopped, the read-only ones read the mailroot; the others
+say the server is not running (exit status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from smtpd.admin import listing, tables
+from smtpd.admin.control import ControlClient, NotRunning, Refused, socket_path
+from smtpd.config import Config
+from smtpd.mail.envelope import DEFERRED, HELD, QUEUED
+from smtpd.queue.store import Queue, parse_envelope
+
+
+class CommandError(Exception):
+    """A failure to report as lines on stderr with exit status 1."""
+
+    def __init__(self, *lines: str):
+        super().__init__("\n".join(lines))
+        self.lines = list(lines)
+
+
+def client(config: Config) -> ControlClient:
+    """A control client for the server of C{config}'s mailroot."""
+    return ControlClient(socket_path(config.server.mailroot))
+
+
+def call(config: Config, action: str, **arguments):
+    """C{admin.<action>} on the running server; L{NotRunning} when it is not."""
+    try:
+        return client(config).call(action, **arguments)
+    except Refused as e:
+        raise CommandError(f"smtpctl: {e}") from None
+    except OSError as e:
+        raise CommandError(f"smtpctl: cannot reach the server: {e.strerror or e}") from None
+
+
+def change(config: Config, action: str, **arguments):
+    """Like L{call}, for actions that need the server: not running is an error."""
+    try:
+        return call(config, action, **arguments)
+    except NotRunning:
+        raise CommandError(
+            "smtpctl: the server is not running (no control socket at "
+            f"{socket_path(config.server.mailroot)}); nothing changed") from None
+
+
+def emit(lines) -> None:
+    """Print lines on stdout."""
+    for line in lines:
+        print(line, file=sys.stdout)
+
+
+def emit_json(data) -> None:
+    """Print data as indented JSON."""
+    print(json.dumps(data, indent=2), file=sys.stdout)
+
+
+def _offline_queue(config: Config) -> list[dict]:
+    from twisted.internet import defer, reactor
+
+    queue = Queue(os.path.join(config.server.mailroot, "queue"), reactor, defer.maybeDeferred)
+    try:
+        return [listing.entry(e) for e in queue.scan(cleanup=False)]
+    except OSError as e:
+        raise CommandError(f"smtpctl: cannot read {queue.directory}: {e.strerror}") from e
+
+
+def queue_list(config: Config, options: argparse.Namespace) -> None:
+    """Every queue entry, from the server or (stopped) from the mailroot."""
+    try:
+        entries = call(config, "queue")
+    except NotRunning:
+        entries = _offline_queue(config)
+    if options.json:
+        return emit_json(entries)
+    emit(tables.queue_table(entries, time.time()))
+
+
+def queue_show(config: Config, options: argparse.Namespace) -> None:
+    """One entry with its envelope, recipients and header fields."""
+    try:
+        entry = call(config, "show", id=options.id)
+    except NotRunning:
+        entry = _offline_show(config, options.id)
+    if options.json:
+        return emit_json(entry)
+    emit(tables.show_lines(entry, time.time()))
+
+
+def _offline_show(config: Config, queue_id: str) -> dict:
+    folder = os.path.join(config.server.mailroot, "queue")
+    try:
+        listing.check_id(queue_id)
+        with open(os.path.join(folder, queue_id + ".json"), "rb") as f:
+            envelope = parse_envelope(f.read(), queue_id)
+    except (KeyError, FileNotFoundError, ValueError):
+        raise CommandError(f"smtpctl: no queue entry {queue_id!r}") from None
+    return listing.detail(envelope, os.path.join(folder, queue_id + ".eml"))
+
+
+def queue_retry(config: Config, options: argparse.Namespace) -> None:
+    """Attempt one entry (or all) now."""
+    result = change(config, "retry", id=options.id)
+    emit([f"{result['retried']} message{'s' if result['retried'] != 1 else ''} to be "
+          "attempted now"])
+
+
+def queue_hold(config: Config, options: argparse.Namespace) -> None:
+    """Hold one entry."""
+    change(config, "hold", id=options.id)
+    emit([f"{options.id}: held"])
+
+
+def queue_release(config: Config, options: argparse.Namespace) -> None:
+    """Release one held entry."""
+    change(config, "release", id=options.id)
+    emit([f"{options.id}: released"])
+
+
+def queue_delete(config: Config, options: argparse.Namespace) -> None:
+    """Delete one entry, with an NDR first when asked."""
+    change(config, "delete", id=options.id, bounce=options.bounce)
+    emit([f"{options.id}: deleted" + (" (the sender gets an NDR)" if options.bounce else "")])
+
+
+def status(config: Config, options: argparse.Namespace) -> None:
+    """The server's counters, or that it is not running and what is queued."""
+    try:
+        result = call(config, "status")
+    except NotRunning:
+        entries = _offline_queue(config)
+        counts = {QUEUED: 0, DEFERRED: 0, HELD: 0}
+        for e in entries:
+            counts[e["state"]] = counts.get(e["state"], 0) + 1
+        if options.json:
+            emit_json({"running": False, "queue": counts})
+        else:
+            emit([f"smtpd is not running (no control socket at "
+                  f"{socket_path(config.server.mailroot)})",
+                  f"queue:     {counts[QUEUED]} queued, {counts[DEFERRED]} deferred, "
+                  f"{counts[HELD]} held"])
+        raise CommandError() from None
+    if options.json:
+        return emit_json({"running": True, **result})
+    emit(tables.status_lines(result))
+
+
+def sessions(config: Config, options: argparse.Namespace) -> None:
+    """The inbound sessions open now."""
+    try:
+        result = call(config, "sessions")
+    except NotRunning:
+        raise CommandError("smtpctl: the server is not running: no sessions") from None
+    if options.json:
+        return emit_json(result)
+    emit(tables.sessions_table(result, time.time()))
+
+
+def sessions_kill(config: Config, options: argparse.Namespace) -> None:
+    """Close one session with 421 4.3.2."""
+    change(config, "terminate", id=options.id)
+    emit([f"session {options.id}: closed"])
+
+
+def reload(config: Config, options: argparse.Namespace) -> None:
+    """Ask the server to re-read its configuration and accounts."""
+    report = change(config, "reload")
+    emit(tables.reload_lines(report))
+    if not report.get("ok"):
+        raise CommandError()
+
+
+def reload_accounts(config: Config) -> str | None:
+    """
+    Tell a running server to re-read the accounts file; what to print, or
+    None when no server runs (it reads the file when it starts).
+    """
+    try:
+        report = call(config, "reload_accounts")
+    except NotRunning:
+        return None
+    except CommandError as e:
+        return f"the running server could not reload the accounts: {' '.join(e.lines)}"
+    if not report.get("ok"):
+        return ("the running server kept its accounts: " + "; ".join(report.get("errors", [])))
+    return f"the running server now has {report['accounts']} accounts"
