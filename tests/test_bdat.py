@@ -137,6 +137,21 @@ class ChunkingTests(SessionTestsMixin, unittest.TestCase):
         self.assertEqual(fixture.queued(), [])
         self.assertEqual(await client.command(b"NOOP\r\n"), "250 2.0.0 Ok")
 
+    async def test_large_message_to_disk(self):
+        """A 6 MB message in 1 MB chunks goes through the spool on disk, stored exact."""
+        fixture = self.server(messages={"max_message_size": 8 * 1024 * 1024})
+        client = await self.client()
+        line = b"0123456789" * 9 + b"abcdefg\r\n"
+        body = b"Subject: big\r\n\r\n" + line * (6 * 1024 * 1024 // len(line))
+        step = 1024 * 1024
+        pieces = [body[i : i + step] for i in range(0, len(body), step)]
+        client.send(ENVELOPE + b"".join(bdat(p) for p in pieces) + b"BDAT 0 LAST\r\n")
+        replies = await client.wait(5 + len(pieces))
+        self.assertEqual(replies[4:-1], [f"250 2.0.0 Ok: {len(p)} octets received"
+                                         for p in pieces])
+        self.assertEqual(self.stored_body(replies[-1])[1], body)
+        self.assertEqual(len(fixture.queued()), 1)
+
     async def test_bare_newline_and_long_line(self):
         """The DATA rules hold for chunks: bare LF 550 5.6.0, a 999-octet line 500 5.5.2."""
         fixture = self.server()

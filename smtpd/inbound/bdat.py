@@ -108,9 +108,13 @@ class Chunking:
         message = self._message if chunk.refusal is None else None
         if message is not None:
             keep_going = message.write(data)
-        if chunk.remaining:
-            return None if keep_going else message.drained()
-        return self._end_of_chunk()
+        if keep_going:
+            return None if chunk.remaining else self._end_of_chunk()
+        # The disk lags: read on (or answer the chunk) once the spool caught up.
+        drained = message.drained()
+        if not chunk.remaining:
+            drained.addCallback(lambda _: self._end_of_chunk())
+        return drained
 
     def _end_of_chunk(self):
         """The chunk is read: answer it (after LAST, once it is queued)."""
