@@ -233,9 +233,16 @@ class Smtpd(Server):
             shutil.copy(self.users_file, os.path.join(etc, "users"))
         self.log = os.path.join(self.folder, "twistd.log")
         with open(os.path.join(self.folder, "twistd.out"), "wb") as out:
+            # BENCH_SMTPD_PROFILE=FILE: cProfile of the reactor thread, stats saved
+            # to FILE(.N) when smtpd stops (for bench/profile.py).
+            profile = os.environ.get("BENCH_SMTPD_PROFILE")
+            extra = []
+            if profile:
+                extra = [f"--profile={profile}.{os.getpid()}.{id(self)}",
+                         "--profiler=cprofile", "--savestats"]
             self.process = subprocess.Popen(
                 [os.path.join(self.venv_bin, "twistd"), "-n", "--pidfile=", "--logfile",
-                 self.log, "smtpd", "--config", self.ini],
+                 self.log, *extra, "smtpd", "--config", self.ini],
                 stdout=out, stderr=subprocess.STDOUT, cwd=self.folder)
         wait_banner(self.port, 60, lambda: self.process.poll() is None, self.log)
 

@@ -48,6 +48,7 @@ from smtpd.delivery.mx import MXResolver, make_resolver
 from smtpd.cleanup.stage import Cleanup
 from smtpd.inbound.policy import may_connect
 from smtpd.inbound.registry import Inbound
+from smtpd.inbound.sasl import DEFAULT_QUEUE
 from smtpd.pickup.sender import PickupSender
 from smtpd.pickup.service import PickupService
 from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION
@@ -68,7 +69,10 @@ SHUTDOWN_GRACE = 5.0
 # free for the queue.
 THREAD_POOL_SIZE = 16
 MAILDIR_BATCHES = THREAD_POOL_SIZE // 2
-AUTH_THREADS = 2
+# Four threads take a burst of logins (bcrypt cost 12 is ~0.25 s each); up to
+# AUTH_QUEUE more checks wait, beyond that AUTH gets "454 4.7.0".
+AUTH_THREADS = 4
+AUTH_QUEUE = DEFAULT_QUEUE
 
 
 class Options(usage.Options):
@@ -149,16 +153,18 @@ class InboundService(service.Service):
         return d
 
 
-def load_tls(config: Config, clock):
+def load_tls(config: Config, clock) -> tls.ReloadableTLS:
     """
-    The server TLS options; a self-signed certificate is created when missing,
-    at the default paths only (preflight refuses other missing paths).
+    The server TLS options ([tls] certificate, key, min_version, ciphers); a
+    self-signed certificate is created when missing, at the default paths
+    only (preflight refuses other missing paths). C{reload(config.tls)}
+    re-reads them.
     """
     cert, key = config.tls.certificate, config.tls.key
     if creates_certificate(config):
         if tls.ensure_certificate(cert, key, config.server.hostname, clock.seconds()):
             log.info("Created a self-signed certificate {cert}", cert=cert)
-    return tls.ReloadableTLS(tls.server_tls_options(cert, key))
+    return tls.ReloadableTLS(tls.options_for(config.tls))
 
 
 def delivery_agents(config: Config, reactor, run_blocking, relay: RelayManager,
@@ -235,8 +241,10 @@ def build(config: Config, reactor) -> service.MultiService:
     auth_pool = ThreadPoolService(AUTH_THREADS, "smtpd-auth")
     auth_pool.setServiceParent(top)
     cleanup = Cleanup(config, queue, reactor, run_blocking)
+    resolver = make_resolver(config.delivery.dns_servers, reactor)
     inbound = Inbound(
-        config, users, cleanup, reactor, auth_pool.runner(reactor), tls_options, activity
+        config, users, cleanup, reactor, auth_pool.runner(reactor), tls_options, activity,
+        resolver=resolver, auth_limit=AUTH_THREADS + AUTH_QUEUE,
     )
     for kind, endpoints in (
         (LISTEN, config.server.listen),
@@ -249,7 +257,6 @@ def build(config: Config, reactor) -> service.MultiService:
                 factory = TLSMemoryBIOFactory(tls_options, False, factory)
             listeners.append(Listener(reactor, description, factory, config.access.proxy_from))
 
-    resolver = make_resolver(config.delivery.dns_servers, reactor)
     mx = MXResolver(resolver, reactor, config.server.hostname)
     relay = RelayManager(config, reactor, mx, local_endpoints=group.addresses,
                          run_blocking=run_blocking)

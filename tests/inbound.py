@@ -67,7 +67,7 @@ def make_config(root: str, **sections) -> Config:
 class SMTPServerFixture:
     """A live inbound server for one test."""
 
-    def __init__(self, testcase, config: Config, users=None, tls_options=None):
+    def __init__(self, testcase, config: Config, users=None, tls_options=None, resolver=None):
         self.testcase = testcase
         self.config = config
         self.clock = Clock()
@@ -85,6 +85,7 @@ class SMTPServerFixture:
             self.clock,
             run_blocking,
             tls_options,
+            resolver=resolver,
         )
         self.ports = []
 

@@ -61,6 +61,25 @@ class SessionsTests(unittest.TestCase):
         self.assertTrue(replies[-1].startswith("421 4.3.2 "), replies)
 
 
+class AccessCountersTests(unittest.TestCase):
+    """admin.access(): the per-address counters of the running server."""
+
+    timeout = 20
+
+    async def test_counters_listed(self):
+        """Two connections from 127.0.0.1 show as two connections this minute."""
+        root = short_root(self)
+        write_ini(root, INI)
+        server = RunningServer(self, root)
+        admin = Admin(server.top.admin.server, "tester")
+        await connect(self, server.smtp_port())
+        await connect(self, server.smtp_port())
+        [entry] = admin.access()
+        self.assertEqual(entry["address"], "127.0.0.1")
+        self.assertEqual(entry["connections_per_minute"], 2)
+        self.assertIsNone(entry["blocked_until"])
+
+
 class ReverseNameTests(unittest.TestCase):
     """Reverse names of session peers, looked up in the background."""
 

@@ -428,6 +428,33 @@ class ClientTests(unittest.TestCase):
         self.assertEqual(sink.commands.count("RSET"), 2)
         self.assertEqual(client.transactions, 3)
 
+    async def test_pipelined_reuse_one_write(self) -> None:
+        """
+        On a reused connection to a host with PIPELINING, RSET leads the
+        flight: RSET, MAIL, RCPT and DATA in one write per transaction.
+        """
+        sink = self.sink()
+        client = await self.connect(sink)
+        for _ in range(2):
+            [status] = await client.send(self.message())
+            self.assertEqual(status.code, 250)
+        self.assertIn(["RSET", "MAIL FROM:<a@ours.test>", "RCPT TO:<b@example.test>", "DATA"],
+                      sink.batches)
+        self.assertEqual(len(sink.messages), 2)
+
+    async def test_pipelined_rset_refused(self) -> None:
+        """
+        A reused connection whose pipelined RSET is refused fails as stale
+        (to be retried on a fresh one); no message is sent on it.
+        """
+        sink = self.sink(rset="500 5.5.1 no RSET here")
+        client = await self.connect(sink)
+        await client.send(self.message())
+        with self.assertRaises(SessionError) as caught:
+            await client.send(self.message())
+        self.assertTrue(caught.exception.stale)
+        self.assertEqual(len(sink.messages), 1)
+
     async def test_stale_connection(self) -> None:
         """A reused connection the host closed fails as stale, to be retried."""
         sink = self.sink()

@@ -378,7 +378,7 @@ class ProblemLineTests(ConfigTestCase):
         """An unknown key lists the section's keys."""
         self.assertEqual(
             self.problem("[tls]\ncertificat = x.pem\n"),
-            "[tls] certificat: unknown key; known keys: certificate, key, require",
+            "[tls] certificat: unknown key; known keys: certificate, key, require, min_version, ciphers",
         )
 
     def test_bad_duration(self) -> None:

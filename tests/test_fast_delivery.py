@@ -161,6 +161,25 @@ class MaildirBatchTests(unittest.TestCase):
             path = self.successResultOf(d)
             self.assertEqual(files(self.new(local)), [os.path.basename(path)])
 
+    def test_write_many_one_batch(self):
+        """
+        The copies of one message for several mailboxes (write_many) go to
+        disk in one batch, one thread job, each into its own Maildir.
+        """
+        runner = GatedRunner()
+        agent = MaildirDelivery(self.mailroot, HOST, self.clock, runner)
+        locals_ = ["bob", "carol", "dave", "erin"]
+        writes = agent.write_many(self.envelope, [f"{n}@example.net" for n in locals_], SOURCE)
+        self.assertEqual(len(runner.calls), 1)
+        self.assertEqual(len(runner.calls[0][2][0]), 4)
+        runner.release()
+        self.assertEqual(runner.calls, [])
+        for d, local in zip(writes, locals_):
+            path = self.successResultOf(d)
+            self.assertEqual(files(self.new(local)), [os.path.basename(path)])
+            with open(path, "rb") as f:
+                self.assertIn(f"Delivered-To: {local}@example.net\n".encode(), f.read())
+
     def test_one_failure_in_a_batch(self):
         """A delivery that fails in a batch fails alone; the others land."""
         runner = GatedRunner()

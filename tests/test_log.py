@@ -173,3 +173,61 @@ class LogFileTests(unittest.TestCase):
             "id=ABC+relay=mx.b.test[192.0.2.1]+delay=12.0+attempt=2+dsn=5.1.1+"
             "status=bounced+(550+5.1.1+<a@b.test>:+user+unknown)")
         self.assertEqual((record["cs-method"], record["sc-status"]), ("DELIVER", "550"))
+
+
+class TwistdLogTests(unittest.TestCase):
+    """ActivityLog with path "-": lines go to twistd's log, gathered per reactor turn."""
+
+    def setUp(self):
+        from twisted.logger import globalLogPublisher
+
+        self.clock = Clock()
+        self.clock.advance(1796000000)
+        self.events = []
+
+        def observe(event):
+            if event.get("log_namespace") == "smtpd.activity":
+                self.events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.log = ActivityLog("w3c", "-", self.clock, "mx.test")
+        self.log.open()
+
+    def texts(self):
+        from twisted.logger import formatEvent
+
+        return [formatEvent(e) for e in self.events]
+
+    def test_one_event_per_turn(self):
+        """The lines of one reactor turn become one event, a line each, at the next turn."""
+        self.log.command(FakeSession(), "MAIL", "FROM:<a@b.test>", 250)
+        self.log.delivery("ABC", "a@b.test", "local", 250, "2.0.0", 0.5)
+        self.assertEqual(self.events, [])
+        self.clock.advance(0)
+        [text] = self.texts()
+        lines = text.split("\n")
+        self.assertEqual(len(lines), 2)
+        self.assertEqual(lines[0].split(" ")[8:], ["MAIL", "FROM:<a@b.test>", "250"])
+        self.assertEqual(lines[1].split(" ")[2:4], ["local", "a@b.test"])
+        self.clock.advance(0)
+        self.assertEqual(len(self.events), 1)
+
+    def test_full_batch_at_once(self):
+        """A full batch is emitted without waiting for the turn to end."""
+        from smtpd.util.activity import BATCH_LINES
+
+        for i in range(BATCH_LINES + 1):
+            self.log.command(FakeSession(), "RCPT", f"TO:<u{i}@b.test>", 250)
+        self.assertEqual(len(self.events), 1)
+        self.assertEqual(len(self.texts()[0].split("\n")), BATCH_LINES)
+        self.clock.advance(0)
+        self.assertEqual(len(self.events), 2)
+        self.assertIn("TO:<u64@b.test>", self.texts()[1])
+
+    def test_close_flushes(self):
+        """Closing the log emits the lines still gathered, and cancels the pending turn."""
+        self.log.command(FakeSession(), "QUIT", "", 221)
+        self.log.close()
+        self.assertEqual(len(self.events), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -148,7 +148,7 @@ class AuthTests(TLSTestsMixin, unittest.TestCase):
 
     async def test_failures_close(self):
         """Bad credentials: 535 5.7.8; after auth_failures of them, 421 4.7.0."""
-        _, client = await self.authed_client(access={"auth_failures": 2})
+        _, client = await self.authed_client(access={"auth_failures": 2, "auth_failure_delay": 0.0})
         reply = await client.command(b"AUTH PLAIN " + plain("bob@localhost", "wrong") + b"\r\n")
         self.assertEqual(reply, "535 5.7.8 Authentication credentials invalid")
         reply = await client.command(b"AUTH PLAIN " + plain("nobody@localhost", "x") + b"\r\n")

@@ -221,6 +221,15 @@ class Admin:
             session["reverse_name"] = names.name(session["peer"])
         return listed
 
+    def access(self) -> list[dict]:
+        """
+        The limits kept per client address across sessions ([access]): one
+        dict per address (an IPv6 /64) with C{address},
+        C{connections_per_minute}, C{messages_per_minute}, C{auth_failures}
+        (in the window) and C{blocked_until} (a time, or None).
+        """
+        return self._server.inbound.access_counters()
+
     def terminate(self, id: int) -> dict:
         """Close session C{id} with C{421 4.3.2}."""
         session = self._session(id)

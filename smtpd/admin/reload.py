@@ -148,7 +148,7 @@ class Reloader:
         users = Users.load(new.auth.users)
         options = None
         if self.server_tls is not None:
-            options = tls.server_tls_options(new.tls.certificate, new.tls.key)
+            options = tls.options_for(new.tls)
         return new, users, options
 
     def _apply(self, new: Config, users: Users, options) -> None:

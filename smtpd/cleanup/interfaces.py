@@ -23,11 +23,15 @@ class ClientInfo:
     @ivar protocol: the RFC 3848 keyword of the session (C{ESMTPSA}, ...).
     @ivar user: the authenticated login, or L{None}.
     @ivar tls: whether the session was encrypted.
+    @ivar name: its forward-confirmed DNS name, C{"unknown"} when the reverse
+        lookup found none, empty when no lookup was made (C{reverse_dns = no}).
     """
 
     def __init__(self, helo: str, ip: str, protocol: str = "ESMTP", user: str | None = None,
-                 tls: bool = False, relay_check: Callable[[], bool] = lambda: False):
+                 tls: bool = False, relay_check: Callable[[], bool] = lambda: False,
+                 name: str = ""):
         self.helo = helo
+        self.name = name
         self.ip = ip
         self.protocol = protocol
         self.user = user

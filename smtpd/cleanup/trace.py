@@ -26,8 +26,9 @@ def received_header(hostname: str, client: ClientInfo | None, queue_id: str,
                     recipients: list[str], now: float) -> bytes:
     """
     The C{Received:} field: from the SMTP client (its HELO name made safe,
-    its address, the RFC 3848 protocol keyword) or, for a file from the
-    pickup folder, by us alone; C{for <address>} when there is one recipient.
+    its DNS name when looked up, its address, the RFC 3848 protocol keyword)
+    or, for a file from the pickup folder, by us alone; C{for <address>} when
+    there is one recipient.
     """
     when = header_date(now)
     if client is None:
@@ -37,8 +38,9 @@ def received_header(hostname: str, client: ClientInfo | None, queue_id: str,
     if not address.is_domain(helo):
         helo = _HELO_SAFE.sub("_", helo)[:64]
     rcpt = f"\r\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
+    name = f"{client.name} " if client.name else ""
     return (
-        f"Received: from {helo} ([{client.ip}])\r\n"
+        f"Received: from {helo} ({name}[{client.ip}])\r\n"
         f"\tby {hostname} (smtpd) with {client.protocol} id {queue_id}{rcpt};\r\n"
         f"\t{when}\r\n"
     ).encode("utf-8")

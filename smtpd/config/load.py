@@ -270,6 +270,16 @@ def _check_across(
             "empty, but [server] submission requires AUTH",
             "PLAIN and/or LOGIN",
         )
+    access = cast(AccessConfig, sections["access"])
+    if access.reject_unknown_client and not access.reverse_dns:
+        if ("access", "reverse_dns") not in bad:
+            problems.bad(
+                "access",
+                "reject_unknown_client",
+                "yes",
+                "it needs reverse_dns = yes to know client names",
+                "no, or reverse_dns = yes",
+            )
     _check_directory(cast(DirectoryConfig, sections["directory"]), bad, problems)
     _check_proxies(sections, bad, problems)
     if delivery.smart_host_fallback and delivery.smart_host is None:

@@ -42,6 +42,9 @@ class ServerConfig:
     max_connections_per_ip: int = 100
     connection_timeout: float = 600.0
     banner: str = "ESMTP"
+    command_timeout: float = 60.0
+    data_timeout: float = 300.0
+    min_data_rate: int = 500
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class TLSConfig:
     certificate: str = "etc/tls/smtpd.pem"
     key: str = "etc/tls/smtpd.key"
     require: bool = False
+    min_version: str = "1.2"
+    ciphers: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,11 +66,15 @@ class AuthConfig:
     mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
     allow_plaintext: bool = False
     anonymous: bool = True
+    sender_login_match: bool = True
 
 
 @dataclass(frozen=True)
 class AccessConfig:
-    """[access]: who may connect, who may relay, how many errors are tolerated."""
+    """
+    [access]: who may connect, who may relay, how many errors are tolerated,
+    the limits kept per client address across sessions, reverse DNS.
+    """
 
     allow: tuple[Network, ...] = (
         ipaddress.ip_network("0.0.0.0/0"),
@@ -79,6 +88,15 @@ class AccessConfig:
     relay_authenticated: bool = True
     max_errors: int = 10
     auth_failures: int = 3
+    auth_failure_window: float = 600.0
+    auth_failure_limit: int = 10
+    auth_failure_delay: float = 1.0
+    auth_block: float = 900.0
+    connection_rate: int = 0
+    message_rate: int = 0
+    reverse_dns: bool = False
+    reverse_dns_timeout: float = 5.0
+    reject_unknown_client: bool = False
     proxy_from: tuple[Network, ...] = ()
     etrn: tuple[Network, ...] = ()
 

@@ -53,7 +53,7 @@ def _tls_problems(config: Config) -> list[str]:
     have_cert, have_key = os.path.exists(cert), os.path.exists(key)
     if have_cert and have_key:
         try:
-            tls.server_tls_options(cert, key)
+            tls.options_for(config.tls)
         except tls.TLSError as e:
             return [f"{where}: [tls] certificate = {cert}, key = {key}: {e}"]
         return []

@@ -39,6 +39,7 @@ from smtpd.config.values import (
     choice,
     parse_address,
     parse_bool,
+    parse_cipher_string,
     parse_count,
     parse_dns_servers,
     parse_domain_name,
@@ -184,6 +185,9 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
                 _positive_duration, _DURATION_TEXT + ", not 0", "ConnectionTimeout"
             ),
             "banner": _key(parse_text, "one line of text without control characters"),
+            "command_timeout": _key(_positive_duration, _DURATION_TEXT + ", not 0"),
+            "data_timeout": _key(_positive_duration, _DURATION_TEXT + ", not 0"),
+            "min_data_rate": _key(_count(0), "bytes per second, a whole number (0: none)"),
         },
     ),
     "tls": (
@@ -192,6 +196,12 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
             "certificate": _path_key("a PEM certificate file path"),
             "key": _path_key("a PEM private key file path"),
             "require": _key(parse_bool, _BOOL_TEXT, "AccessSSL"),
+            "min_version": _key(choice("1.2", "1.3"), "1.2 or 1.3"),
+            "ciphers": _key(
+                parse_cipher_string,
+                "empty (the defaults) or an OpenSSL cipher string such as "
+                "ECDHE+AESGCM:ECDHE+CHACHA20",
+            ),
         },
     ),
     "auth": (
@@ -203,6 +213,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
             ),
             "allow_plaintext": _key(parse_bool, _BOOL_TEXT),
             "anonymous": _key(parse_bool, _BOOL_TEXT, "AuthAnonymous"),
+            "sender_login_match": _key(parse_bool, _BOOL_TEXT),
         },
     ),
     "access": (
@@ -214,6 +225,15 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
             "relay_authenticated": _key(parse_bool, _BOOL_TEXT, "RelayForAuth"),
             "max_errors": _key(_count(1), _at_least(1)),
             "auth_failures": _key(_count(1), _at_least(1)),
+            "auth_failure_window": _key(_positive_duration, _DURATION_TEXT + ", not 0"),
+            "auth_failure_limit": _key(_count(0), "a whole number (0: no block)"),
+            "auth_failure_delay": _key(parse_duration, _DURATION_TEXT + ", or 0"),
+            "auth_block": _key(_positive_duration, _DURATION_TEXT + ", not 0"),
+            "connection_rate": _key(_count(0), "connections a minute, a whole number (0: no limit)"),
+            "message_rate": _key(_count(0), "messages a minute, a whole number (0: no limit)"),
+            "reverse_dns": _key(parse_bool, _BOOL_TEXT, "EnableReverseDnsLookup"),
+            "reverse_dns_timeout": _key(_positive_duration, _DURATION_TEXT + ", not 0"),
+            "reject_unknown_client": _key(parse_bool, _BOOL_TEXT),
             "proxy_from": _key(parse_networks, _NETWORKS_TEXT + ", or empty"),
             "etrn": _key(parse_networks, _NETWORKS_TEXT + ", or empty"),
         },

@@ -11,6 +11,8 @@ import os
 import re
 from collections.abc import Callable
 
+from OpenSSL import SSL
+
 from smtpd.config.model import Network, SmartHost
 from smtpd.mail.address import ip_literal
 
@@ -249,3 +251,18 @@ def choice(*allowed: str) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def parse_cipher_string(text: str) -> str:
+    """
+    An OpenSSL cipher string (TLS 1.2 and below), or empty for the defaults;
+    OpenSSL itself decides whether it selects any cipher.
+    """
+    text = parse_text(text)
+    if not text:
+        return ""
+    try:
+        SSL.Context(SSL.TLS_SERVER_METHOD).set_cipher_list(text.encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError):
+        raise ValueError("OpenSSL selects no cipher with it") from None
+    return text

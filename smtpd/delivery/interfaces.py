@@ -57,5 +57,12 @@ class IMailboxAgent(IDeliveryAgent):
         failing with the error (nothing left behind).
         """
 
+    def write_many(envelope, mailboxes, message):
+        """
+        L{write} into each of C{mailboxes} at once (one disk job for all of
+        them where the agent can); a list of Deferreds, one per mailbox, in
+        the order given.
+        """
+
     def remove(path):
         """Take back the copy at C{path}, durably; a Deferred."""

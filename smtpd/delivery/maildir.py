@@ -155,8 +155,9 @@ class MaildirDelivery:
         mailboxes: dict[str, list[int]] = {}
         for i, (_, destination) in enumerate(deliveries):
             mailboxes.setdefault(destination.mailbox, []).append(i)
-        jobs = [Deferred.fromCoroutine(self._deliver_one(envelope, mailbox, message))
-                for mailbox in mailboxes]
+        writes = self.write_many(envelope, list(mailboxes), message)
+        jobs = [Deferred.fromCoroutine(self._deliver_one(envelope, mailbox, write))
+                for mailbox, write in zip(mailboxes, writes)]
 
         def statuses(replies: list[tuple[int, str, str]]) -> list[DeliveryStatus]:
             found: list[DeliveryStatus | None] = [None] * len(deliveries)
@@ -168,10 +169,10 @@ class MaildirDelivery:
         return gatherResults(jobs).addCallback(statuses)
 
     async def _deliver_one(self, envelope: Envelope, mailbox: str,
-                           message: IMessageSource) -> tuple[int, str, str]:
-        """One copy into C{mailbox}: the reply for its recipients."""
+                           write: Deferred[str]) -> tuple[int, str, str]:
+        """The reply for the recipients of C{mailbox}, whose copy C{write} makes."""
         try:
-            await self.write(envelope, mailbox, message)
+            await write
         except MailboxError as e:
             return 550, "5.1.1", f"<{mailbox}>: mailbox unavailable: {e}"
         except OSError as e:
@@ -197,16 +198,32 @@ class MaildirDelivery:
         Fails with L{MailboxError} for an unsafe mailbox, L{OSError} on disk
         errors; nothing is left in C{tmp/} or C{new/} on failure.
         """
-        try:
-            localpart, domain = split_mailbox(mailbox)
-            header = (b"Return-Path: <" + header_value(envelope.sender, "sender")
-                      + b">\nDelivered-To: " + header_value(mailbox.lower(), "mailbox") + b"\n")
-        except MailboxError as e:
-            return self._run(raise_error, e)
-        done: Deferred[str] = Deferred()
-        self._waiting.append(((domain, localpart, self._unique_name(), header, message), done))
-        self._write_waiting()
+        [done] = self.write_many(envelope, [mailbox], message)
         return done
+
+    def write_many(self, envelope: Envelope, mailboxes: Sequence[str],
+                   message: IMessageSource) -> list[Deferred[str]]:
+        """
+        L{write} into each of C{mailboxes}, all in the same batch (one thread
+        job, one fsync per C{new/} folder) when no batch is being written; a
+        Deferred per mailbox, in order.
+        """
+        writes: list[Deferred[str]] = []
+        for mailbox in mailboxes:
+            try:
+                localpart, domain = split_mailbox(mailbox)
+                header = (b"Return-Path: <" + header_value(envelope.sender, "sender")
+                          + b">\nDelivered-To: " + header_value(mailbox.lower(), "mailbox")
+                          + b"\n")
+            except MailboxError as e:
+                writes.append(self._run(raise_error, e))
+                continue
+            done: Deferred[str] = Deferred()
+            self._waiting.append(((domain, localpart, self._unique_name(), header, message),
+                                  done))
+            writes.append(done)
+        self._write_waiting()
+        return writes
 
     def remove(self, path: str) -> Deferred[None]:
         """

@@ -2,8 +2,8 @@
 """
 One mail transaction on an established outbound session (RFC 5321 3.3):
 RSET on a reused session, MAIL, one RCPT per recipient, DATA and the message.
-Toward a host that offers PIPELINING (RFC 2920) MAIL, every RCPT and DATA go
-in one write and the replies are matched in order; otherwise one command at a
+Toward a host that offers PIPELINING (RFC 2920) RSET, MAIL, every RCPT and DATA
+go in one write and the replies are matched in order; otherwise one command at a
 time. Toward a host that offers CHUNKING (RFC 3030) the message goes as BDAT
 chunks instead of DATA, once the RCPT replies are in: one chunk per piece read
 from the message source, pipelined. Every recipient gets its own status.
@@ -51,10 +51,16 @@ async def run_transaction(client: Any, message: OutboundMessage,
         commands.append(b"DATA")
     replies: list[Deferred] | None = None
     try:
-        if reused:
-            await _rset(client)
-        _check(client, message)
-        replies = client.pipeline(commands) if pipelined else None
+        if pipelined:
+            _check(client, message)
+            # RFC 2920: RSET may lead the flight; one write per transaction.
+            replies = client.pipeline([b"RSET", *commands] if reused else commands)
+            if reused:
+                await _rset_replied(client, replies.pop(0))
+        else:
+            if reused:
+                await _rset_replied(client, client.command(b"RSET"))
+            _check(client, message)
         await _mail(client, commands[0], replies)
     except SessionError as e:
         _abandon(replies or [])
@@ -76,8 +82,9 @@ async def run_transaction(client: Any, message: OutboundMessage,
     return [results[i] for i in range(len(message.recipients))]
 
 
-async def _rset(client: Any) -> None:
-    reply = await client.command(b"RSET")
+async def _rset_replied(client: Any, pending: Deferred) -> None:
+    """RSET's reply; any other than 2xx ends the session."""
+    reply = await pending
     if not 200 <= reply.code < 300:
         raise _stop(client, reply)
 

@@ -1,20 +1,29 @@
-# -*- test-case-name: tests.test_protocol -*-
+# -*- test-case-name: tests.test_access -*-
 """
-SMTP AUTH (RFC 4954): PLAIN and LOGIN, checked against C{etc/users} off the
-reactor, or by a simple bind when the [directory] is on.
+SMTP AUTH (RFC 4954) in the session: the SASL exchange of
+L{smtpd.inbound.sasl}, the credentials checked through the twisted.cred
+portal (the accounts file off the reactor, or a simple bind when the
+[directory] is on), and failures counted per session and per address
+(L{smtpd.inbound.throttle}).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from smtpd.directory.interfaces import DirectoryUnavailable
 from smtpd.inbound.core import AUTH, COMMAND
+from smtpd.inbound.sasl import (
+    AuthBusy,
+    SASLError,
+    authenticate,
+    challenge_line,
+    start_exchange,
+)
+
+log = Logger()
 
 log = Logger()
 
@@ -24,8 +33,7 @@ class Auth:
 
     _user: str | None = None
     _auth_failures = 0
-    _auth_mechanism = ""
-    _auth_login: str | None = None
+    _exchange = None
 
     def _auth_offered(self) -> bool:
         auth = self.inbound.config.auth
@@ -52,75 +60,71 @@ class Auth:
             return self._reply(503, "5.5.1", "Error: authentication not enabled")
         if mechanism not in auth.mechanisms:
             return self._reply(504, "5.5.4", "Unrecognized authentication type")
-        self._auth_mechanism = mechanism
-        self._auth_login = None
-        if mechanism == "PLAIN":
-            if initial:
-                return self._auth_plain(initial.encode("ascii", "replace"))
-            return self._challenge(b"")
-        if initial:
-            return self.auth_continue(initial.encode("ascii", "replace"))
-        return self._challenge(b"Username:")
-
-    def _challenge(self, text: bytes) -> None:
-        self._mode = AUTH
-        self._send("334 " + base64.b64encode(text).decode() + "\r\n")
+        try:
+            self._exchange, step = start_exchange(mechanism, initial.strip())
+        except SASLError as e:
+            return self._sasl_error(e)
+        return self._auth_step(step)
 
     def auth_continue(self, line: bytes):
         """The client's response to a C{334} challenge."""
         self._mode = COMMAND
-        if line == b"*":
-            return self._reply(501, "5.7.0", "Authentication aborted")
-        if self._auth_mechanism == "PLAIN":
-            return self._auth_plain(line)
         try:
-            value = base64.b64decode(line, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return self._reply(501, "5.5.2", "Cannot decode response")
-        if self._auth_login is None:
-            self._auth_login = value
-            return self._challenge(b"Password:")
-        return self._check_password(self._auth_login, value)
+            step = self._exchange.respond(line.strip())
+        except SASLError as e:
+            return self._sasl_error(e)
+        return self._auth_step(step)
 
-    def _auth_plain(self, line: bytes):
-        try:
-            decoded = base64.b64decode(line, validate=True).decode("utf-8")
-            _authzid, login, password = decoded.split("\0")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            return self._reply(501, "5.5.2", "Cannot decode response")
-        return self._check_password(login, password)
-
-    def _check_password(self, login: str, password: str) -> defer.Deferred[None]:
-        directory = self.inbound.directory
-        if directory is not None:
-            d = directory.authenticate(login.lower(), password.encode("utf-8"))
-            d.addCallbacks(self._auth_result, self._auth_unavailable,
-                           callbackArgs=(login,))
-            return d
-        users = self.inbound.users
-        d = self.inbound.run_blocking(
-            users.check_password, login.lower(), password.encode("utf-8")
-        )
-        d.addCallback(self._auth_result, login)
+    def _auth_step(self, step):
+        """Send the next challenge, or check the credentials."""
+        if isinstance(step, bytes):
+            self._mode = AUTH
+            self._send(challenge_line(step))
+            return None
+        self._exchange = None
+        attempted = step.username.decode("utf-8", "replace")
+        d = defer.Deferred.fromCoroutine(authenticate(self.inbound.portal, step))
+        d.addCallbacks(self._auth_result, self._auth_trouble, callbackArgs=(attempted,))
         return d
 
-    def _auth_unavailable(self, failure: Failure) -> None:
-        """RFC 4954 6: the directory could not check the password now."""
-        failure.trap(DirectoryUnavailable)
-        log.warn("AUTH: directory unavailable: {why}", why=failure.getErrorMessage())
+    def _sasl_error(self, e: SASLError):
+        self._exchange = None
+        if e.code == 535:
+            return self._auth_failed(e.login)
+        return self._reply(e.code, e.status, e.text)
+
+    def _auth_result(self, login: str | None, attempted: str):
+        if login is None:
+            return self._auth_failed(attempted)
+        self._user = login
+        return self._reply(235, "2.7.0", "Authentication successful")
+
+    def _auth_trouble(self, failure: Failure) -> None:
+        """RFC 4954 6: the password cannot be checked now (pool full, directory down)."""
+        if failure.trap(AuthBusy, DirectoryUnavailable) is DirectoryUnavailable:
+            log.warn("AUTH: directory unavailable: {why}", why=failure.getErrorMessage())
         self._reply(454, "4.7.0", "Temporary authentication failure")
 
-    def _auth_result(self, ok: bool, login: str) -> None:
-        if ok:
-            self._user = login.lower()
-            return self._reply(235, "2.7.0", "Authentication successful")
+    def _auth_failed(self, attempted: str):
+        """
+        A wrong login: counted for the session and for the address, which
+        may make us wait (a guesser gets slower) and then close.
+        """
         self._auth_failures += 1
         # The attempted login goes into the log line (what fail2ban reads).
         self._command = ("AUTH", "login=" + "".join(c if c.isprintable() and c != " " else "?"
-                                                   for c in login[:256]))
+                                                   for c in attempted[:256]))
+        delay, blocked = self.inbound.throttle.auth_failed(self.peer_ip)
+        if delay:
+            return task.deferLater(self.inbound.clock, delay, self._refuse_login, blocked)
+        return self._refuse_login(blocked)
+
+    def _refuse_login(self, blocked: bool) -> None:
+        if self._closing:
+            return
         self._reply(535, "5.7.8", "Authentication credentials invalid")
         limit = self.inbound.config.access.auth_failures
-        if limit and self._auth_failures >= limit:
+        if blocked or (limit and self._auth_failures >= limit):
             self.terminate("4.7.0 Error: too many failed authentications")
 
     @property

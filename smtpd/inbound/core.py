@@ -18,6 +18,7 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 
 from smtpd.inbound import policy
+from smtpd.inbound.deadline import Deadlines
 
 log = Logger()
 
@@ -72,6 +73,8 @@ class SessionCore(smtp.ESMTP):
         self._tls = kind == SMTPS
         self._errors = 0
         self._command: tuple[str, str] | None = None
+        self.deadlines = Deadlines(inbound.clock, lambda: self.inbound.config.server,
+                                   self.deadline_passed)
 
     # -- connection
 
@@ -100,12 +103,14 @@ class SessionCore(smtp.ESMTP):
             self._denied = True
             self._send(f"554 5.7.1 {self._hostname} Access denied\r\n")
             return
+        self.start_reverse_dns()
         self._send(f"220 {self._hostname} {config.server.banner}\r\n")
 
     def connectionLost(self, reason=None):
         """Release the session's place, timers and any message half received."""
         self._closing = True
         self.setTimeout(None)
+        self.deadlines.stop()
         self.abort_transfer()
         if self._registered:
             self.inbound.unregister(self)
@@ -117,6 +122,13 @@ class SessionCore(smtp.ESMTP):
     def timeoutConnection(self):
         """The client was idle for C{connection_timeout}."""
         self.terminate("4.4.2 Error: timeout exceeded")
+
+    def deadline_passed(self):
+        """A command line or the DATA took longer than its deadline."""
+        self.terminate("4.4.2 Error: timeout exceeded")
+
+    def start_reverse_dns(self) -> None:
+        """Look the client's name up (the access part overrides)."""
 
     def terminate(self, why: str) -> None:
         """Close this session with a C{421} reply saying C{why}."""
@@ -179,17 +191,25 @@ class SessionCore(smtp.ESMTP):
                 self._guarded(self.data_received)
             elif not self._take_line():
                 break
+        # A command line under way must be complete by its deadline.
+        self.deadlines.partial_line(
+            self._mode != DATA and bool(self._buf) and not self._waiting and not self._closing
+        )
 
     def _take_line(self) -> bool:
         """Handle one command line from the buffer; False when none is complete."""
         end = self._buf.find(b"\n")
-        limit = MAX_AUTH_LINE if self._mode == AUTH else MAX_PARAM_LINE
+        # The limit of the line whatever part of it has arrived (RFC 4954 4:
+        # AUTH lines and responses may be 12288 octets).
+        auth = self._mode == AUTH or self._buf[:5].upper() == b"AUTH "
+        limit = MAX_AUTH_LINE if auth else MAX_PARAM_LINE
         if end < 0:
             if len(self._buf) > limit:
                 self._buf = b""
                 self._discarding = True
             return False
         line, self._buf = self._buf[:end], self._buf[end + 1 :]
+        self.deadlines.line_taken()
         if self._discarding:
             self._discarding = False
             self._reply(500, "5.5.2", "Error: line too long")

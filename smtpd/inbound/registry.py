@@ -13,7 +13,14 @@ from typing import Callable
 from twisted.internet import defer
 from twisted.internet.protocol import ServerFactory
 
+from smtpd.inbound.rdns import ReverseDNS
+from smtpd.inbound.sasl import DEFAULT_QUEUE, PasswordPool, make_portal
 from smtpd.inbound.session import LISTEN, SMTPSession
+from smtpd.inbound.throttle import Throttle
+
+# Password checks running or waiting at once: the server's four bcrypt
+# threads and those that may queue behind them.
+AUTH_LIMIT = 4 + DEFAULT_QUEUE
 
 
 class Inbound:
@@ -24,6 +31,12 @@ class Inbound:
 
     @param cleanup: the L{smtpd.cleanup.stage.Cleanup} every message goes
         through on its way to the queue.
+    @param run_blocking: runs password checks (bcrypt) in a thread pool.
+    @param resolver: the L{IResolver} for reverse lookups of clients (those
+        of C{[delivery] dns_servers}); L{None}: no lookups.
+    @param auth_limit: password checks running or waiting at once, beyond
+        which AUTH gets C{454 4.7.0}.
+    @ivar throttle: the per-address counters (L{Throttle}).
     @ivar sessions: the live sessions by id (for the admin API).
     @ivar per_ip: live sessions per client address.
     @ivar received: messages accepted since start.
@@ -38,6 +51,8 @@ class Inbound:
         run_blocking: Callable[..., defer.Deferred],
         tls_options=None,
         command_log=None,
+        resolver=None,
+        auth_limit: int = AUTH_LIMIT,
     ):
         self.config = config
         self.users = users
@@ -53,6 +68,10 @@ class Inbound:
         self.run_blocking = run_blocking
         self.tls_options = tls_options
         self.command_log = command_log
+        self.throttle = Throttle(clock, lambda: self.config.access)
+        self.password_pool = PasswordPool(run_blocking, auth_limit)
+        self.portal = make_portal(lambda: self.users, self.password_pool, lambda: self.directory)
+        self.reverse_dns = ReverseDNS(resolver, clock) if resolver is not None else None
         self.sessions: dict[int, SMTPSession] = {}
         self.per_ip: Counter[str] = Counter()
         self.received = 0
@@ -77,11 +96,27 @@ class Inbound:
         limit = server.max_connections_per_ip
         if limit and self.per_ip[session.peer_ip] >= limit:
             return "4.7.0 Error: too many connections from your address"
+        refusal = self.throttle.connect(session.peer_ip)
+        if refusal is not None:
+            return refusal
         self._next_id += 1
         session.session_id = self._next_id
         self.sessions[session.session_id] = session
         self.per_ip[session.peer_ip] += 1
         return None
+
+    def reload_tls(self, config) -> list[str]:
+        """
+        Re-read the certificate, key and policy of C{config}'s [tls] section
+        for new connections; the problems, one line each (the old ones stay).
+        """
+        if self.tls_options is None or not hasattr(self.tls_options, "reload"):
+            return ["[tls] the server was started without reloadable TLS options"]
+        return self.tls_options.reload(config.tls)
+
+    def access_counters(self) -> list[dict]:
+        """The per-address counters, as plain data (for the admin API)."""
+        return self.throttle.snapshot()
 
     def unregister(self, session: SMTPSession) -> None:
         """Forget a session whose connection is gone."""

@@ -2,8 +2,8 @@
 """
 The inbound ESMTP session (RFC 5321, 1869, 1870, 1985, 2034, 2920, 3030, 3207,
 3461, 4954, 6152), assembled from its parts: the core (connection, buffer,
-pipelining, replies), the session commands, the mail transaction, BDAT, ETRN
-and AUTH.
+pipelining, replies), the session commands, the mail transaction, BDAT, ETRN,
+AUTH and the access rules (reverse DNS, MAIL rules, deadlines).
 
 L{SMTPSession} subclasses Twisted's L{twisted.mail.smtp.ESMTP} for its timeout
 and connection plumbing, and replaces its command and DATA handling, which has
@@ -15,6 +15,7 @@ and cannot keep pipelined replies in order around asynchronous checks.
 
 from __future__ import annotations
 
+from smtpd.inbound.access import AccessRules
 from smtpd.inbound.auth import Auth
 from smtpd.inbound.bdat import Chunking
 from smtpd.inbound.commands import Commands
@@ -25,7 +26,7 @@ from smtpd.inbound.transaction import Transaction
 __all__ = ["LISTEN", "SMTPS", "SUBMISSION", "SMTPSession"]
 
 
-class SMTPSession(Chunking, Etrn, Commands, Transaction, Auth, SessionCore):
+class SMTPSession(Chunking, Etrn, Commands, Transaction, Auth, AccessRules, SessionCore):
     """
     One inbound SMTP connection.
 

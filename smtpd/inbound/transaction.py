@@ -43,7 +43,10 @@ class Transaction:
         self._rcpt_seen: set[str] = set()
 
     def smtp_MAIL(self, arg: str):
-        """RFC 5321 4.1.1.2 with SIZE, BODY, RET, ENVID."""
+        """RFC 5321 4.1.1.2 with SIZE, BODY, RET, ENVID, once the client's name is known."""
+        return self.after_reverse_dns(lambda: self._mail(arg))
+
+    def _mail(self, arg: str):
         config = self.inbound.config
         if self._helo is None:
             return self._reply(503, "5.5.1", "Error: send HELO/EHLO first")
@@ -71,6 +74,9 @@ class Transaction:
             room = self._session_room()
             if room is not None and params.size > room:
                 return self._reply(552, "5.3.4", "Session size limit exceeded")
+        refusal = self.mail_refusal(sender)
+        if refusal is not None:
+            return self._reply(*refusal)
         self._sender, self._mail_params = sender, params
         return self._reply(250, "2.1.0", "Ok")
 
@@ -164,6 +170,7 @@ class Transaction:
         self._mode = DATA
         self.in_transfer = True
         self._decoder = DotDecoder()
+        self.deadlines.data_started()
 
     def client_info(self) -> ClientInfo:
         """Who this session's client is, for the trace header and the filters."""
@@ -173,7 +180,7 @@ class Transaction:
         if self._esmtp and self._user is not None:
             proto += "A"
         return ClientInfo(self._helo or "", self.peer_ip, proto, self._user, self._tls,
-                          self._is_relay_client)
+                          self._is_relay_client, self.client_name())
 
     def _is_relay_client(self) -> bool:
         return policy.in_networks(self.peer_ip, self.inbound.config.access.relay)
@@ -181,6 +188,7 @@ class Transaction:
     def data_received(self) -> defer.Deferred | None:
         """Take the buffered input as message data, up to the terminator."""
         data, self._buf = self._buf, b""
+        self.deadlines.data_received(len(data))
         body, rest = self._decoder.feed(data)
         keep_going = True
         if body and self._message is not None:
@@ -195,6 +203,7 @@ class Transaction:
         self._buf = rest
         self._mode = COMMAND
         self._decoder = None
+        self.deadlines.data_ended()
         return self._end_of_data()
 
     def step_failed(self) -> bool:

@@ -94,10 +94,8 @@ class Intake:
             except Exception:
                 results = [(False, Failure())]
         else:
-            results = await DeferredList(
-                [maybeDeferred(local.write, envelope, m, message) for m in mailboxes],
-                consumeErrors=True,
-            )
+            results = await DeferredList(local.write_many(envelope, list(mailboxes), message),
+                                         consumeErrors=True)
         written = [path for ok, path in results if ok]
         if len(written) == len(results):
             self._delivered(envelope, mailboxes)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -24,6 +25,9 @@ from smtpd.queue.results import wants
 
 # How long a failed attempt (an error, not a delivery result) waits, at least.
 DEFAULT_RETRY = 900.0
+# How many envelopes of entries just stored are kept in memory for their first
+# attempt (beyond that the attempt reads the envelope from disk, as any other).
+FRESH_LIMIT = 1024
 
 
 class Scheduler:
@@ -54,6 +58,9 @@ class Scheduler:
         self._attempting: set[str] = set()
         self._pumping = False
         self._attempt: Callable[[str], Awaitable[None]] | None = None
+        # Envelopes of entries just stored, as stored: the first attempt
+        # needs no disk read (copies: the caller's object may change).
+        self._fresh: dict[str, Envelope] = {}
 
     # -- start and stop
 
@@ -69,6 +76,7 @@ class Scheduler:
     def stop(self) -> list[Deferred[None]]:
         """Start nothing more; Deferreds for the operations still running."""
         self._attempt = None
+        self._fresh.clear()
         self._disarm()
         return [settled(d) for d in self._busy.values()]
 
@@ -92,13 +100,19 @@ class Scheduler:
     # -- what the other parts tell it
 
     def added(self, envelope: Envelope) -> None:
-        """A new entry was stored: it is tried at once (unless held)."""
+        """
+        A new entry was stored: it is tried at once (unless held; on the next
+        turn of the reactor, one timer for all the entries stored meanwhile),
+        with the envelope as stored (kept in memory: no disk read for it).
+        """
         if not self.running:
             return
         if envelope.state == HELD:
             self._states[envelope.id] = HELD
             return
         self._states[envelope.id] = DEFERRED if envelope.state == DEFERRED else QUEUED
+        if len(self._fresh) < FRESH_LIMIT:
+            self._fresh[envelope.id] = copy_envelope(envelope)
         self.schedule(envelope.id, self.clock.seconds())
         self._arm()
 
@@ -113,11 +127,13 @@ class Scheduler:
     def unschedule(self, queue_id: str) -> None:
         """C{queue_id} is not due until scheduled again."""
         self._due.pop(queue_id, None)
+        self._fresh.pop(queue_id, None)
 
     def forget(self, queue_id: str) -> None:
         """The entry left the queue."""
         self._states.pop(queue_id, None)
         self._due.pop(queue_id, None)
+        self._fresh.pop(queue_id, None)
 
     def state(self, queue_id: str) -> str | None:
         """The state of entry C{queue_id}, or L{None} when unknown."""
@@ -139,6 +155,7 @@ class Scheduler:
             self._states[queue_id] = state
             if state == HELD:
                 self._due.pop(queue_id, None)
+                self._fresh.pop(queue_id, None)
 
     def ids(self) -> list[str]:
         """Every known entry id, sorted (ids sort roughly by arrival)."""
@@ -168,9 +185,13 @@ class Scheduler:
     async def read(self, queue_id: str) -> Envelope | None:
         """
         The entry's envelope, or L{None} when the entry is gone (then forgotten).
+        An entry just stored is not read again: its envelope is the one stored.
 
         @raise Exception: when it cannot be read.
         """
+        fresh = self._fresh.pop(queue_id, None)
+        if fresh is not None:
+            return fresh
         try:
             return await self.queue.read_envelope(queue_id)
         except FileNotFoundError:
@@ -290,6 +311,11 @@ class Scheduler:
         ):
             deadlines.append(envelope.arrival + delivery.delay_notification)
         return min([when] + [t for t in deadlines if t > now])
+
+
+def copy_envelope(envelope: Envelope) -> Envelope:
+    """A copy of C{envelope} whose recipients can change without touching the original."""
+    return replace(envelope, recipients=[replace(r) for r in envelope.recipients])
 
 
 def settled(d: Deferred) -> Deferred[None]:

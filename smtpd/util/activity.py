@@ -25,6 +25,9 @@ _FIELDS = (
 
 _log = Logger(namespace="smtpd.activity")
 
+# Lines for twistd's log gathered before one event is emitted with all of them.
+BATCH_LINES = 64
+
 
 def _w3c(value: object) -> str:
     """A W3C field: '-' when empty, spaces as '+', no control characters."""
@@ -71,6 +74,11 @@ class ActivityLog:
         # The W3C date and time of the current second.
         self._second: int | None = None
         self._stamp = ""
+        # Lines for twistd's log ("-") not yet emitted: one event per turn of
+        # the reactor carries them all (a twisted.logger event per line, with
+        # its own time formatting and write, costs more than the line).
+        self._batch: list[str] = []
+        self._flush_call = None
         self.hostname = hostname
 
     @property
@@ -107,13 +115,9 @@ class ActivityLog:
         if self._file is not None:
             self._file.reopen()
 
-    def flush(self) -> None:
-        """Write the lines waiting in the buffer now."""
-        if self._file is not None:
-            self._file.flush()
-
     def close(self) -> None:
-        """Write what is buffered and close the log file."""
+        """Write what is buffered (or gathered for twistd's log) and close the log file."""
+        self.flush()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -207,10 +211,30 @@ class ActivityLog:
             self._write(self._w3c_line(self._w3c_stamp(now), record))
 
     def _write(self, line: str) -> None:
-        if self._file is None:
-            _log.info("{line}", line=line)
-        else:
+        if self._file is not None:
             self._file.write(line.encode("utf-8"))
+            return
+        self._batch.append(line)
+        if len(self._batch) >= BATCH_LINES:
+            self.flush()
+        elif self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """
+        Write the lines waiting in the file's buffer now; for twistd's log,
+        emit the lines gathered as one event, one line each (continuation
+        lines are indented by twistd's log, as for any event).
+        """
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        if self._batch:
+            lines, self._batch = self._batch, []
+            _log.info("{lines}", lines="\n".join(lines))
+        if self._file is not None:
+            self._file.flush()
 
     def _w3c_stamp(self, now: float) -> str:
         second = int(now)

@@ -18,7 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 from OpenSSL.crypto import X509, PKey
 from twisted.internet.interfaces import IOpenSSLContextFactory
-from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from zope.interface import implementer
 
 from smtpd.util.durable import fsync_directory, replace_file
@@ -158,14 +158,20 @@ def _public_bytes(key) -> bytes:
     )
 
 
-def server_tls_options(cert_path: str, key_path: str) -> CertificateOptions:
+MIN_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
+
+
+def server_tls_options(
+    cert_path: str, key_path: str, min_version: str = "1.2", ciphers: str = ""
+) -> CertificateOptions:
     """
     TLS options for the server side of STARTTLS and implicit TLS: the first
     certificate of C{cert_path} with any further ones as its chain, the key of
-    C{key_path}, TLS 1.2 at least.
+    C{key_path}, TLS C{min_version} (C{"1.2"} or C{"1.3"}) at least, and the
+    OpenSSL cipher string C{ciphers} for TLS 1.2 (empty: Twisted's defaults).
 
-    @raise TLSError: when a file cannot be read or parsed, or the key is not
-        the certificate's.
+    @raise TLSError: when a file cannot be read or parsed, the key is not
+        the certificate's, or no cipher is left.
     """
     certificates = _read_certificates(cert_path)
     key = _read_key(key_path)
@@ -176,7 +182,8 @@ def server_tls_options(cert_path: str, key_path: str) -> CertificateOptions:
             privateKey=PKey.from_cryptography_key(key),  # type: ignore[arg-type]
             certificate=X509.from_cryptography(certificates[0]),
             extraCertChain=[X509.from_cryptography(c) for c in certificates[1:]],
-            raiseMinimumTo=TLSVersion.TLSv1_2,
+            raiseMinimumTo=MIN_VERSIONS[min_version],
+            **_cipher_option(ciphers),
         )
         options.getContext()
     except (SSL.Error, ValueError, TypeError) as e:
@@ -186,16 +193,47 @@ def server_tls_options(cert_path: str, key_path: str) -> CertificateOptions:
     return options
 
 
+def _cipher_option(ciphers: str) -> dict:
+    """The C{acceptableCiphers} argument for a cipher string (none when empty)."""
+    if not ciphers:
+        return {}
+    return {"acceptableCiphers": AcceptableCiphers.fromOpenSSLCipherString(ciphers)}
+
+
+def options_for(section) -> CertificateOptions:
+    """
+    L{server_tls_options} for a C{[tls]} section (anything with C{certificate},
+    C{key}, C{min_version} and C{ciphers}).
+
+    @raise TLSError: as L{server_tls_options}.
+    """
+    return server_tls_options(
+        section.certificate, section.key, section.min_version, section.ciphers
+    )
+
+
 @implementer(IOpenSSLContextFactory)
 class ReloadableTLS:
     """
-    Server TLS options that a reload may replace: every new TLS connection
-    (STARTTLS or implicit TLS) takes the context of the options in force.
+    Server TLS options that can be replaced while listening: STARTTLS and
+    implicit-TLS listeners ask for a context per connection, so a renewed
+    certificate (an ACME client's) is used from the next connection on.
     """
 
     def __init__(self, options: CertificateOptions):
         self.options = options
 
-    def getContext(self):
+    def getContext(self) -> SSL.Context:
         """The OpenSSL context of the current options."""
         return self.options.getContext()
+
+    def reload(self, section) -> list[str]:
+        """
+        Re-read certificate and key of the C{[tls]} C{section} and use them
+        from now on; the problems, one line each (the old options stay then).
+        """
+        try:
+            self.options = options_for(section)
+        except TLSError as e:
+            return [f"[tls] {e}"]
+        return []
