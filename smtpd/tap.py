@@ -290,6 +290,7 @@ def build(config: Config, reactor) -> service.MultiService:
     # Everything enters through cleanup, which hands it to the queue manager's
     # intake (local mail delivered at once, the rest stored); reports too.
     cleanup.accept = qmgr.accept
+    inbound.etrn = qmgr.flush_domain
     qmgr.setServiceParent(top)
     RelayService(relay).setServiceParent(top)
     ClosingService(lmtp).setServiceParent(top)

@@ -212,6 +212,8 @@ class SinkScript:
     @ivar drop_in_data: abort the connection as soon as message data arrives.
     @ivar reset_after_data: record the message at the final dot, then abort
         the connection (a reset) instead of answering.
+    @ivar chunking: offer CHUNKING and take BDAT (RFC 3030); a chunk is
+        answered L{bdat_ok}, the last one L{end_of_data}.
     """
 
     name: str = "sink.test"
@@ -233,6 +235,8 @@ class SinkScript:
     keep_data: bool = True
     drop_in_data: bool = False
     reset_after_data: bool = False
+    chunking: bool = False
+    bdat_ok: str = "250 2.0.0 {count} octets received"
 
 
 @dataclass
@@ -248,6 +252,7 @@ class SinkMessage:
     @ivar data: the message after dot-unstuffing: everything before the final
         dot line, so it ends with the CRLF that precedes that line.
     @ivar size: the octets of the DATA stream, final C{.CRLF} included.
+    @ivar chunks: for BDAT, the size of each chunk in order.
     """
 
     helo: str
@@ -260,6 +265,7 @@ class SinkMessage:
     raw: bytes = b""
     data: bytes = b""
     size: int = 0
+    chunks: list[int] = field(default_factory=list)
 
 
 def _path(argument: str) -> str:
@@ -291,6 +297,7 @@ class SinkSession(LineReceiver):
         self._counted = 0
         self._tail = b""
         self._auth_state: tuple[str, ...] | None = None
+        self._bdat: list | None = None
         self.greeted = False
 
     def reply(self, line: str) -> None:
@@ -344,6 +351,8 @@ class SinkSession(LineReceiver):
             lines.append(f"SIZE {self.script.size}" if self.script.size else "SIZE")
         if self.script.dsn:
             lines.append("DSN")
+        if self.script.chunking:
+            lines.append("CHUNKING")
         if self.script.tls is not None and not self.tls:
             lines.append("STARTTLS")
         if self.script.auth is not None:
@@ -440,7 +449,46 @@ class SinkSession(LineReceiver):
             self._raw = b""
             self.setRawMode()
 
+    def smtp_BDAT(self, argument: str) -> None:
+        match = re.fullmatch(r"(\d+)(?: +(LAST))?", argument, re.IGNORECASE)
+        if not self.script.chunking or match is None:
+            self.reply("501 5.5.4 Syntax: BDAT count [LAST]")
+            return
+        self._bdat = [int(match.group(1)), match.group(2) is not None]
+        if self._bdat[0]:
+            self._raw = b""
+            self.setRawMode()
+        else:
+            self._chunk_done(b"")
+
+    def _chunk_received(self, data: bytes) -> None:
+        count = self._bdat[0]
+        self._raw += data
+        if len(self._raw) < count:
+            return
+        chunk, rest = self._raw[:count], self._raw[count:]
+        self._raw = b""
+        self._chunk_done(chunk)
+        self.setLineMode(rest)
+
+    def _chunk_done(self, chunk: bytes) -> None:
+        """One BDAT chunk read: kept in the message, answered."""
+        count, last = self._bdat
+        self._bdat = None
+        if self.current is None or not self.current.recipients:
+            self.reply("503 5.5.1 No valid recipients")
+            return
+        self.current.chunks.append(count)
+        self.current.raw += chunk
+        self.current.data += chunk
+        if last:
+            self._received(len(self.current.raw))
+        else:
+            self.reply(self.script.bdat_ok.replace("{count}", str(count)))
+
     def rawDataReceived(self, data: bytes) -> None:
+        if self._bdat is not None:
+            return self._chunk_received(data)
         if self.script.drop_in_data:
             self.transport.abortConnection()
             return

@@ -768,6 +768,31 @@ class AdminTests(QueueManagerMixin, unittest.TestCase):
         [call] = self.clock.getDelayedCalls()
         self.assertEqual(call.getTime(), self.clock.seconds() + 30 * MINUTE)
 
+    def test_flush_domain(self) -> None:
+        """
+        flush_domain (ETRN) attempts at once the entries with a pending
+        recipient at the domain (with subdomains: under it too), never a held
+        one nor one for another domain.
+        """
+        for address in ("bob@remote.example", "eve@sub.remote.example", "joe@other.example",
+                        "ann@Remote.Example"):
+            self.relay.scripts[address] = [451]
+        self.qmgr.startService()
+        exact = self.store(["bob@remote.example"])
+        sub = self.store(["eve@sub.remote.example"])
+        other = self.store(["joe@other.example"])
+        held = self.store(["ann@Remote.Example"])
+        self.clock.advance(0)
+        self.successResultOf(self.qmgr.hold(held))
+        self.assertEqual(self.successResultOf(self.qmgr.flush_domain("REMOTE.example")), 1)
+        self.assertEqual([len(self.relay.for_entry(i)) for i in (exact, sub, other, held)],
+                         [2, 1, 1, 1])
+        self.assertEqual(self.successResultOf(self.qmgr.flush_domain("remote.example", True)),
+                         2)
+        self.assertEqual([len(self.relay.for_entry(i)) for i in (exact, sub, other, held)],
+                         [3, 2, 1, 1])
+        self.assertEqual(self.successResultOf(self.qmgr.flush_domain("none.example")), 0)
+
     def test_hold_and_release(self) -> None:
         """A held entry is not tried, even across a restart, until released."""
         queue_id = self.deferred_entry()

@@ -180,6 +180,13 @@ class IncomingMessage:
         data = self._forged.feed(data)
         return self._spool.write(data) if data else True
 
+    def early_refusal(self) -> MessageRefused | None:
+        """
+        Why the message will be refused whatever data follows (too big, a
+        bare CR or LF, a long line), or L{None}: for answering each BDAT chunk.
+        """
+        return self._rules.refusal() if self._rules.hopeless else None
+
     def drained(self) -> Deferred[None]:
         """Fires when the spool has caught up."""
         return self._spool.drained()

@@ -98,6 +98,7 @@ class AccessConfig:
     reverse_dns_timeout: float = 5.0
     reject_unknown_client: bool = False
     proxy_from: tuple[Network, ...] = ()
+    etrn: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -241,6 +241,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
             "reverse_dns_timeout": _key(_positive_duration, _DURATION_TEXT + ", not 0"),
             "reject_unknown_client": _key(parse_bool, _BOOL_TEXT),
             "proxy_from": _key(parse_networks, _NETWORKS_TEXT + ", or empty"),
+            "etrn": _key(parse_networks, _NETWORKS_TEXT + ", or empty"),
         },
     ),
     "messages": (

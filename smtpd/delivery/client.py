@@ -3,8 +3,8 @@
 The outbound SMTP client: one session with one remote host carrying any number
 of mail transactions (RFC 5321), with EHLO and HELO fallback, STARTTLS per
 policy (RFC 3207), AUTH PLAIN and LOGIN (RFC 4954), SIZE (RFC 1870),
-BODY=8BITMIME (RFC 6152), DSN parameters (RFC 3461) and PIPELINING
-(RFC 2920).
+BODY=8BITMIME (RFC 6152), DSN parameters (RFC 3461), PIPELINING (RFC 2920)
+and CHUNKING (RFC 3030: BDAT toward hosts that offer it).
 
 L{RelayClient} is the protocol: it reads replies (bounded in lines, octets
 and time), sets the session up, and streams message data from disk with
@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from smtpd.delivery.handshake import set_up
 from smtpd.delivery.transaction import run_transaction
 from smtpd.delivery.wire import (
+    BdatChunker,
     DotStuffer,
     OutboundMessage,
     SessionError,
@@ -350,30 +351,70 @@ class RelayClient(LineReceiver, TimeoutMixin):
         """
         final = self.expect("reply to end of DATA")
         stuffer = DotStuffer()
+        await self._send_source(source, stuffer.feed)
+        if self._error is None:
+            self.transport.write(stuffer.finish())
+        return await final
 
-        def transform(chunk: bytes) -> bytes:
+    async def stream_chunks(self, source: IMessageSource) -> Reply:
+        """
+        Send the message as BDAT chunks (RFC 3030), one per piece read from
+        C{source} as the host takes them, pipelined without waiting for their
+        replies, the last with C{LAST}. The reply that decides: the first
+        refusal of a chunk, else the reply to the last one.
+        """
+        chunker = BdatChunker()
+        replies: list[Deferred[Reply]] = []
+
+        def chunk(data: bytes) -> bytes:
+            out = chunker.feed(data)
+            if out:
+                replies.append(self.expect("reply to BDAT"))
+            return out
+
+        self.setTimeout(self.timeout)  # armed for the replies of the chunks to come
+        await self._send_source(source, chunk)
+        replies.append(self.expect("reply to BDAT LAST"))
+        if self._error is None:
+            self.transport.write(chunker.finish())
+        decisive = None
+        try:
+            for d in replies:
+                reply = await d
+                if decisive is None and not 200 <= reply.code < 300:
+                    decisive = reply
+        finally:
+            for d in replies:
+                d.addErrback(lambda _: None)
+        return decisive or reply
+
+    async def _send_source(self, source: IMessageSource, transform: Any) -> None:
+        """
+        Write C{source} through C{transform} a chunk at a time as the host
+        takes it (a pull producer on the transport: never more than a chunk
+        or two in memory). A read error fails the session.
+        """
+
+        def progress(chunk: bytes) -> bytes:
             self.resetTimeout()  # the host is taking the data: progress
-            return stuffer.feed(chunk)
+            return transform(chunk)
 
         try:
             file = source.open()
         except OSError as e:
             self.fail(SessionError(451, "4.3.0", f"451 4.3.0 cannot read the message: {e}"),
                       abort=True)
-            return await final
+            return
         sender = FileSender()
         sender.CHUNK_SIZE = CHUNK_SIZE
         self._streaming = True
         try:
-            await sender.beginFileTransfer(_Reader(file, self), self.transport, transform)
+            await sender.beginFileTransfer(_Reader(file, self), self.transport, progress)
         except Exception:
-            pass  # the transport stopped us: the connection is gone, final fails
+            pass  # the transport stopped us: the connection is gone, the replies fail
         finally:
             self._streaming = False
             file.close()
-        if self._error is None:
-            self.transport.write(stuffer.finish())
-        return await final
 
 
 def lost_error(reason: Failure | None, handshake: bool, phase: str) -> SessionError:

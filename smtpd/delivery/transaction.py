@@ -4,7 +4,9 @@ One mail transaction on an established outbound session (RFC 5321 3.3):
 RSET on a reused session, MAIL, one RCPT per recipient, DATA and the message.
 Toward a host that offers PIPELINING (RFC 2920) RSET, MAIL, every RCPT and DATA
 go in one write and the replies are matched in order; otherwise one command at a
-time. Every recipient gets its own status.
+time. Toward a host that offers CHUNKING (RFC 3030) the message goes as BDAT
+chunks instead of DATA, once the RCPT replies are in: one chunk per piece read
+from the message source, pipelined. Every recipient gets its own status.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ async def run_transaction(client: Any, message: OutboundMessage,
     commands = [mail_command(message, message.source.size, client.extensions)]
     commands += [rcpt_command(message.recipients[i], client.extensions) for i in safe]
     pipelined = "PIPELINING" in client.extensions
-    if pipelined and safe:
+    chunking = "CHUNKING" in client.extensions
+    if pipelined and safe and not chunking:
         commands.append(b"DATA")
     replies: list[Deferred] | None = None
     try:
@@ -65,9 +68,12 @@ async def run_transaction(client: Any, message: OutboundMessage,
         raise SessionError(e.code, e.status, e.reply, stale=stale, final=e.final) from None
     try:
         rcpt_replies = replies[1 : 1 + len(safe)] if replies else None
-        data_reply = replies[-1] if replies and safe else None
+        data_reply = replies[-1] if replies and safe and not chunking else None
         accepted = await _recipients(client, message, safe, rcpt_replies, results)
-        await _data(client, message, accepted, data_reply, results)
+        if chunking:
+            await _bdat(client, message, accepted, results)
+        else:
+            await _data(client, message, accepted, data_reply, results)
     except SessionError as e:
         _abandon(replies or [])
         for i, recipient in enumerate(message.recipients):
@@ -141,6 +147,18 @@ async def _data(client: Any, message: OutboundMessage, accepted: list[int],
             await client.command(b".", "reply to end of DATA")
             return
         reply = await client.stream(message.source)
+    if reply.code == 421:
+        client.fail(refusal(reply.code, reply.text))
+    for i in accepted:
+        results[i] = client.status(message.recipients[i].address, reply.code, reply.text)
+
+
+async def _bdat(client: Any, message: OutboundMessage, accepted: list[int],
+                results: dict) -> None:
+    """The message as BDAT chunks (RFC 3030), and the reply for the accepted recipients."""
+    if not accepted:
+        return
+    reply = await client.stream_chunks(message.source)
     if reply.code == 421:
         client.fail(refusal(reply.code, reply.text))
     for i in accepted:

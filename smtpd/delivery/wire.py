@@ -2,7 +2,7 @@
 """
 What the outbound SMTP client puts on the wire and makes of what comes back:
 the transaction to carry, the command lines (with SIZE, BODY and the RFC 3461
-DSN parameters), the dot-stuffed DATA stream, and replies turned into one
+DSN parameters), the dot-stuffed DATA stream or the BDAT chunks, and replies turned into one
 printable line and an RFC 3463 status.
 """
 
@@ -116,6 +116,35 @@ class DotStuffer:
         tail = b"\r\n" if held or not self._line_start else b""
         self._line_start = True
         return tail + b".\r\n"
+
+
+class BdatChunker:
+    """
+    Turns message data into BDAT chunks (RFC 3030), a piece at a time: each
+    piece, its line ends made CRLF as for DATA, after a C{BDAT <n>} command
+    with its exact size; no dot-stuffing. The last chunk carries C{LAST}
+    (C{BDAT 0 LAST} when nothing is left), after a final CRLF when the message
+    lacks one.
+    """
+
+    def __init__(self) -> None:
+        self._line_ends = LineEnds(b"\r\n")
+        self._line_start = True
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The BDAT command and chunk for the next piece (b"" when nothing to send yet)."""
+        text = self._line_ends.feed(chunk)
+        if not text:
+            return b""
+        self._line_start = text.endswith(b"\r\n")
+        return b"BDAT %d\r\n" % len(text) + text
+
+    def finish(self) -> bytes:
+        """The last chunk: C{BDAT <n> LAST} and what the message still needs."""
+        held = self._line_ends.finish()
+        tail = b"\r\n" if held or not self._line_start else b""
+        self._line_start = True
+        return b"BDAT %d LAST\r\n" % len(tail) + tail
 
 
 def dot_stuff(data: bytes) -> bytes:

@@ -64,6 +64,9 @@ class Inbound:
         # RecipientResolver for RCPT (None: etc/users, answered at once).
         self.directory = None
         self.recipients = None
+        # ETRN (RFC 1985): etrn(domain, subdomains) -> Deferred[int], the
+        # queue manager's flush_domain (None: ETRN is answered 458).
+        self.etrn: Callable[[str, bool], defer.Deferred[int]] | None = None
         self.cleanup = cleanup
         self.clock = clock
         self.run_blocking = run_blocking

@@ -1,9 +1,9 @@
 # -*- test-case-name: tests.test_protocol -*-
 """
-The inbound ESMTP session (RFC 5321, 1869, 1870, 2034, 2920, 3207, 3461, 4954,
-6152), assembled from its parts: the core (connection, buffer, pipelining,
-replies), the session commands, the mail transaction, AUTH and the access
-rules (reverse DNS, MAIL rules, deadlines).
+The inbound ESMTP session (RFC 5321, 1869, 1870, 1985, 2034, 2920, 3030, 3207,
+3461, 4954, 6152), assembled from its parts: the core (connection, buffer,
+pipelining, replies), the session commands, the mail transaction, BDAT, ETRN,
+AUTH and the access rules (reverse DNS, MAIL rules, deadlines).
 
 L{SMTPSession} subclasses Twisted's L{twisted.mail.smtp.ESMTP} for its timeout
 and connection plumbing, and replaces its command and DATA handling, which has
@@ -17,14 +17,16 @@ from __future__ import annotations
 
 from smtpd.inbound.access import AccessRules
 from smtpd.inbound.auth import Auth
+from smtpd.inbound.bdat import Chunking
 from smtpd.inbound.commands import Commands
 from smtpd.inbound.core import LISTEN, SMTPS, SUBMISSION, SessionCore
+from smtpd.inbound.etrn import Etrn
 from smtpd.inbound.transaction import Transaction
 
 __all__ = ["LISTEN", "SMTPS", "SUBMISSION", "SMTPSession"]
 
 
-class SMTPSession(Commands, Transaction, Auth, AccessRules, SessionCore):
+class SMTPSession(Chunking, Etrn, Commands, Transaction, Auth, AccessRules, SessionCore):
     """
     One inbound SMTP connection.
 

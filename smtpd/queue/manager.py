@@ -169,6 +169,13 @@ class QueueManager(Service):
         """Attempt entry C{id} (or every one not held) now (L{Operations.retry})."""
         return self.operations.retry(id)
 
+    def flush_domain(self, domain: str, subdomains: bool = False) -> Deferred[int]:
+        """
+        Attempt now every entry with mail pending for C{domain} (ETRN);
+        fires with how many (L{Operations.flush_domain}).
+        """
+        return Deferred.fromCoroutine(self.operations.flush_domain(domain, subdomains))
+
     def hold(self, id: str) -> Deferred[None]:
         """Stop attempting entry C{id} until released (L{Operations.hold})."""
         return self.operations.hold(id)

@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_qmgr -*-
 """
 What an administrator does to the queue (C{smtpctl queue ...}, the admin
-interface): retry, hold, release, delete (with or without an NDR), a summary
-of the states, and a paged listing of entries read from disk.
+interface): retry (one entry, all, or those for a domain: ETRN), hold,
+release, delete (with or without an NDR), a summary of the states, and a paged
+listing of entries read from disk.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
+from smtpd.mail.address import split_address
 from smtpd.mail.envelope import DEFERRED, HELD, QUEUED, Envelope
 from smtpd.queue.notifier import Notifier
 from smtpd.queue.scheduler import Scheduler
@@ -85,6 +87,33 @@ class Operations:
             scheduler.schedule(id, self.clock.seconds())
         scheduler.pump()
         return len(ids)
+
+    async def flush_domain(self, domain: str, subdomains: bool = False) -> int:
+        """
+        Make due now every entry with a pending recipient in C{domain} (and,
+        with C{subdomains}, in the domains under it), except held ones (ETRN,
+        RFC 1985); returns how many entries that is, those already being
+        attempted included. Each envelope is read from disk and dropped.
+        """
+        domain = domain.lower().rstrip(".")
+        scheduler = self.scheduler
+        found = 0
+        for queue_id in scheduler.ids():
+            if scheduler.state(queue_id) in (None, HELD):
+                continue
+            try:
+                envelope = await self.queue.read_envelope(queue_id)
+            except (OSError, ValueError):
+                continue  # gone meanwhile, or unreadable
+            if scheduler.state(queue_id) in (None, HELD) or not any(
+                _in_domain(r.address, domain, subdomains) for r in envelope.pending()
+            ):
+                continue  # gone or held meanwhile, or nothing for the domain
+            found += 1
+            if not scheduler.attempting(queue_id):
+                scheduler.schedule(queue_id, self.clock.seconds())
+        scheduler.pump()
+        return found
 
     def hold(self, id: str) -> Deferred[None]:
         """
@@ -170,3 +199,9 @@ class Operations:
                 continue  # gone meanwhile, or unreadable (badmail at the next start)
             found.append(EntrySummary.of(envelope))
         return found
+
+
+def _in_domain(address: str, domain: str, subdomains: bool) -> bool:
+    """Whether C{address} is at C{domain} (or, with C{subdomains}, under it)."""
+    at = split_address(address)[1].lower().rstrip(".")
+    return at == domain or (subdomains and at.endswith("." + domain))

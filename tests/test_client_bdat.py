@@ -1,0 +1,108 @@
+"""
+Outbound CHUNKING (RFC 3030): our relay client sends BDAT chunks to hosts that
+offer it, against the recording sink on 127.0.0.2 and against our own
+inbound server.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.trial import unittest
+
+from smtpd.delivery.client import RelayClient
+from smtpd.delivery.wire import BdatChunker, OutboundMessage
+from smtpd.mail.envelope import Recipient
+from smtpd.mail.source import CHUNK_SIZE, BytesSource
+from tests.inbound import SMTPServerFixture, make_config
+from tests.support import SinkScript, start_smtp_sink
+
+MESSAGE = b"Subject: chunks\r\n\r\n.a dot line\r\n.\r\nbare\nend\r\n"
+
+
+class BdatChunkerTests(unittest.TestCase):
+    """L{BdatChunker}: exact BDAT commands, no dot-stuffing."""
+
+    def test_chunks(self) -> None:
+        """Each piece gets its exact size; the last is BDAT 0 LAST; bare LF becomes CRLF."""
+        chunker = BdatChunker()
+        self.assertEqual(chunker.feed(b".x\r\n"), b"BDAT 4\r\n.x\r\n")
+        self.assertEqual(chunker.feed(b"a\nb\r"), b"BDAT 4\r\na\r\nb")
+        self.assertEqual(chunker.feed(b""), b"")
+        self.assertEqual(chunker.finish(), b"BDAT 2 LAST\r\n\r\n")
+
+    def test_final_newline(self) -> None:
+        """A message without a final CRLF gets one in the LAST chunk; none is doubled."""
+        chunker = BdatChunker()
+        chunker.feed(b"no newline")
+        self.assertEqual(chunker.finish(), b"BDAT 2 LAST\r\n\r\n")
+        chunker = BdatChunker()
+        chunker.feed(b"line\r\n")
+        self.assertEqual(chunker.finish(), b"BDAT 0 LAST\r\n")
+
+
+class ClientBdatTests(unittest.TestCase):
+    """L{RelayClient} with BDAT toward a host that offers CHUNKING."""
+
+    async def connect(self, host: str, port: int) -> RelayClient:
+        client = RelayClient("relay.ours.test", f"sink.test [{host}]", reactor, 30)
+        await connectProtocol(TCP4ClientEndpoint(reactor, host, port), client)
+        self.addCleanup(client.quit)
+        await client.ready
+        return client
+
+    def message(self, data: bytes, *addresses: str) -> OutboundMessage:
+        recipients = tuple(Recipient(a) for a in addresses or ("b@example.test",))
+        return OutboundMessage("a@ours.test", recipients, BytesSource(data))
+
+    async def test_streamed_chunks(self) -> None:
+        """
+        A message of two and a bit source chunks goes as BDAT chunks of those
+        sizes, then BDAT 0 LAST: stored exactly (no dot-stuffing, the bare LF
+        made CRLF), MAIL and RCPTs pipelined, no DATA.
+        """
+        sink = start_smtp_sink(self, "127.0.0.2", script=SinkScript(chunking=True))
+        client = await self.connect(sink.host, sink.port)
+        data = b"x" * (CHUNK_SIZE - 2) + b"\r\n" + b"y" * (CHUNK_SIZE - 2) + b"\r\n" + MESSAGE
+        statuses = await client.send(self.message(data, "b@example.test", "c@example.test"))
+        self.assertEqual([(s.code, s.reply) for s in statuses],
+                         [(250, "250 2.0.0 Ok: queued")] * 2)
+        [got] = sink.messages
+        self.assertEqual(got.data, data.replace(b"bare\n", b"bare\r\n"))
+        self.assertEqual(got.chunks, [CHUNK_SIZE, CHUNK_SIZE, len(MESSAGE) + 1, 0])
+        self.assertNotIn("DATA", sink.commands)
+        self.assertIn(["MAIL FROM:<a@ours.test>", "RCPT TO:<b@example.test>",
+                       "RCPT TO:<c@example.test>"], sink.batches)
+
+    async def test_refused_chunk(self) -> None:
+        """
+        A refused chunk decides the recipients' status; the session stays in
+        sync and carries the next message.
+        """
+        script = SinkScript(chunking=True, bdat_ok="552 5.3.4 message too big")
+        sink = start_smtp_sink(self, "127.0.0.2", script=script)
+        client = await self.connect(sink.host, sink.port)
+        data = b"z" * (CHUNK_SIZE - 2) + b"\r\n" + MESSAGE
+        [status] = await client.send(self.message(data))
+        self.assertEqual((status.code, status.status), (552, "5.3.4"))
+        script.bdat_ok = "250 2.0.0 {count} octets received"
+        [status] = await client.send(self.message(MESSAGE))
+        self.assertEqual(status.code, 250)
+        self.assertEqual(sink.messages[-1].data, MESSAGE.replace(b"bare\n", b"bare\r\n"))
+
+    async def test_into_our_inbound_server(self) -> None:
+        """Our client and our inbound server speak BDAT: the message is queued byte-exact."""
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(root)
+        fixture = SMTPServerFixture(self, make_config(root))
+        port = fixture.listen()
+        client = await self.connect("127.0.0.1", port)
+        self.assertIn("CHUNKING", client.extensions)
+        data = (b"w" * 98 + b"\r\n") * 700 + MESSAGE.replace(b"bare\n", b"bare\r\n")
+        [status] = await client.send(self.message(data, "postmaster@localhost"))
+        self.assertTrue(status.reply.startswith("250 2.0.0 Ok: queued as "), status.reply)
+        stored = fixture.data(status.reply.rsplit(" ", 1)[1])
+        self.assertTrue(stored.startswith(b"Received: "))
+        self.assertTrue(stored.endswith(data))
