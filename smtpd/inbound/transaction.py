@@ -56,17 +56,10 @@ class Transaction:
             return self._reply(530, "5.7.0", "Must issue a STARTTLS command first")
         if self._user is None and (self.kind == SUBMISSION or not config.auth.anonymous):
             return self._reply(530, "5.7.0", "Authentication required")
-        if arg[:5].upper() != "FROM:":
-            return self._reply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
-        try:
-            sender, rest = address.parse_path(arg[5:].lstrip(" "), null_ok=True)
-            if rest and not self._esmtp:
-                raise address.ParameterError("parameters need EHLO", unknown=True)
-            params = address.mail_params(rest)
-        except address.AddressError as e:
-            return self._reply(501, "5.5.4", f"Bad sender address syntax: {e}")
-        except address.ParameterError as e:
-            return self._param_error(e)
+        parsed = self._path_argument(arg, "FROM:", "sender", address.mail_params)
+        if parsed is None:
+            return None
+        sender, params = parsed
         messages = config.messages
         if params.size is not None:
             if messages.max_message_size and params.size > messages.max_message_size:
@@ -85,6 +78,27 @@ class Transaction:
         limit = self.inbound.config.messages.max_session_size
         return max(0, limit - self._session_bytes) if limit else None
 
+    def _path_argument(self, arg: str, prefix: str, what: str, parse_params):
+        """
+        The path and parameters of a MAIL (C{FROM:}, C{<>} allowed) or RCPT
+        (C{TO:}) argument; L{None} after replying 501/555 when they are bad.
+        """
+        verb = "MAIL" if prefix == "FROM:" else "RCPT"
+        if arg[: len(prefix)].upper() != prefix:
+            self._reply(501, "5.5.4", f"Syntax: {verb} {prefix}<address>")
+            return None
+        try:
+            path, rest = address.parse_path(arg[len(prefix):].lstrip(" "),
+                                            null_ok=prefix == "FROM:")
+            if rest and not self._esmtp:
+                raise address.ParameterError("parameters need EHLO", unknown=True)
+            return path, parse_params(rest)
+        except address.AddressError as e:
+            self._reply(501, "5.5.4", f"Bad {what} address syntax: {e}")
+        except address.ParameterError as e:
+            self._param_error(e)
+        return None
+
     def _param_error(self, e: address.ParameterError):
         if e.unknown:
             return self._reply(555, "5.5.4", f"Error: {e}")
@@ -95,17 +109,10 @@ class Transaction:
         config = self.inbound.config
         if self._sender is None:
             return self._reply(503, "5.5.1", "Error: need MAIL command")
-        if arg[:3].upper() != "TO:":
-            return self._reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
-        try:
-            rcpt, rest = address.parse_path(arg[3:].lstrip(" "), null_ok=False)
-            if rest and not self._esmtp:
-                raise address.ParameterError("parameters need EHLO", unknown=True)
-            params = address.rcpt_params(rest)
-        except address.AddressError as e:
-            return self._reply(501, "5.5.4", f"Bad recipient address syntax: {e}")
-        except address.ParameterError as e:
-            return self._param_error(e)
+        parsed = self._path_argument(arg, "TO:", "recipient", address.rcpt_params)
+        if parsed is None:
+            return None
+        rcpt, params = parsed
         if len(self._rcpts) >= config.messages.max_recipients > 0:
             return self._reply(452, "4.5.3", "Error: too many recipients")
         resolver = self.inbound.recipients
