@@ -278,6 +278,10 @@ class SlowClientTests(AccessTestsMixin, unittest.TestCase):
                     client.send(b"X")
             await deferLater(reactor, 0, lambda: None)
             fixture.clock.advance(3)
+            # Let the 421s just written reach the clients before the next
+            # trickle byte: a byte sent into a connection the server has
+            # closed draws a TCP reset, which can discard an unread reply.
+            await deferLater(reactor, 0.01, lambda: None)
         await defer.gatherResults([c.lost for c in slow])
         for n, client in enumerate(slow):
             self.assertEqual(client.replies[-1], "421 4.4.2 Error: timeout exceeded")
