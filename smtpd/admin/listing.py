@@ -6,6 +6,8 @@ the manhole, the control socket and C{smtpctl} with the server stopped.
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterable, Mapping
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
@@ -13,6 +15,10 @@ from smtpd.mail.envelope import Envelope, valid_queue_id
 
 # How much of a message C{show} reads to find its header.
 HEADER_LIMIT = 64 * 1024
+
+# How many entries C{admin.queue()} gives when not told (a manhole screenful's
+# worth, read in a few milliseconds whatever the size of the queue).
+DEFAULT_PAGE = 100
 
 
 def entry(envelope: Envelope, state: str | None = None) -> dict:
@@ -33,6 +39,39 @@ def entry(envelope: Envelope, state: str | None = None) -> dict:
             for r in envelope.recipients
         ],
     }
+
+
+def select(ids: Iterable[str], limit: int | None, offset: int = 0,
+           after: str | None = None) -> list[str]:
+    """
+    One page of queue ids in id order (ids sort by arrival second): those
+    after C{after} (a cursor: the last id of the previous page), then
+    C{offset} skipped, then at most C{limit} (all when L{None}).
+    """
+    if after is not None:
+        ids = (i for i in ids if i > after)
+    if limit is None:
+        return sorted(ids)[offset:]
+    # The first offset + limit of a big queue without sorting all of it.
+    return heapq.nsmallest(offset + limit, ids)[offset:]
+
+
+def page(queue, states: Mapping[str, str | None], limit: int | None, offset: int = 0,
+         after: str | None = None) -> list[dict]:
+    """
+    The L{entry} of each queue entry of one page (L{select}) of C{states}
+    (queue id -> the state the queue manager knows, or None), its envelope
+    read from C{queue}. An entry gone meanwhile is replaced by the next one,
+    so a page shorter than C{limit} is the last. Blocking: run in a thread.
+    """
+    found: list[dict] = []
+    while True:
+        wanted = None if limit is None else limit - len(found)
+        chosen = select(states, wanted, offset, after)
+        found.extend(entry(e, states.get(e.id)) for e in queue.envelopes(chosen))
+        if wanted is None or len(chosen) < wanted or len(found) >= limit:
+            return found
+        after, offset = chosen[-1], 0
 
 
 def detail(envelope: Envelope, data_path: str, state: str | None = None) -> dict:

@@ -192,6 +192,10 @@ class QueueManager(Service):
         """How many entries are queued, deferred and held."""
         return self.operations.summary()
 
+    def snapshot(self) -> dict[str, str | None]:
+        """Every entry id with its state, a copy (L{Scheduler.snapshot})."""
+        return self.scheduler.snapshot()
+
     def list(self, offset: int = 0, limit: int = 100) -> Deferred[list[EntrySummary]]:
         """One page of entry summaries read from disk (L{Operations.list})."""
         return Deferred.fromCoroutine(self.operations.list(offset, limit))

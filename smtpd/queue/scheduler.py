@@ -64,6 +64,8 @@ class Scheduler:
         # Envelopes of entries just stored, as stored: the first attempt
         # needs no disk read (copies: the caller's object may change).
         self._fresh: dict[str, Envelope] = {}
+        # Entries found at start whose envelopes are still being read.
+        self._unread: set[str] = set()
 
     # -- start and stop
 
@@ -75,6 +77,7 @@ class Scheduler:
         self._attempt = attempt
         self.load([])
         ids = self.queue.recover()
+        self._unread = set(ids)
         self.loading = Deferred.fromCoroutine(self._load_batches(ids))
         self.pump()
 
@@ -86,11 +89,14 @@ class Scheduler:
         still being read.
         """
         for start in range(0, len(ids), LOAD_BATCH):
+            batch = ids[start:start + LOAD_BATCH]
             try:
-                entries = await self.queue.read_schedule(ids[start:start + LOAD_BATCH])
+                entries = await self.queue.read_schedule(batch)
             except Exception:
                 self._errors.failure("Cannot read the queue at start")
+                self._unread.clear()
                 return
+            self._unread.difference_update(batch)
             if not self.running:
                 return
             self.add(entries)
@@ -194,6 +200,16 @@ class Scheduler:
     def ids(self) -> list[str]:
         """Every known entry id, sorted (ids sort roughly by arrival)."""
         return sorted(self._states)
+
+    def snapshot(self) -> dict[str, str | None]:
+        """
+        A copy of every entry id with its state, for listings: entries found
+        at start whose envelopes are still being read have L{None} (the state
+        stored in the envelope is the one in force).
+        """
+        found: dict[str, str | None] = dict.fromkeys(self._unread)
+        found.update(self._states)
+        return found
 
     def counts(self) -> dict[str, int]:
         """How many entries are queued, deferred and held."""
