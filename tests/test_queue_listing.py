@@ -18,6 +18,7 @@ from twisted.trial import unittest
 from smtpd.admin.api import Admin, AdminError, Server
 from smtpd.admin.listing import DEFAULT_PAGE
 from smtpd.mail.envelope import Envelope, Recipient
+from smtpd.queue.index import QueueIndex
 from tests.admin_support import short_root, write_ini
 from tests.test_control import Ctl, ini, start
 from tests.test_qmgr import QueueManagerMixin, T0
@@ -47,6 +48,25 @@ def write_entries(folder: str, count: int, now: float, first: int = 0) -> list[s
             f.write(envelope.to_json())
         ids.append(queue_id)
     return sorted(ids)
+
+
+class QueueIndexTests(unittest.TestCase):
+    """The sorted ids behind a page."""
+
+    def test_pages_by_bisection(self):
+        """Ids stay sorted and unique as they come and go; pages start after a cursor."""
+        index = QueueIndex(["C", "A", "E"])
+        for queue_id in ("B", "F", "A"):
+            index.add(queue_id)
+        index.discard("E")
+        index.discard("Z")
+        self.assertEqual(index.all(), ["A", "B", "C", "F"])
+        self.assertEqual(index.page(2), ["A", "B"])
+        self.assertEqual(index.page(2, after="B"), ["C", "F"])
+        self.assertEqual(index.page(2, after="BB"), ["C", "F"])
+        self.assertEqual(index.page(None, offset=1, after="A"), ["C", "F"])
+        self.assertEqual(index.page(5, after="F"), [])
+        self.assertEqual(len(index), 4)
 
 
 class _NoSessions:

@@ -141,8 +141,21 @@ class Admin:
         envelopes are read from disk in a thread.
         """
         limit, offset, after = _page_arguments(limit, offset, after)
+        return Deferred.fromCoroutine(self._page(limit, offset, after))
+
+    async def _page(self, limit: int | None, offset: int, after: str | None) -> list[dict]:
+        # The ids come from the scheduler's index (no disk, no scan); an entry
+        # gone before its envelope is read is replaced by the next one, so a
+        # page shorter than the limit is the last.
         s = self._server
-        return s.run_blocking(listing.page, s.queue, s.qmgr.snapshot(), limit, offset, after)
+        found: list[dict] = []
+        while True:
+            wanted = None if limit is None else limit - len(found)
+            chosen = s.qmgr.page(wanted, offset, after)
+            found.extend(await s.run_blocking(listing.entries, s.queue, chosen))
+            if wanted is None or len(chosen) < wanted or len(found) >= limit:
+                return found
+            after, offset = chosen[-1][0], 0
 
     def show(self, id: str) -> Deferred[dict]:
         """

@@ -6,8 +6,7 @@ the manhole, the control socket and C{smtpctl} with the server stopped.
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Sequence
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
@@ -41,37 +40,14 @@ def entry(envelope: Envelope, state: str | None = None) -> dict:
     }
 
 
-def select(ids: Iterable[str], limit: int | None, offset: int = 0,
-           after: str | None = None) -> list[str]:
+def entries(queue, chosen: Sequence[tuple[str, str | None]]) -> list[dict]:
     """
-    One page of queue ids in id order (ids sort by arrival second): those
-    after C{after} (a cursor: the last id of the previous page), then
-    C{offset} skipped, then at most C{limit} (all when L{None}).
+    The L{entry} of each C{(queue id, state known or None)} of C{chosen}, its
+    envelope read from C{queue}, in that order; an entry gone meanwhile is
+    left out. Blocking: run in a thread.
     """
-    if after is not None:
-        ids = (i for i in ids if i > after)
-    if limit is None:
-        return sorted(ids)[offset:]
-    # The first offset + limit of a big queue without sorting all of it.
-    return heapq.nsmallest(offset + limit, ids)[offset:]
-
-
-def page(queue, states: Mapping[str, str | None], limit: int | None, offset: int = 0,
-         after: str | None = None) -> list[dict]:
-    """
-    The L{entry} of each queue entry of one page (L{select}) of C{states}
-    (queue id -> the state the queue manager knows, or None), its envelope
-    read from C{queue}. An entry gone meanwhile is replaced by the next one,
-    so a page shorter than C{limit} is the last. Blocking: run in a thread.
-    """
-    found: list[dict] = []
-    while True:
-        wanted = None if limit is None else limit - len(found)
-        chosen = select(states, wanted, offset, after)
-        found.extend(entry(e, states.get(e.id)) for e in queue.envelopes(chosen))
-        if wanted is None or len(chosen) < wanted or len(found) >= limit:
-            return found
-        after, offset = chosen[-1], 0
+    states = dict(chosen)
+    return [entry(e, states[e.id]) for e in queue.envelopes([i for i, _ in chosen])]
 
 
 def detail(envelope: Envelope, data_path: str, state: str | None = None) -> dict:

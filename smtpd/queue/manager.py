@@ -192,9 +192,10 @@ class QueueManager(Service):
         """How many entries are queued, deferred and held."""
         return self.operations.summary()
 
-    def snapshot(self) -> dict[str, str | None]:
-        """Every entry id with its state, a copy (L{Scheduler.snapshot})."""
-        return self.scheduler.snapshot()
+    def page(self, limit: int | None, offset: int = 0,
+             after: str | None = None) -> list[tuple[str, str | None]]:
+        """One page of entry ids in order, each with its state (L{Scheduler.page})."""
+        return self.scheduler.page(limit, offset, after)
 
     def list(self, offset: int = 0, limit: int = 100) -> Deferred[list[EntrySummary]]:
         """One page of entry summaries read from disk (L{Operations.list})."""
