@@ -169,6 +169,15 @@ class PolicyRelayTests(unittest.TestCase):
         self.assertEqual(len(self.sinks[1].messages), 1)
         self.assertEqual([o.result for o in self.outcomes], [CERTIFICATE_HOST_MISMATCH, SUCCESS])
 
+    async def test_policy_remembered(self) -> None:
+        """A second message to the domain within a minute asks neither DNS nor HTTPS again."""
+        self.page.body = policy_text("enforce", "mx1.example.test")
+        self.serve_dns()
+        relay = self.relay()
+        for _ in range(2):
+            self.assertEqual((await self.send(relay)).tls_policy, "sts-enforce")
+        self.assertEqual((self.dns.query_count("TXT"), len(self.page.requests)), (1, 1))
+
     async def test_sts_off(self) -> None:
         """With mta_sts = no the policy is not even fetched: the MX gets the mail as today."""
         self.page.body = policy_text("enforce", "mx9.example.test")

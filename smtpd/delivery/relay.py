@@ -184,9 +184,6 @@ class RelayManager:
         eight_bit = envelope.body.upper() == "8BITMIME"
         if groups and not eight_bit:
             eight_bit = await self._run(has_8bit, message)
-        # RFC 8689 5: with REQUIRETLS a TLS-Required header field is ignored.
-        tls_optional = bool(groups) and not envelope.requiretls and await self._run(
-            tls_not_required, message)
         jobs = []
         for route, indexes in groups.items():
             outbound = OutboundMessage(
@@ -197,7 +194,6 @@ class RelayManager:
                 envid=envelope.envid,
                 eight_bit=eight_bit,
                 requiretls=envelope.requiretls,
-                tls_optional=tls_optional,
             )
             jobs.append(Deferred.fromCoroutine(self._deliverGroup(envelope.id, route, outbound)))
         results = await gatherResults(jobs) if jobs else []
@@ -261,8 +257,14 @@ class RelayManager:
         except DNSError as e:
             return [route_status(r, e, "") for r in message.recipients], e
         sts = None
-        if route.kind == "mx" and not message.tls_optional:
+        if route.kind == "mx":
             sts = await self._policies.domain_policy(self._config, route.destination)
+            # RFC 8689 5: TLS-Required: No (read only when a policy may apply;
+            # with REQUIRETLS the header field is ignored).
+            if ((sts is not None or self._config.delivery.dnssec == "trust-ad")
+                    and not message.requiretls
+                    and await self._run(tls_not_required, message.source)):
+                sts, message = None, replace(message, tls_optional=True)
         temporary: tuple[SessionError, str] | None = None
         permanent: tuple[SessionError, str] | None = None
         policies: dict[str, HostPolicy] = {}
