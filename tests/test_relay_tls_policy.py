@@ -167,7 +167,8 @@ class PolicyRelayTests(unittest.TestCase):
         status = await self.send(self.relay())
         self.assertEqual((status.code, status.tls_policy), (250, "sts-testing"))
         self.assertEqual(len(self.sinks[1].messages), 1)
-        self.assertEqual([o.result for o in self.outcomes], [CERTIFICATE_HOST_MISMATCH, SUCCESS])
+        # Only the failure counts for the policy: the usual delivery was not verified.
+        self.assertEqual([o.result for o in self.outcomes], [CERTIFICATE_HOST_MISMATCH])
 
     async def test_policy_remembered(self) -> None:
         """A second message to the domain within a minute asks neither DNS nor HTTPS again."""
@@ -177,6 +178,14 @@ class PolicyRelayTests(unittest.TestCase):
         for _ in range(2):
             self.assertEqual((await self.send(relay)).tls_policy, "sts-enforce")
         self.assertEqual((self.dns.query_count("TXT"), len(self.page.requests)), (1, 1))
+
+    async def test_sts_testing_mx_not_listed(self) -> None:
+        """Under a testing policy an MX host it does not list still gets the message."""
+        self.page.body = policy_text("testing", "mx9.example.test")
+        self.serve_dns()
+        status = await self.send(self.relay())
+        self.assertEqual((status.code, status.tls_policy), (250, "sts-testing"))
+        self.assertEqual([o.result for o in self.outcomes], [VALIDATION_FAILURE])
 
     async def test_sts_off(self) -> None:
         """With mta_sts = no the policy is not even fetched: the MX gets the mail as today."""
