@@ -230,10 +230,17 @@ class PolicyRelayTests(unittest.TestCase):
         self.zone["_mta-sts.example.test"] = [txt("v=STSv1; id=20261202")]
         self.zone["example.test"] = [mx(10, "mx2.example.test")]
         self.serve_dns()
+        self.outcomes.clear()
         status = await self.send(self.relay())
         self.assertEqual((status.code, status.status, status.tls_policy),
                          (451, "4.7.5", "sts-enforce"))
         self.assertEqual(len(self.page.requests), 2)
+        # The failed fetch is reported, with the policy that went on applying.
+        fetch, refused = self.outcomes
+        self.assertEqual((fetch.policy_type, fetch.result, fetch.mx_host, fetch.mode),
+                         (POLICY_STS, "sts-policy-fetch-error", "", "enforce"))
+        self.assertIn("mx: mx1.example.test", fetch.policy_strings)
+        self.assertEqual(refused.result, VALIDATION_FAILURE)
 
     # ------------------------------------------------------------ DANE
 
