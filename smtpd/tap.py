@@ -61,6 +61,7 @@ from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION
 from smtpd.queue.manager import QueueManager
 from smtpd.queue.store import Queue
 from smtpd.delivery.relay import RelayManager
+from smtpd.delivery.tlspolicy import tls_policies
 from smtpd.directory.accounts import Users, UsersError
 
 log = Logger()
@@ -271,8 +272,9 @@ def build(config: Config, reactor) -> service.MultiService:
             listeners.append(Listener(reactor, description, factory, config.access.proxy_from))
 
     mx = MXResolver(resolver, reactor, config.server.hostname)
+    policies = tls_policies(config, resolver, reactor, mailauth_pool.runner(reactor))
     relay = RelayManager(config, reactor, mx, local_endpoints=group.addresses,
-                         run_blocking=run_blocking)
+                         run_blocking=run_blocking, policies=policies)
     lmtp = lmtp_agent(config, reactor)
     qmgr = QueueManager(
         config,
