@@ -39,6 +39,9 @@ class Recipient:
     @ivar status: the RFC 3463 status of the last attempt (C{"4.4.1"}), or "".
     @ivar remote_mta: the host that gave C{last_reply}, or "".
     @ivar notified_delay: whether a "delayed" DSN was sent for this recipient.
+    @ivar host: the other host that holds this recipient's mailbox, as the
+        directory said at RCPT (its host attribute), or "": the queue sends
+        the recipient there instead of delivering it here.
     """
 
     address: str
@@ -49,6 +52,7 @@ class Recipient:
     status: str = ""
     remote_mta: str = ""
     notified_delay: bool = False
+    host: str = ""
 
 
 @dataclass
