@@ -222,6 +222,8 @@ def add_directory(top, config: Config, reactor, inbound: Inbound,
     directory = LDAPDirectory(config.directory, reactor, server_for(config.directory))
     inbound.directory = directory
     inbound.recipients = RecipientResolver(config, directory)
+    if getattr(top, "pop3", None) is not None:
+        top.pop3.directory = directory
     qmgr.users = EVERYONE
     ClosingService(directory).setServiceParent(top)
     return directory
@@ -297,7 +299,7 @@ def build(config: Config, reactor) -> service.MultiService:
     InboundService(inbound, activity).setServiceParent(top)
     top.pickup = add_pickup(top, config, cleanup, reactor, run_blocking)
     top.pop3 = add_pop3(listeners, config, reactor, users, auth_pool.runner(reactor),
-                        run_blocking, tls_options, activity)
+                        run_blocking, tls_options, activity, throttle=inbound.throttle)
     admin = AdministrationService(
         config, reactor, qmgr=qmgr, queue=queue, inbound=inbound, relay=relay,
         activity=activity, run_blocking=run_blocking, server_tls=tls_options,
@@ -324,14 +326,15 @@ def build(config: Config, reactor) -> service.MultiService:
 
 
 def add_pop3(listeners: list[Listener], config: Config, reactor, users, check_passwords,
-             run_blocking, tls_options, activity) -> POP3Server:
+             run_blocking, tls_options, activity, throttle=None) -> POP3Server:
     """
     The POP3 service ([pop3] listen and pop3s): its listeners join
     C{listeners}, bound with the others. Password checks share the AUTH
-    threads, mailbox scans the disk threads; [access] allow/deny apply as for SMTP.
+    threads, mailbox scans the disk threads; [access] allow/deny apply as for
+    SMTP, and failed logins count in SMTP AUTH's C{throttle}.
     """
     pop3 = POP3Server(config, users, reactor, check_passwords, run_blocking,
-                      tls_options, activity, may_connect=may_connect)
+                      tls_options, activity, may_connect=may_connect, throttle=throttle)
     for endpoints, implicit_tls in ((config.pop3.listen, False), (config.pop3.pop3s, True)):
         for description in endpoints:
             listeners.append(Listener(reactor, description, pop3.factory(implicit_tls),
