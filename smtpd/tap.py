@@ -42,7 +42,6 @@ from smtpd.config import Config, ConfigError, load_config
 from smtpd.delivery.drop import DropDelivery
 from smtpd.delivery.lmtp import LMTPDelivery
 from smtpd.admin.directory import DirectorySwitch
-from smtpd.directory.ldap import LDAPDirectory
 from smtpd.delivery.maildir import MaildirDelivery
 from smtpd.config.preflight import creates_certificate, preflight
 from smtpd.service.listeners import Listener, ListenerGroup, StartupError
@@ -211,17 +210,15 @@ class ClosingService(service.Service):
         return self.part.stop()
 
 
-def add_directory(top, config: Config, switch: DirectorySwitch) -> LDAPDirectory | None:
+def add_directory(top, config: Config, switch: DirectorySwitch) -> None:
     """
     With [directory] url set: the LDAP directory answers RCPT (through a
     L{RecipientResolver}), AUTH and POP3 logins, and the queue routes the
     recipients it vouched for without etc/users; C{switch} replaces it on
-    reload. Returns the directory, or None.
+    reload (its C{current} is the one in use) and closes it at stop.
     """
-    directory = switch.prepare(config)
-    switch.use(directory, config)
+    switch.use(switch.prepare(config), config)
     ClosingService(switch).setServiceParent(top)
-    return directory
 
 
 def build(config: Config, reactor) -> service.MultiService:
@@ -312,7 +309,8 @@ def build(config: Config, reactor) -> service.MultiService:
                      for description, factory in web.listening)
     SignalService(reactor, admin.reload, activity.reopen).setServiceParent(top)
     group.setServiceParent(top)
-    top.directory = add_directory(top, config, directory_switch)
+    add_directory(top, config, directory_switch)
+    top.directory = directory_switch
     top.inbound = inbound
     top.qmgr = qmgr
     top.admin = admin

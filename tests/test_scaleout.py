@@ -23,6 +23,7 @@ import smtplib
 import time
 
 from twisted.internet import reactor, threads
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.trial import unittest
 
@@ -30,8 +31,13 @@ from tests import support
 from tests.dovecot import DOVECOT_MISSING, start_dovecot
 from tests.engines import skip_unless
 from tests.postfix import POSTFIX_MISSING
-from tests.scaleout import common_free_port, make_node, namespaced_postfix, \
-    private_loopback, tally
+from tests.scaleout import (
+    common_free_port,
+    make_node,
+    namespaced_postfix,
+    private_loopback,
+    tally,
+)
 from tests.slapd import SLAPD_MISSING, start_slapd
 from tests.test_e2e import eventually
 
@@ -68,7 +74,6 @@ def inject(port: int, count: int, pause: float) -> int:
 
 async def sleep(seconds: float) -> None:
     """Wait on the reactor."""
-    from twisted.internet.task import deferLater
     await deferLater(reactor, seconds, lambda: None)
 
 
