@@ -71,10 +71,11 @@ class Reloader:
     @param mx: the relay's L{MXResolver}: it gets a new resolver for
         C{[delivery] dns_servers} (or C{/etc/resolv.conf}) as they are now.
     @param reactor: for that resolver.
+    @param dns_lookups: the L{DNSLookups} that resolver reports its queries to.
     """
 
     def __init__(self, config: Config, *, inbound, qmgr, relay, activity, server_tls=None,
-                 configured=(), mx=None, reactor=None):
+                 configured=(), mx=None, reactor=None, dns_lookups=None):
         self.config = config
         self.inbound = inbound
         self.qmgr = qmgr
@@ -84,6 +85,7 @@ class Reloader:
         self.configured = list(configured)
         self.mx = mx
         self.reactor = reactor
+        self.dns_lookups = dns_lookups
 
     def reload(self) -> dict:
         """
@@ -169,6 +171,7 @@ class Reloader:
             if hasattr(part, "users"):
                 part.users = users
         if self.mx is not None:
-            self.mx.use_resolver(make_resolver(new.delivery.dns_servers, self.reactor))
+            self.mx.use_resolver(make_resolver(new.delivery.dns_servers, self.reactor,
+                                             lookups=self.dns_lookups))
         if options is not None:
             self.server_tls.options = options

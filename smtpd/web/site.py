@@ -28,7 +28,7 @@ from smtpd.admin.operators import OperatorChecker, OperatorsError, is_loopback
 from smtpd.admin.operators import read_operators
 from smtpd.web.history import History
 from smtpd.web.login import WebSessions
-from smtpd.web.metrics import ReactorLag, registry
+from smtpd.web.metrics import DNSLatency, ReactorLag, registry
 from smtpd.web.routes import Handler
 
 
@@ -61,19 +61,26 @@ class WebService(service.Service):
     The [http] part of the service tree: samples the reactor's lag and the
     charts' history while the server runs. Its listeners (L{listening}) are bound with the others.
 
+    @param dns_lookups: the L{smtpd.delivery.dnstiming.DNSLookups} of the
+        server's resolver: the DNS latency histogram subscribes to it while
+        the service runs (None: no DNS metrics).
     @ivar listening: C{(endpoint, factory)} pairs, one per C{[http] listen}.
     @raise WebError: see L{check}.
     """
 
-    def __init__(self, config, server, clock, run_blocking, tls_options, listeners):
+    def __init__(self, config, server, clock, run_blocking, tls_options, listeners,
+                 dns_lookups=None):
         problems = check(config)
         if problems:
             raise WebError("\n".join(problems))
         self.lag = ReactorLag(clock)
         self.history = History(clock, Admin(server, "web").status)
+        metrics = registry(server, self.lag)
+        self.dns_latency = DNSLatency(metrics)
+        self.dns_lookups = dns_lookups
         shared = Shared(config, server, clock, run_blocking, listeners,
                         WebSessions(OperatorChecker(config.manhole.users, run_blocking), clock),
-                        registry(server, self.lag), self.history)
+                        metrics, self.history)
         self.shared = shared
         self.listening = []
         for description in config.http.listen:
@@ -84,8 +91,13 @@ class WebService(service.Service):
             self.listening.append((description, factory))
 
     def startService(self):
-        """Start sampling the reactor's lag and the charts (only when there is a listener)."""
+        """
+        Start sampling the reactor's lag and the charts, and observing DNS
+        lookups (only when there is a listener).
+        """
         service.Service.startService(self)
+        if self.listening and self.dns_lookups is not None:
+            self.dns_lookups.subscribe(self.dns_latency.observe)
         if self.listening:
             self.lag.start()
             self.history.start()
@@ -93,6 +105,8 @@ class WebService(service.Service):
     def stopService(self):
         """Stop sampling."""
         service.Service.stopService(self)
+        if self.dns_lookups is not None:
+            self.dns_lookups.unsubscribe(self.dns_latency.observe)
         self.lag.stop()
         self.history.stop()
 
