@@ -316,7 +316,11 @@ def build(config: Config, reactor) -> service.MultiService:
     # The [http] listeners too (TLS beyond loopback).
     listeners.extend(Listener(reactor, description, factory)
                      for description, factory in web.listening)
-    SignalService(reactor, admin.reload, activity.reopen).setServiceParent(top)
+    def reopen_logs() -> None:
+        activity.reopen()
+        web.reopen()
+
+    SignalService(reactor, admin.reload, reopen_logs).setServiceParent(top)
     group.setServiceParent(top)
     top.directory = add_directory(top, config, reactor, inbound, qmgr)
     top.inbound = inbound

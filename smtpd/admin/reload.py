@@ -25,7 +25,7 @@ log = Logger(namespace="smtpd.admin")
 AT_RESTART = frozenset({
     "server.listen", "server.submission", "server.smtps", "server.mailroot",
     "manhole.telnet", "manhole.ssh", "manhole.users", "manhole.ssh_key_dir",
-    "http.listen", "http.login",
+    "http.listen", "http.login", "http.access_log",
     "logging.path", "logging.format", "logging.rotate", "logging.rotate_size",
 })
 

@@ -26,6 +26,7 @@ from twisted.web import resource, server as web_server
 from smtpd.admin.api import Admin
 from smtpd.admin.operators import OperatorChecker, OperatorsError, is_loopback
 from smtpd.admin.operators import read_operators
+from smtpd.web.access import AccessLog, QuietSite
 from smtpd.web.history import History
 from smtpd.web.login import WebSessions
 from smtpd.web.metrics import DNSLatency, ReactorLag, registry
@@ -73,19 +74,25 @@ class WebService(service.Service):
         problems = check(config)
         if problems:
             raise WebError("\n".join(problems))
+        self.access = None
+        if config.http.access_log:
+            self.access = AccessLog(config.http.access_log, clock, config.logging.rotate,
+                                    config.logging.rotate_size)
         self.lag = ReactorLag(clock)
         self.history = History(clock, Admin(server, "web").status)
         metrics = registry(server, self.lag)
         self.dns_latency = DNSLatency(metrics)
         self.dns_lookups = dns_lookups
         shared = Shared(config, server, clock, run_blocking, listeners,
-                        WebSessions(OperatorChecker(config.manhole.users, run_blocking), clock),
-                        metrics, self.history)
+                        WebSessions(OperatorChecker(config.manhole.users, run_blocking,
+                                                    kind="web", log_success=False), clock),
+                        metrics, self.history, self.access)
         self.shared = shared
         self.listening = []
         for description in config.http.listen:
             loopback = is_loopback(description)
-            site = web_server.Site(Root(shared, need_login=config.http.login or not loopback))
+            site = QuietSite(Root(shared, need_login=config.http.login or not loopback),
+                             self.access)
             site.displayTracebacks = False
             factory = site if loopback else TLSMemoryBIOFactory(tls_options, False, site)
             self.listening.append((description, factory))
@@ -96,11 +103,18 @@ class WebService(service.Service):
         lookups (only when there is a listener).
         """
         service.Service.startService(self)
+        if self.listening and self.access is not None:
+            self.access.open()
         if self.listening and self.dns_lookups is not None:
             self.dns_lookups.subscribe(self.dns_latency.observe)
         if self.listening:
             self.lag.start()
             self.history.start()
+
+    def reopen(self) -> None:
+        """Go on in a new access log file (SIGUSR1, after logrotate renamed it)."""
+        if self.access is not None and self.running:
+            self.access.reopen()
 
     def stopService(self):
         """Stop sampling."""
@@ -109,13 +123,18 @@ class WebService(service.Service):
             self.dns_lookups.unsubscribe(self.dns_latency.observe)
         self.lag.stop()
         self.history.stop()
+        if self.access is not None:
+            self.access.close()
 
 
 class Shared:
-    """What every [http] site reads: the admin server, sessions, metrics, readiness inputs."""
+    """
+    What every [http] site reads: the admin server, sessions, metrics,
+    readiness inputs, and the access log (or None).
+    """
 
     def __init__(self, config, server, clock, run_blocking, listeners, sessions, metrics,
-                 history):
+                 history, access=None):
         self.config = config
         self.server = server
         self.clock = clock
@@ -124,6 +143,12 @@ class Shared:
         self.sessions = sessions
         self.metrics = metrics
         self.history = history
+        self.access = access
+
+    def identify(self, request, operator: str) -> None:
+        """C{request} is made by C{operator}: its access log line says so."""
+        if self.access is not None:
+            self.access.identify(request, operator)
 
 
 class Root(resource.Resource):
