@@ -51,7 +51,10 @@ class TimedResolverTests(unittest.TestCase):
         self.assertTrue(verifyObject(IResolver, self.resolver))
 
     def test_answer_timed_by_clock(self):
-        """A query answered 0.25 s later is reported once: its type, answer, 0.25 s; the answer passes."""
+        """
+        A query answered 0.25 s later is reported once (its type, answer,
+        0.25 s), and the answer passes through.
+        """
         d = self.resolver.query(dns.Query("example.test", dns.TXT))
         self.clock.advance(0.25)
         self.assertEqual(self.reports, [])
@@ -75,7 +78,10 @@ class TimedResolverTests(unittest.TestCase):
         self.assertEqual(self.inner.asked[0], ("lookupMailExchange", "example.test"))
 
     def test_unsubscribed_and_failing_observers(self):
-        """An observer that raises is logged and the others still hear; one unsubscribed hears nothing."""
+        """
+        An observer that raises is logged and the others still hear; one
+        unsubscribed hears nothing.
+        """
         def broken(*report):
             raise RuntimeError("observer bug")
 

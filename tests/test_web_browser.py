@@ -7,8 +7,10 @@ Selenium blocks, so the browser is driven from a thread while the reactor
 serves the page. Every wait is on a real condition (the old page gone and the
 new one loaded, the server's state reached) with a bound far above what a
 loaded machine needs: on 2 busy cores (load average 20) one run took 50 s,
-each page about 3.5 s, where an idle machine takes 10 s in all. With C{SMTPD_SCREENSHOT=docs/status-page.png} the screenshot
-is written there (the README shows it); else into the test's folder.
+each page about 3.5 s, where an idle machine takes 10 s in all.
+
+With C{SMTPD_SCREENSHOT=docs/status-page.png} the screenshot is written
+there (the README shows it); else into the test's folder.
 """
 
 from __future__ import annotations

@@ -94,6 +94,8 @@ class MetricsTests(unittest.TestCase):
         self.assertEqual(moved("smtpd_auth_total", result="failure"), 0)
         self.assertIn(("smtpd_sessions_open", ()), after)
         self.assertIn(("smtpd_reactor_lag_seconds", ()), after)
+        self.assertGreaterEqual(after[("smtpd_reactor_lag_max_seconds", ())],
+                                after[("smtpd_reactor_lag_seconds", ())])
         self.assertGreater(after[("process_resident_memory_bytes", ())], 0)
         self.assertGreater(after[("process_open_fds", ())], 0)
         self.assertEqual(len(sink.messages), 1)
@@ -222,10 +224,12 @@ class DNSMetricsTests(unittest.TestCase):
         self.assertEqual(count("MX", "servfail"), mx_queries.count("broken.test"))
         self.assertEqual(count("MX", "answer"), mx_queries.count("remote.test"))
         self.assertGreaterEqual(count("MX", "servfail"), 1)
-        total = sum(v for (name, _), v in after.items() if name == "smtpd_dns_lookup_seconds_count")
+        total = sum(v for (name, _), v in after.items()
+                    if name == "smtpd_dns_lookup_seconds_count")
         self.assertEqual(total, len(received))
         # Every query took some time, none more than the test did.
-        seconds = sum(v for (name, _), v in after.items() if name == "smtpd_dns_lookup_seconds_sum")
+        seconds = sum(v for (name, _), v in after.items()
+                      if name == "smtpd_dns_lookup_seconds_sum")
         self.assertGreater(seconds, 0)
         self.assertLess(seconds, 30)
 

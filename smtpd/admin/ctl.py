@@ -18,8 +18,8 @@ running server.
 
 The commands about the running server go through its control socket
 (L{smtpd.admin.remote}); those that read may go through the JSON API of
-C{[http]} instead (L{smtpd.admin.webclient}). Every failure is one or more lines on stderr and exit status 1, never a
-traceback; usage errors exit 2.
+C{[http]} instead (L{smtpd.admin.webclient}). Every failure is one or more
+lines on stderr and exit status 1, never a traceback; usage errors exit 2.
 """
 
 from __future__ import annotations

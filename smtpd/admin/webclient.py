@@ -51,9 +51,9 @@ class NotReadable(WebError):
 def endpoint_url(description: str) -> str | None:
     """
     The URL to reach an C{[http] listen} endpoint from this host, or None
-    (a UNIX socket, or port 0: chosen when bound): http for a loopback interface, https (the server's
-    certificate) for any other; an endpoint on every interface is asked on
-    127.0.0.1.
+    (a UNIX socket, or port 0: chosen when bound): http for a loopback
+    interface, https (the server's certificate) for any other; an endpoint
+    on every interface is asked on 127.0.0.1.
     """
     kind, bound = endpoint_parameters(description)
     if kind not in ("tcp", "ssl") or bound.get("port", "0") in ("", "0"):

@@ -133,3 +133,4 @@ def _lookup_method(method: str, rtype: int) -> Callable[..., defer.Deferred]:
 
 for _method, _rtype in LOOKUP_TYPES.items():
     setattr(TimedResolver, _method, _lookup_method(_method, _rtype))
+del _method, _rtype

@@ -91,6 +91,10 @@ class SMTPDCollector:
                                     "How late the last periodic reactor timer fired.")
             lag.add_metric([], self.lag.last)
             yield lag
+            worst = GaugeMetricFamily("smtpd_reactor_lag_max_seconds",
+                                      "The latest a periodic reactor timer fired since start.")
+            worst.add_metric([], self.lag.worst)
+            yield worst
 
     def _stats(self):
         return self.server.qmgr.results.stats
