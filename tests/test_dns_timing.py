@@ -12,7 +12,7 @@ from twisted.names import dns, error
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from smtpd.delivery.dnstiming import DNSLookups, TimedResolver, outcome
+from smtpd.delivery.dnstiming import DNSLookups, TimedResolver, TimedTLSALookup, outcome
 
 
 class WaitingResolver:
@@ -100,3 +100,37 @@ class TimedResolverTests(unittest.TestCase):
     def test_outcome_of_answer(self):
         """No failure is an answer (an empty answer too: NODATA)."""
         self.assertEqual(outcome(None), "answer")
+
+
+class WaitingTLSA:
+    """A TLSA lookup whose answers the test gives."""
+
+    def __init__(self):
+        self.pending: list[Deferred] = []
+
+    def lookup(self, host, port=25):
+        d = Deferred()
+        self.pending.append(d)
+        return d
+
+
+class TimedTLSATests(unittest.TestCase):
+    """DANE's TLSA lookups (dnspython in a thread) are reported as TLSA queries."""
+
+    def test_answer_and_error(self):
+        """
+        An answer after 2 s is reported as TLSA answer 2 s; a failure after
+        1 s as TLSA error 1 s, and the failure passes through.
+        """
+        clock, tlsa, lookups, reports = Clock(), WaitingTLSA(), DNSLookups(), []
+        lookups.subscribe(lambda *report: reports.append(report))
+        timed = TimedTLSALookup(tlsa, clock, lookups)
+        d = Deferred.fromCoroutine(timed.lookup("mx.example.test"))
+        clock.advance(2)
+        tlsa.pending[0].callback("answer")
+        self.assertEqual(self.successResultOf(d), "answer")
+        d = Deferred.fromCoroutine(timed.lookup("mx.example.test"))
+        clock.advance(1)
+        tlsa.pending[1].errback(ValueError("no server answered"))
+        self.failureResultOf(d, ValueError)
+        self.assertEqual(reports, [("TLSA", "answer", 2.0), ("TLSA", "error", 1.0)])

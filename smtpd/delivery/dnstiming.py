@@ -4,7 +4,8 @@ Every DNS query the server sends, timed. L{TimedResolver} wraps the
 twisted.names resolver that relay (MX, A, AAAA), mail authentication (TXT for
 SPF, DKIM, DMARC) and the reverse lookups of clients share, and tells the
 subscribers of a L{DNSLookups} the query type, the outcome and the seconds each
-query took. The metrics subscribe; nothing here knows about them.
+query took; L{TimedTLSALookup} does the same for DANE's TLSA lookups. The
+metrics subscribe; nothing here knows about them.
 """
 
 from __future__ import annotations
@@ -134,3 +135,30 @@ def _lookup_method(method: str, rtype: int) -> Callable[..., defer.Deferred]:
 for _method, _rtype in LOOKUP_TYPES.items():
     setattr(TimedResolver, _method, _lookup_method(_method, _rtype))
 del _method, _rtype
+
+
+class TimedTLSALookup:
+    """
+    The TLSA lookups of DANE (made with dnspython in a thread, not through
+    the twisted.names resolver), each reported to C{lookups} as a C{TLSA}
+    query: an answer (none found included), or an error when no server
+    answered.
+
+    @param tlsa: the L{smtpd.mailauth.dane.TLSALookup} asked.
+    """
+
+    def __init__(self, tlsa: Any, clock: Any, lookups: DNSLookups):
+        self.tlsa = tlsa
+        self.clock = clock
+        self.lookups = lookups
+
+    async def lookup(self, host: str, port: int = 25) -> Any:
+        """The TLSA answer for C{host} and C{port} (see L{TLSALookup.lookup}), timed."""
+        started = self.clock.seconds()
+        try:
+            answer = await self.tlsa.lookup(host, port)
+        except Exception:
+            self.lookups.report("TLSA", "error", self.clock.seconds() - started)
+            raise
+        self.lookups.report("TLSA", "answer", self.clock.seconds() - started)
+        return answer
