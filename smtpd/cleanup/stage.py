@@ -61,7 +61,8 @@ class Cleanup:
 
     def begin(self, sender: str, recipients: list[Recipient], *,
               client: ClientInfo | None, ret: str = "", envid: str = "", body: str = "",
-              room: int | None = None, normalize: bool | None = None, messages=None) -> IncomingMessage:
+              room: int | None = None, normalize: bool | None = None, messages=None,
+              smtputf8: bool = False) -> IncomingMessage:
         """
         Start a message from C{client} (L{None}: the pickup folder).
 
@@ -70,15 +71,18 @@ class Cleanup:
             C{[messages] bare_newlines}).
         @param messages: the C{[messages]} limits to apply (default: the
             current config's).
+        @param smtputf8: the client gave the SMTPUTF8 parameter (RFC 6531).
         """
         messages = messages if messages is not None else self.config.messages
         if normalize is None:
             normalize = messages.bare_newlines == "normalize"
-        rules = MessageRules(messages.max_message_size, room, normalize, messages.max_hop_count)
+        binary = body.upper() == "BINARYMIME"
+        rules = MessageRules(messages.max_message_size, room, normalize and not binary,
+                             messages.max_hop_count, binary=binary)
         now = self.clock.seconds()
         envelope = Envelope(
             id=self.queue.new_id(), sender=sender, recipients=recipients, arrival=now,
-            next_attempt=now, ret=ret, envid=envid, body=body,
+            next_attempt=now, ret=ret, envid=envid, body=body, smtputf8=smtputf8,
             client=PICKUP_CLIENT if client is None else f"{client.helo} [{client.ip}]",
         )
         spool = Spool(self.queue.directory, self.run_blocking, self.threshold)
