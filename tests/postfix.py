@@ -149,7 +149,8 @@ class PostfixInstance:
         @param folder: an empty folder the instance owns (made if missing).
         @param hostname: myhostname (its EHLO name and banner).
         @param relay: where mail for other domains goes: a port on 127.0.0.1
-            or a C{host:port}; C{None} leaves relayhost empty.
+            or a C{host:port}; C{None} leaves relayhost empty. The attribute
+            C{relay} (C{host:port}) may be changed until L{start}.
         @param mailboxes: domain -> local parts delivered to virtual Maildirs.
         @param settings: main.cf parameters added or overriding the defaults.
         """
@@ -323,14 +324,22 @@ class PostfixInstance:
             os.kill(master, signal.SIGKILL)
 
 
-def start_postfix(case, **options) -> PostfixInstance:
+def postfix_instance(case, **options) -> PostfixInstance:
     """
-    A started L{PostfixInstance} in a new temporary folder, stopped and the
-    folder removed at C{case}'s cleanup; C{options} as for L{PostfixInstance}.
+    A L{PostfixInstance} in a new temporary folder, not started yet (its
+    L{PostfixInstance.port} is known, so a peer can be set up to reach it
+    first), stopped and the folder removed at C{case}'s cleanup; C{options}
+    as for L{PostfixInstance}.
     """
     folder = tempfile.mkdtemp(prefix="postfix-")
     case.addCleanup(shutil.rmtree, folder, True)
     instance = PostfixInstance(folder, **options)
     case.addCleanup(instance.stop)
+    return instance
+
+
+def start_postfix(case, **options) -> PostfixInstance:
+    """A started L{postfix_instance}."""
+    instance = postfix_instance(case, **options)
     instance.start()
     return instance

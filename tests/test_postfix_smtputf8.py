@@ -10,8 +10,8 @@ from twisted.trial import unittest
 
 from smtpd.directory import accounts as users
 from tests.inbound import connect
+from tests.interop import SmtpdDeployment, eventually
 from tests.postfix import POSTFIX_MISSING, start_postfix
-from tests.test_postfix_interop import SmtpdDeployment, eventually
 
 SENDER = "jos\u00e9@postfix.test"
 RCPT = "ren\u00e9@smtpd.test"

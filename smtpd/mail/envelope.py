@@ -125,6 +125,9 @@ class DeliveryStatus:
     @ivar reply: the reply text or diagnostic, one line.
     @ivar remote_mta: the host that answered (C{"mx.example.com [192.0.2.1]"}), or "".
     @ivar tls: whether the session with C{remote_mta} was encrypted.
+    @ivar dsn_passed: C{remote_mta} offered DSN, so the recipient's RFC 3461
+        request (NOTIFY, ORCPT, with RET and ENVID) went on with the message
+        and its success report is now that host's to send (RFC 3461 5.2.2).
     """
 
     address: str
@@ -133,6 +136,7 @@ class DeliveryStatus:
     reply: str
     remote_mta: str = ""
     tls: bool = False
+    dsn_passed: bool = False
 
     @property
     def delivered(self) -> bool:
