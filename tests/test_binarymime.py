@@ -25,6 +25,7 @@ from smtpd.queue.notifier import Notifier
 from smtpd.queue.results import Results
 from tests.support import SinkScript, start_smtp_sink
 from tests.inbound import SMTPServerFixture, connect, make_config
+from tests.interop import SmtpdDeployment, eventually
 from tests.test_bdat import ENVELOPE, bdat
 from tests.test_protocol import SessionTestsMixin
 from tests import test_relay
@@ -234,3 +235,32 @@ async def bounce(envelope: Envelope, status, data: bytes = MESSAGE
                         submit=submit)
     assert await notifier.bounce(envelope, [recipient], BytesSource(data))
     return [r[0] for r in reports], reports[0][1]
+
+
+class ServerToPeerTests(unittest.TestCase):
+    """The whole server (tap.build): BDAT in, queue, relay out, byte for byte."""
+
+    async def test_through_the_server(self) -> None:
+        """
+        A BINARYMIME message sent by BDAT to a running server (smart host:
+        a sink offering BINARYMIME and CHUNKING) reaches the sink with
+        BODY=BINARYMIME and exactly the octets the server queued: our
+        Received field, then the client's data.
+        """
+        sink = start_smtp_sink(self, "127.0.0.2",
+                               script=SinkScript(chunking=True, extensions=BINARY_SINK))
+        server = SmtpdDeployment(
+            self, f"[delivery]\nsmart_host = [127.0.0.2]:{sink.port}\noutbound_tls = none\n")
+        client = await connect(self, server.port)
+        await client.command(b"EHLO client.example\r\n")
+        client.send(b"MAIL FROM:<bob@smtpd.test> BODY=BINARYMIME\r\n"
+                    b"RCPT TO:<carol@remote.test>\r\n" + bdat(MESSAGE, last=True))
+        replies = await client.wait(5)
+        self.assertEqual(replies[2:4], ["250 2.1.0 Ok", "250 2.1.5 Ok"])
+        self.assertTrue(replies[4].startswith("250 2.0.0 Ok: queued as "), replies[4])
+        await eventually(lambda: sink.messages, what="the relayed copy")
+        [got] = sink.messages
+        self.assertEqual(got.mail, "MAIL FROM:<bob@smtpd.test> BODY=BINARYMIME")
+        self.assertTrue(got.data.startswith(b"Received: from client.example "), got.data[:80])
+        self.assertTrue(got.data.endswith(b"\r\n" + MESSAGE))
+        self.assertEqual(got.chunks[-1], 0)
