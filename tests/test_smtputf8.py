@@ -13,7 +13,7 @@ from twisted.trial import unittest
 
 from smtpd.config import DomainConfig
 from smtpd.directory import accounts as users
-from tests.test_protocol_tls import TLSTestsMixin, plain
+from tests.test_protocol_tls import TLSTestsMixin, plain, server_options
 
 # The account is written with U-labels, the local domain configured with
 # A-labels: each must find the other.
@@ -32,7 +32,6 @@ class SMTPUTF8Tests(TLSTestsMixin, unittest.TestCase):
         path = os.path.abspath(self.mktemp())
         users.add(path, ACCOUNT, "secret", rounds=4)
         users.add(path, "bob@localhost", "secret", rounds=4)
-        from tests.test_protocol_tls import server_options
         return self.server(users.Users.load(path), server_options(self), domains=DOMAINS,
                            auth={"allow_plaintext": True}, **sections)
 
