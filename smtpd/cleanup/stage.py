@@ -62,7 +62,7 @@ class Cleanup:
     def begin(self, sender: str, recipients: list[Recipient], *,
               client: ClientInfo | None, ret: str = "", envid: str = "", body: str = "",
               room: int | None = None, normalize: bool | None = None, messages=None,
-              smtputf8: bool = False) -> IncomingMessage:
+              smtputf8: bool = False, requiretls: bool = False) -> IncomingMessage:
         """
         Start a message from C{client} (L{None}: the pickup folder).
 
@@ -72,6 +72,7 @@ class Cleanup:
         @param messages: the C{[messages]} limits to apply (default: the
             current config's).
         @param smtputf8: the client gave the SMTPUTF8 parameter (RFC 6531).
+        @param requiretls: MAIL had REQUIRETLS (RFC 8689): kept in the envelope.
         """
         messages = messages if messages is not None else self.config.messages
         if normalize is None:
@@ -83,6 +84,7 @@ class Cleanup:
         envelope = Envelope(
             id=self.queue.new_id(), sender=sender, recipients=recipients, arrival=now,
             next_attempt=now, ret=ret, envid=envid, body=body, smtputf8=smtputf8,
+            requiretls=requiretls,
             client=PICKUP_CLIENT if client is None else f"{client.helo} [{client.ip}]",
         )
         spool = Spool(self.queue.directory, self.run_blocking, self.threshold)

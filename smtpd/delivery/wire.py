@@ -41,10 +41,12 @@ class SessionError(Exception):
         not tried.
     @ivar tls_failure: TLS itself failed (STARTTLS refused, or the
         handshake): the same host may work without TLS.
+    @ivar tls_result: for a TLS problem, its RFC 8460 result type
+        (L{smtpd.delivery.tlsoutcome}), else "".
     """
 
     def __init__(self, code: int, status: str, reply: str, stale: bool = False,
-                 final: bool = False, tls_failure: bool = False):
+                 final: bool = False, tls_failure: bool = False, tls_result: str = ""):
         super().__init__(reply)
         self.code = code
         self.status = status
@@ -52,6 +54,7 @@ class SessionError(Exception):
         self.stale = stale
         self.final = final
         self.tls_failure = tls_failure
+        self.tls_result = tls_result
 
     @property
     def permanent(self) -> bool:
@@ -82,6 +85,10 @@ class OutboundMessage:
         byte for byte, to a host that offers BINARYMIME and CHUNKING.
     @ivar smtputf8: the envelope or the header needs SMTPUTF8 (RFC 6531): it
         goes only to a host that offers it, with the parameter.
+    @ivar requiretls: RFC 8689 REQUIRETLS: only over verified TLS, to hosts
+        that offer REQUIRETLS (the parameter is passed on).
+    @ivar tls_optional: RFC 8689 5 C{TLS-Required: No}: recipient-side TLS
+        policies (MTA-STS, DANE) do not apply.
     """
 
     sender: str
@@ -92,6 +99,8 @@ class OutboundMessage:
     eight_bit: bool = False
     binary: bool = False
     smtputf8: bool = False
+    requiretls: bool = False
+    tls_optional: bool = False
 
 
 class DotStuffer:
@@ -246,6 +255,8 @@ def mail_command(message: OutboundMessage, size: int, extensions: dict[str, str]
             params.append(f"RET={message.ret.upper()}")
         if message.envid:
             params.append(f"ENVID={xtext(message.envid)}")
+    if message.requiretls and "REQUIRETLS" in extensions:
+        params.append("REQUIRETLS")
     sender = wire_address(message.sender, message.smtputf8)
     return " ".join([f"MAIL FROM:<{sender}>"] + params).encode("utf-8")
 

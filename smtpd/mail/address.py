@@ -222,6 +222,7 @@ class MailParams:
     ret: str = ""
     envid: str = ""
     smtputf8: bool = False
+    requiretls: bool = False
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,8 @@ def mail_params(text: str) -> MailParams:
     """
     Validate the parameters of MAIL: SIZE (RFC 1870), BODY (RFC 6152, RFC
     3030 BINARYMIME), RET and ENVID (RFC 3461), SMTPUTF8 (RFC 6531, no
-    value), AUTH (RFC 4954, accepted and ignored).
+    value), REQUIRETLS (RFC 8689, no value), AUTH (RFC 4954, accepted and
+    ignored).
 
     @raise ParameterError: with C{unknown=True} for a parameter we do not know.
     """
@@ -258,10 +260,14 @@ def mail_params(text: str) -> MailParams:
     envid = xtext_decode(params.pop("ENVID", ""))
     if len(envid) > 100:
         raise ParameterError("ENVID longer than 100 characters")
+    requiretls = "REQUIRETLS" in params
+    if params.pop("REQUIRETLS", ""):
+        raise ParameterError("REQUIRETLS takes no value")
     params.pop("AUTH", None)
     if params:
         raise ParameterError(f"unknown parameter {next(iter(params))}", unknown=True)
-    return MailParams(size=size, body=body, ret=ret, envid=envid, smtputf8=smtputf8)
+    return MailParams(size=size, body=body, ret=ret, envid=envid, smtputf8=smtputf8,
+                      requiretls=requiretls)
 
 
 _NOTIFY = {"NEVER", "SUCCESS", "FAILURE", "DELAY"}
