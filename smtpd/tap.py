@@ -8,7 +8,8 @@ C{twistd smtpd}: command-line options and the service tree (assembly only).
      +- QueueManager (scans the queue; local delivery, relay, bounces)
      +- RelayService (closes pooled connections and the resolver on stop)
      +- ClosingService (the LMTP agent's idle connections; the LDAP
-                        directory's connection when [directory] is on)
+                        directory's connection when [directory] is on, through
+                        the DirectorySwitch that replaces it on reload)
      +- InboundService (drains sessions on stop)
      +- AdministrationService (control socket, reload; the manhole's listeners)
      +- WebService ([http]: metrics, health, status page; its listeners)
@@ -40,8 +41,7 @@ from smtpd.queue.bounce import BounceBuilder
 from smtpd.config import Config, ConfigError, load_config
 from smtpd.delivery.drop import DropDelivery
 from smtpd.delivery.lmtp import LMTPDelivery
-from smtpd.directory.ldap import LDAPDirectory, server_for
-from smtpd.directory.resolve import EVERYONE, RecipientResolver
+from smtpd.admin.directory import DirectorySwitch
 from smtpd.delivery.maildir import MaildirDelivery
 from smtpd.config.preflight import creates_certificate, preflight
 from smtpd.service.listeners import Listener, ListenerGroup, StartupError
@@ -49,6 +49,7 @@ from smtpd.service.privileges import UMASK, HandOver, run_as
 from smtpd.service.server import SMTPServer
 from smtpd.service.signals import SignalService
 from smtpd.util.activity import ActivityLog
+from smtpd.delivery.dnstiming import DNSLookups
 from smtpd.delivery.mx import MXResolver, make_resolver
 from smtpd.cleanup.authfilters import mailauth_filters
 from smtpd.cleanup.stage import Cleanup
@@ -61,6 +62,7 @@ from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION
 from smtpd.queue.manager import QueueManager
 from smtpd.queue.store import Queue
 from smtpd.delivery.relay import RelayManager
+from smtpd.delivery.tlspolicy import tls_policies
 from smtpd.directory.accounts import Users, UsersError
 
 log = Logger()
@@ -210,21 +212,15 @@ class ClosingService(service.Service):
         return self.part.stop()
 
 
-def add_directory(top, config: Config, reactor, inbound: Inbound,
-                  qmgr: QueueManager) -> LDAPDirectory | None:
+def add_directory(top, config: Config, switch: DirectorySwitch) -> None:
     """
     With [directory] url set: the LDAP directory answers RCPT (through a
-    L{RecipientResolver}) and AUTH, and the queue routes the recipients it
-    vouched for without etc/users. Returns the directory, or None.
+    L{RecipientResolver}), AUTH and POP3 logins, and the queue routes the
+    recipients it vouched for without etc/users; C{switch} replaces it on
+    reload (its C{current} is the one in use) and closes it at stop.
     """
-    if not config.directory.enabled:
-        return None
-    directory = LDAPDirectory(config.directory, reactor, server_for(config.directory))
-    inbound.directory = directory
-    inbound.recipients = RecipientResolver(config, directory)
-    qmgr.users = EVERYONE
-    ClosingService(directory).setServiceParent(top)
-    return directory
+    switch.use(switch.prepare(config), config)
+    ClosingService(switch).setServiceParent(top)
 
 
 def build(config: Config, reactor) -> service.MultiService:
@@ -250,7 +246,9 @@ def build(config: Config, reactor) -> service.MultiService:
     # flood of AUTH attempts cannot delay the fsyncs that answer "250".
     auth_pool = ThreadPoolService(AUTH_THREADS, "smtpd-auth")
     auth_pool.setServiceParent(top)
-    resolver = make_resolver(config.delivery.dns_servers, reactor)
+    # Every DNS query is timed; the [http] metrics subscribe to the reports.
+    dns_lookups = DNSLookups()
+    resolver = make_resolver(config.delivery.dns_servers, reactor, lookups=dns_lookups)
     mailauth_pool = ThreadPoolService(MAILAUTH_THREADS, "smtpd-mailauth")
     mailauth_pool.setServiceParent(top)
     filters = mailauth_filters(config, resolver, reactor, mailauth_pool.runner(reactor))
@@ -271,8 +269,10 @@ def build(config: Config, reactor) -> service.MultiService:
             listeners.append(Listener(reactor, description, factory, config.access.proxy_from))
 
     mx = MXResolver(resolver, reactor, config.server.hostname)
+    policies = tls_policies(config, resolver, reactor, mailauth_pool.runner(reactor),
+                            dns_lookups=dns_lookups)
     relay = RelayManager(config, reactor, mx, local_endpoints=group.addresses,
-                         run_blocking=run_blocking)
+                         run_blocking=run_blocking, policies=policies)
     lmtp = lmtp_agent(config, reactor)
     qmgr = QueueManager(
         config,
@@ -297,24 +297,32 @@ def build(config: Config, reactor) -> service.MultiService:
     InboundService(inbound, activity).setServiceParent(top)
     top.pickup = add_pickup(top, config, cleanup, reactor, run_blocking)
     top.pop3 = add_pop3(listeners, config, reactor, users, auth_pool.runner(reactor),
-                        run_blocking, tls_options, activity)
+                        run_blocking, tls_options, activity, throttle=inbound.throttle)
+    directory_switch = DirectorySwitch(reactor, inbound, qmgr, top.pop3)
     admin = AdministrationService(
         config, reactor, qmgr=qmgr, queue=queue, inbound=inbound, relay=relay,
         activity=activity, run_blocking=run_blocking, server_tls=tls_options,
-        configured=[cleanup, top.pop3], resolver=resolver, mx=mx,
+        configured=[cleanup, top.pop3], resolver=resolver, mx=mx, directory=directory_switch,
+        dns_lookups=dns_lookups,
     )
     admin.setServiceParent(top)
     # The manhole's listeners are bound first with the others (bind or exit 1).
     listeners.extend(Listener(reactor, description, factory)
                      for description, factory in admin.listening)
-    web = WebService(config, admin.server, reactor, run_blocking, tls_options, listeners)
+    web = WebService(config, admin.server, reactor, run_blocking, tls_options, listeners,
+                     dns_lookups=dns_lookups)
     web.setServiceParent(top)
     # The [http] listeners too (TLS beyond loopback).
     listeners.extend(Listener(reactor, description, factory)
                      for description, factory in web.listening)
-    SignalService(reactor, admin.reload, activity.reopen).setServiceParent(top)
+    def reopen_logs() -> None:
+        activity.reopen()
+        web.reopen()
+
+    SignalService(reactor, admin.reload, reopen_logs).setServiceParent(top)
     group.setServiceParent(top)
-    top.directory = add_directory(top, config, reactor, inbound, qmgr)
+    add_directory(top, config, directory_switch)
+    top.directory = directory_switch
     top.inbound = inbound
     top.qmgr = qmgr
     top.admin = admin
@@ -324,14 +332,15 @@ def build(config: Config, reactor) -> service.MultiService:
 
 
 def add_pop3(listeners: list[Listener], config: Config, reactor, users, check_passwords,
-             run_blocking, tls_options, activity) -> POP3Server:
+             run_blocking, tls_options, activity, throttle=None) -> POP3Server:
     """
     The POP3 service ([pop3] listen and pop3s): its listeners join
     C{listeners}, bound with the others. Password checks share the AUTH
-    threads, mailbox scans the disk threads; [access] allow/deny apply as for SMTP.
+    threads, mailbox scans the disk threads; [access] allow/deny apply as for
+    SMTP, and failed logins count in SMTP AUTH's C{throttle}.
     """
     pop3 = POP3Server(config, users, reactor, check_passwords, run_blocking,
-                      tls_options, activity, may_connect=may_connect)
+                      tls_options, activity, may_connect=may_connect, throttle=throttle)
     for endpoints, implicit_tls in ((config.pop3.listen, False), (config.pop3.pop3s, True)):
         for description in endpoints:
             listeners.append(Listener(reactor, description, pop3.factory(implicit_tls),
