@@ -5,6 +5,8 @@ C{twistd smtpd}: command-line options and the service tree (assembly only).
     SMTPServer: binds the listeners, then locks the mailroot, then starts:
      +- ThreadPoolService (password checks)
      +- ThreadPoolService (mail authentication: SPF, DKIM, DMARC, ARC)
+     +- TLSReporter ([tlsrpt] enabled: the relay's TLS outcomes on disk,
+                    the daily RFC 8460 reports)
      +- QueueManager (scans the queue; local delivery, relay, bounces)
      +- RelayService (closes pooled connections and the resolver on stop)
      +- ClosingService (the LMTP agent's idle connections; the LDAP
@@ -55,6 +57,10 @@ from smtpd.cleanup.stage import Cleanup
 from smtpd.inbound.policy import may_connect
 from smtpd.inbound.registry import Inbound
 from smtpd.inbound.sasl import DEFAULT_QUEUE
+from smtpd.mailauth.https import https_agent
+from smtpd.mailauth.lookup import DNSLookup
+from smtpd.mailauth.tlsrpt.reporter import TLSReporter
+from smtpd.mailauth.tlsrpt.store import OutcomeStore
 from smtpd.pickup.sender import PickupSender
 from smtpd.pickup.service import PickupService
 from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION
@@ -271,8 +277,10 @@ def build(config: Config, reactor) -> service.MultiService:
             listeners.append(Listener(reactor, description, factory, config.access.proxy_from))
 
     mx = MXResolver(resolver, reactor, config.server.hostname)
+    tlsrpt = add_tlsrpt(top, config, reactor, resolver, run_blocking, cleanup)
     relay = RelayManager(config, reactor, mx, local_endpoints=group.addresses,
-                         run_blocking=run_blocking)
+                         run_blocking=run_blocking,
+                         tls_outcomes=tlsrpt.store if tlsrpt is not None else None)
     lmtp = lmtp_agent(config, reactor)
     qmgr = QueueManager(
         config,
@@ -301,7 +309,8 @@ def build(config: Config, reactor) -> service.MultiService:
     admin = AdministrationService(
         config, reactor, qmgr=qmgr, queue=queue, inbound=inbound, relay=relay,
         activity=activity, run_blocking=run_blocking, server_tls=tls_options,
-        configured=[cleanup, top.pop3], resolver=resolver, mx=mx,
+        configured=[part for part in (cleanup, top.pop3, tlsrpt) if part is not None],
+        resolver=resolver, mx=mx,
     )
     admin.setServiceParent(top)
     # The manhole's listeners are bound first with the others (bind or exit 1).
@@ -316,11 +325,29 @@ def build(config: Config, reactor) -> service.MultiService:
     group.setServiceParent(top)
     top.directory = add_directory(top, config, reactor, inbound, qmgr)
     top.inbound = inbound
+    top.tlsrpt = tlsrpt
     top.qmgr = qmgr
     top.admin = admin
     top.web = web
     top.reload = admin.reload
     return top
+
+
+def add_tlsrpt(top, config: Config, reactor, resolver, run_blocking,
+               cleanup: Cleanup) -> TLSReporter | None:
+    """
+    With [tlsrpt] enabled: the store of TLS outcomes (C{mailroot/tlsrpt/})
+    the relay records into, and the daily reports, queued through
+    C{cleanup} and posted over verified HTTPS. Returns the reporter, or None.
+    """
+    if not config.tlsrpt.enabled:
+        return None
+    store = OutcomeStore(os.path.join(config.server.mailroot, "tlsrpt"), reactor, run_blocking)
+    lookup = DNSLookup(resolver)
+    reporter = TLSReporter(config, store, lookup, cleanup.submit, reactor,
+                           agent=https_agent(reactor, lookup), reactor=reactor)
+    reporter.setServiceParent(top)
+    return reporter
 
 
 def add_pop3(listeners: list[Listener], config: Config, reactor, users, check_passwords,

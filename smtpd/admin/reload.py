@@ -27,6 +27,7 @@ AT_RESTART = frozenset({
     "manhole.telnet", "manhole.ssh", "manhole.users", "manhole.ssh_key_dir",
     "http.listen", "http.login",
     "logging.path", "logging.format", "logging.rotate", "logging.rotate_size",
+    "tlsrpt.enabled",
 })
 
 

@@ -19,6 +19,7 @@ from twisted.internet.protocol import Factory
 from smtpd.config import Config
 from smtpd.delivery.client import RelayClient
 from smtpd.delivery.routes import Route, Target
+from smtpd.delivery.tlsoutcome import connection_outcome
 from smtpd.delivery.wire import SessionError
 
 # Seconds to wait for a TCP connection (at most outbound_timeout).
@@ -91,11 +92,14 @@ class ConnectionPool:
     @param client_tls: the trust root (L{IOpenSSLTrustRoot}) for
         C{outbound_tls = verify}; None: the platform's trust store.
     @param idle_timeout: seconds an idle connection is kept for reuse.
+    @param tls_outcomes: the L{ITLSOutcomes} told the TLS outcome of each new
+        connection (TLS-RPT), or L{None}.
     """
 
     def __init__(self, config: Config, reactor: Any, client_tls: Any = None,
-                 idle_timeout: float = IDLE_TIMEOUT):
+                 idle_timeout: float = IDLE_TIMEOUT, tls_outcomes: Any = None):
         self._config = config
+        self._tls_outcomes = tls_outcomes
         self._reactor = reactor
         self._trust_root = client_tls
         self._idle_timeout = idle_timeout
@@ -147,8 +151,22 @@ class ConnectionPool:
             self._connections.release()
             raise connect_error(e, target) from None
         client.whenClosed().addCallback(lambda _: self._closed(connection))
-        await client.ready
+        try:
+            await client.ready
+        except SessionError as e:
+            self._report_tls(route, target, client, e)
+            raise
+        self._report_tls(route, target, client, None)
         return connection
+
+    def _report_tls(self, route: Route, target: Target, client: RelayClient,
+                    error: SessionError | None) -> None:
+        """Tell L{ITLSOutcomes} how TLS went on a new connection (TLS-RPT)."""
+        if self._tls_outcomes is not None:
+            now = self._reactor.seconds()
+            outcome = connection_outcome(route, target, client, error, now)
+            if outcome is not None:
+                self._tls_outcomes.record(outcome)
 
     def _client(self, route: Route, target: Target) -> RelayClient:
         delivery = self._config.delivery

@@ -65,6 +65,8 @@ class RelayManager:
     @param idle_timeout: seconds an idle connection is kept for reuse.
     @param run_blocking: C{f(callable, *args) -> Deferred} for disk reads
         (the scan for 8-bit data); by default in the caller's thread.
+    @param tls_outcomes: the L{smtpd.mailauth.tlsrpt.outcome.ITLSOutcomes}
+        told the TLS outcome of each new connection (TLS-RPT), or L{None}.
     """
 
     name = "relay"
@@ -81,6 +83,7 @@ class RelayManager:
         log: Logger | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
         run_blocking: Callable[..., Deferred] | None = None,
+        tls_outcomes: Any = None,
     ):
         self._config = config
         self._mx = mx
@@ -90,7 +93,7 @@ class RelayManager:
         )
         self._log = log if log is not None else Logger()
         self._run = run_blocking if run_blocking is not None else maybeDeferred
-        self._pool = ConnectionPool(config, reactor, client_tls, idle_timeout)
+        self._pool = ConnectionPool(config, reactor, client_tls, idle_timeout, tls_outcomes)
         self._destinations: dict[str, Limiter] = {}
 
     # ------------------------------------------------------------ public

@@ -1,0 +1,177 @@
+"""
+The TLS outcomes the relay reports for TLS-RPT (L{smtpd.delivery.tlsoutcome}),
+over real loopback connections to SMTP sinks with and without STARTTLS,
+with certificates from a test CA (valid, for another name, expired) and
+MX records from a real DNS server.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import reactor, ssl
+from twisted.trial import unittest
+
+from smtpd.config import Config, DeliveryConfig, DomainConfig, ServerConfig, SmartHost
+from smtpd.delivery.mx import MXResolver, make_resolver
+from smtpd.delivery.relay import RelayManager
+from smtpd.mail.envelope import Envelope, Recipient
+from smtpd.mail.source import BytesSource
+from smtpd.mailauth.tlsrpt.outcome import MemoryOutcomes, TLSOutcome, TLSPolicy
+from tests.support import (
+    CertificateAuthority,
+    SinkScript,
+    a,
+    broken_tls_options,
+    mx,
+    start_dns_server,
+    start_smtp_sinks,
+)
+
+MESSAGE = b"From: a@ours.test\r\nSubject: hello\r\n\r\nbody\r\n"
+ZONES = {
+    "test": {
+        "example.test": [mx(10, "mx1.example.test")],
+        "mx1.example.test": [a("127.0.0.2")],
+        "other.test": [mx(10, "mx.other.test")],
+        "mx.other.test": [a("127.0.0.3")],
+    },
+}
+MX1, OTHER = "127.0.0.2", "127.0.0.3"
+CA = CertificateAuthority()
+
+
+def expired_options(hostname: str) -> ssl.CertificateOptions:
+    """Server TLS options with a certificate for C{hostname} from L{CA} that expired yesterday."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
+        .issuer_name(CA.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=30))
+        .not_valid_after(now - datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), False)
+        .sign(CA.key, hashes.SHA256())
+    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()) + cert.public_bytes(
+        serialization.Encoding.PEM)
+    return ssl.PrivateCertificate.loadPEM(pem).options()
+
+
+class RelayOutcomeTests(unittest.TestCase):
+    """What L{RelayManager} tells its L{ITLSOutcomes} about each new connection."""
+
+    def setUp(self) -> None:
+        self.dns = start_dns_server(self, ZONES)
+        self.outcomes = MemoryOutcomes()
+
+    def sinks(self, mx1: SinkScript | None, other: SinkScript | None = None) -> list:
+        started = start_smtp_sinks(self, [MX1, OTHER], [mx1, other])
+        self.port = started[0].port
+        return started
+
+    def relay(self, tls: str, domains=(), smart_host=None) -> RelayManager:
+        config = Config(
+            path="/srv/mail/etc/smtpd.ini", root="/srv/mail",
+            server=ServerConfig(hostname="smtp.ours.test"),
+            delivery=DeliveryConfig(remote_port=self.port, outbound_tls=tls,
+                                    smart_host=smart_host),
+            domains=tuple(domains),
+        )
+        resolver = MXResolver(make_resolver([self.dns], reactor), reactor, "smtp.ours.test")
+        relay = RelayManager(config, reactor, resolver, client_tls=CA.trust_root(),
+                             tls_outcomes=self.outcomes)
+        self.addCleanup(relay.stop)
+        return relay
+
+    async def send(self, relay: RelayManager, *addresses: str) -> list:
+        recipients = [Recipient(r) for r in addresses]
+        envelope = Envelope(id="0A1B2C", sender="a@ours.test", recipients=recipients,
+                            arrival=0.0)
+        statuses = await relay.deliver(envelope, [(r, None) for r in recipients],
+                                       BytesSource(MESSAGE))
+        return [s.code for s in statuses]
+
+    def outcome(self, domain: str, host: str, ip: str, result: str = "",
+                reason: str = "") -> TLSOutcome:
+        return TLSOutcome(TLSPolicy("no-policy-found", domain), host, ip, "127.0.0.1",
+                          result, reason)
+
+    async def test_may_success_and_no_starttls(self) -> None:
+        """
+        outbound_tls = may: a host with STARTTLS counts a success, one
+        without counts starttls-not-supported (the mail still goes).
+        """
+        self.sinks(SinkScript(tls=CA.server_options("mx1.example.test")), None)
+        codes = await self.send(self.relay("may"), "b@example.test", "c@other.test")
+        self.assertEqual(codes, [250, 250])
+        self.assertEqual(sorted(self.outcomes.outcomes, key=lambda o: o.policy.domain), [
+            self.outcome("example.test", "mx1.example.test", MX1),
+            self.outcome("other.test", "mx.other.test", OTHER, "starttls-not-supported"),
+        ])
+
+    async def test_handshake_failure_counted_once(self) -> None:
+        """
+        A failed handshake counts one validation-failure; the plain-text
+        retry of outbound_tls = may is not another TLS session.
+        """
+        sinks = self.sinks(SinkScript(tls=broken_tls_options()))
+        self.assertEqual(await self.send(self.relay("may"), "b@example.test"), [250])
+        self.assertEqual(sinks[0].connections, 2)
+        [outcome] = self.outcomes.outcomes
+        self.assertEqual((outcome.result_type, outcome.receiving_mx_hostname),
+                         ("validation-failure", "mx1.example.test"))
+
+    async def test_verify_certificate_failures(self) -> None:
+        """
+        outbound_tls = verify: a certificate for another name counts
+        certificate-host-mismatch, an expired one certificate-expired with
+        OpenSSL's reason; both defer.
+        """
+        self.sinks(SinkScript(tls=CA.server_options("wrong.test")),
+                   SinkScript(tls=expired_options("mx.other.test")))
+        codes = await self.send(self.relay("verify"), "b@example.test", "c@other.test")
+        self.assertEqual(codes, [451, 451])
+        found = {o.policy.domain: (o.result_type, o.failure_reason_code)
+                 for o in self.outcomes.outcomes}
+        self.assertEqual(found["example.test"][0], "certificate-host-mismatch")
+        self.assertEqual(found["other.test"],
+                         ("certificate-expired", "X509_V_ERR_CERT_HAS_EXPIRED"))
+
+    async def test_untrusted_and_required(self) -> None:
+        """
+        A certificate from an unknown CA counts certificate-not-trusted; a
+        host without STARTTLS under encrypt counts starttls-not-supported.
+        """
+        other_ca = CertificateAuthority()
+        self.sinks(SinkScript(tls=other_ca.server_options("mx1.example.test")), None)
+        codes = await self.send(self.relay("verify"), "b@example.test")
+        self.assertEqual(codes, [451])
+        codes = await self.send(self.relay("encrypt"), "c@other.test")
+        self.assertEqual(codes, [451])
+        self.assertEqual([(o.result_type, o.failure_reason_code) for o in self.outcomes.outcomes],
+                         [("certificate-not-trusted",
+                           "certificate verify failed"),
+                          ("starttls-not-supported", "")])
+
+    async def test_not_counted(self) -> None:
+        """
+        Nothing counts for outbound_tls = none, for a smart host, nor for a
+        host that refused us before STARTTLS.
+        """
+        self.sinks(SinkScript(greeting="554 5.3.2 go away"), None)
+        await self.send(self.relay("none"), "c@other.test")
+        await self.send(self.relay("may"), "b@example.test")
+        smart = SmartHost("127.0.0.3", None, False)
+        await self.send(self.relay("may", smart_host=smart), "c@other.test")
+        remote = DomainConfig(name="other.test", type="remote", outbound_tls="none")
+        await self.send(self.relay("may", domains=[remote]), "c@other.test")
+        self.assertEqual(self.outcomes.outcomes, [])
