@@ -67,6 +67,8 @@ from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION
 from smtpd.queue.manager import QueueManager
 from smtpd.queue.store import Queue
 from smtpd.delivery.relay import RelayManager
+from smtpd.delivery.tlsreporting import TLSReportRecorder
+from smtpd.delivery.tlspolicy import tls_policies
 from smtpd.directory.accounts import Users, UsersError
 
 log = Logger()
@@ -277,10 +279,11 @@ def build(config: Config, reactor) -> service.MultiService:
             listeners.append(Listener(reactor, description, factory, config.access.proxy_from))
 
     mx = MXResolver(resolver, reactor, config.server.hostname)
-    tlsrpt = add_tlsrpt(top, config, reactor, resolver, run_blocking, cleanup)
+    policies = tls_policies(config, resolver, reactor, mailauth_pool.runner(reactor))
     relay = RelayManager(config, reactor, mx, local_endpoints=group.addresses,
-                         run_blocking=run_blocking,
-                         tls_outcomes=tlsrpt.store if tlsrpt is not None else None)
+                         run_blocking=run_blocking, policies=policies)
+    tlsrpt = add_tlsrpt(top, config, reactor, resolver, run_blocking, cleanup, relay)
+    reloaded = [cleanup, *tlsrpt]
     lmtp = lmtp_agent(config, reactor)
     qmgr = QueueManager(
         config,
@@ -309,7 +312,7 @@ def build(config: Config, reactor) -> service.MultiService:
     admin = AdministrationService(
         config, reactor, qmgr=qmgr, queue=queue, inbound=inbound, relay=relay,
         activity=activity, run_blocking=run_blocking, server_tls=tls_options,
-        configured=[part for part in (cleanup, top.pop3, tlsrpt) if part is not None],
+        configured=[*reloaded, top.pop3],
         resolver=resolver, mx=mx,
     )
     admin.setServiceParent(top)
@@ -325,7 +328,7 @@ def build(config: Config, reactor) -> service.MultiService:
     group.setServiceParent(top)
     top.directory = add_directory(top, config, reactor, inbound, qmgr)
     top.inbound = inbound
-    top.tlsrpt = tlsrpt
+    top.tlsrpt = tlsrpt[0] if tlsrpt else None
     top.qmgr = qmgr
     top.admin = admin
     top.web = web
@@ -333,21 +336,25 @@ def build(config: Config, reactor) -> service.MultiService:
     return top
 
 
-def add_tlsrpt(top, config: Config, reactor, resolver, run_blocking,
-               cleanup: Cleanup) -> TLSReporter | None:
+def add_tlsrpt(top, config: Config, reactor, resolver, run_blocking, cleanup: Cleanup,
+               relay: RelayManager) -> tuple:
     """
     With [tlsrpt] enabled: the store of TLS outcomes (C{mailroot/tlsrpt/})
-    the relay records into, and the daily reports, queued through
-    C{cleanup} and posted over verified HTTPS. Returns the reporter, or None.
+    subscribed to the relay's outcomes, and the daily reports, queued
+    through C{cleanup} and posted over verified HTTPS. Returns the
+    reporter and the recorder (both read the config: reload replaces it),
+    or nothing.
     """
     if not config.tlsrpt.enabled:
-        return None
+        return ()
     store = OutcomeStore(os.path.join(config.server.mailroot, "tlsrpt"), reactor, run_blocking)
     lookup = DNSLookup(resolver)
     reporter = TLSReporter(config, store, lookup, cleanup.submit, reactor,
                            agent=https_agent(reactor, lookup), reactor=reactor)
+    recorder = TLSReportRecorder(store, config)
+    relay.tls_outcomes.subscribe(recorder)
     reporter.setServiceParent(top)
-    return reporter
+    return reporter, recorder
 
 
 def add_pop3(listeners: list[Listener], config: Config, reactor, users, check_passwords,

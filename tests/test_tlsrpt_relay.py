@@ -1,8 +1,9 @@
 """
-The TLS outcomes the relay reports for TLS-RPT (L{smtpd.delivery.tlsoutcome}),
-over real loopback connections to SMTP sinks with and without STARTTLS,
-with certificates from a test CA (valid, for another name, expired) and
-MX records from a real DNS server.
+The TLS outcomes the relay publishes, as TLS-RPT records them
+(L{smtpd.delivery.tlsreporting.TLSReportRecorder} subscribed to
+C{RelayManager.tls_outcomes}), over real loopback connections to SMTP sinks
+with and without STARTTLS, with certificates from a test CA (valid, for
+another name, expired) and MX records from a real DNS server.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from twisted.trial import unittest
 from smtpd.config import Config, DeliveryConfig, DomainConfig, ServerConfig, SmartHost
 from smtpd.delivery.mx import MXResolver, make_resolver
 from smtpd.delivery.relay import RelayManager
+from smtpd.delivery.tlsreporting import TLSReportRecorder, is_recipient_domain, mx_patterns
 from smtpd.mail.envelope import Envelope, Recipient
 from smtpd.mail.source import BytesSource
 from smtpd.mailauth.tlsrpt.outcome import MemoryOutcomes, TLSOutcome, TLSPolicy
@@ -87,8 +89,8 @@ class RelayOutcomeTests(unittest.TestCase):
             domains=tuple(domains),
         )
         resolver = MXResolver(make_resolver([self.dns], reactor), reactor, "smtp.ours.test")
-        relay = RelayManager(config, reactor, resolver, client_tls=CA.trust_root(),
-                             tls_outcomes=self.outcomes)
+        relay = RelayManager(config, reactor, resolver, client_tls=CA.trust_root())
+        relay.tls_outcomes.subscribe(TLSReportRecorder(self.outcomes, config))
         self.addCleanup(relay.stop)
         return relay
 
@@ -120,8 +122,9 @@ class RelayOutcomeTests(unittest.TestCase):
 
     async def test_handshake_failure_counted_once(self) -> None:
         """
-        A failed handshake counts one validation-failure; the plain-text
-        retry of outbound_tls = may is not another TLS session.
+        A failed handshake counts one validation-failure with the error as
+        its reason; the plain-text retry of outbound_tls = may is not
+        another TLS session.
         """
         sinks = self.sinks(SinkScript(tls=broken_tls_options()))
         self.assertEqual(await self.send(self.relay("may"), "b@example.test"), [250])
@@ -129,22 +132,23 @@ class RelayOutcomeTests(unittest.TestCase):
         [outcome] = self.outcomes.outcomes
         self.assertEqual((outcome.result_type, outcome.receiving_mx_hostname),
                          ("validation-failure", "mx1.example.test"))
+        self.assertTrue(outcome.failure_reason_code.startswith(
+            "451 4.7.5 TLS negotiation failed: "), outcome.failure_reason_code)
 
     async def test_verify_certificate_failures(self) -> None:
         """
         outbound_tls = verify: a certificate for another name counts
-        certificate-host-mismatch, an expired one certificate-expired with
-        OpenSSL's reason; both defer.
+        certificate-host-mismatch, an expired one certificate-expired (its
+        dates are checked: OpenSSL only says "certificate verify failed");
+        both defer.
         """
         self.sinks(SinkScript(tls=CA.server_options("wrong.test")),
                    SinkScript(tls=expired_options("mx.other.test")))
         codes = await self.send(self.relay("verify"), "b@example.test", "c@other.test")
         self.assertEqual(codes, [451, 451])
-        found = {o.policy.domain: (o.result_type, o.failure_reason_code)
-                 for o in self.outcomes.outcomes}
-        self.assertEqual(found["example.test"][0], "certificate-host-mismatch")
-        self.assertEqual(found["other.test"],
-                         ("certificate-expired", "X509_V_ERR_CERT_HAS_EXPIRED"))
+        found = {o.policy.domain: o.result_type for o in self.outcomes.outcomes}
+        self.assertEqual(found, {"example.test": "certificate-host-mismatch",
+                                 "other.test": "certificate-expired"})
 
     async def test_untrusted_and_required(self) -> None:
         """
@@ -157,10 +161,10 @@ class RelayOutcomeTests(unittest.TestCase):
         self.assertEqual(codes, [451])
         codes = await self.send(self.relay("encrypt"), "c@other.test")
         self.assertEqual(codes, [451])
-        self.assertEqual([(o.result_type, o.failure_reason_code) for o in self.outcomes.outcomes],
-                         [("certificate-not-trusted",
-                           "certificate verify failed"),
-                          ("starttls-not-supported", "")])
+        self.assertEqual([o.result_type for o in self.outcomes.outcomes],
+                         ["certificate-not-trusted", "starttls-not-supported"])
+        self.assertEqual(self.outcomes.outcomes[1].failure_reason_code,
+                         "451 4.7.5 TLS is required, but was not offered by host")
 
     async def test_not_counted(self) -> None:
         """
@@ -175,3 +179,21 @@ class RelayOutcomeTests(unittest.TestCase):
         remote = DomainConfig(name="other.test", type="remote", outbound_tls="none")
         await self.send(self.relay("may", domains=[remote]), "c@other.test")
         self.assertEqual(self.outcomes.outcomes, [])
+
+
+class RecorderTests(unittest.TestCase):
+    """What the recorder takes from the relay's outcomes."""
+
+    def test_recipient_domains_only(self):
+        """Smart hosts (by name or address, with a port) and address literals are no policy domains."""
+        smart = {"relay.isp.test"}
+        self.assertTrue(is_recipient_domain("example.test", smart))
+        for name in ("relay.isp.test", "[192.0.2.1]", "relay.isp.test:587", "192.0.2.1",
+                     "2001:db8::1", ""):
+            self.assertFalse(is_recipient_domain(name, smart), name)
+
+    def test_mx_patterns(self):
+        """The mx-host list of an MTA-STS policy comes from its mx: lines."""
+        strings = ("version: STSv1", "mode: enforce", "mx: mx1.example.com",
+                   "mx: *.example.net", "max_age: 86400")
+        self.assertEqual(mx_patterns(strings), ("mx1.example.com", "*.example.net"))

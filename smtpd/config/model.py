@@ -132,6 +132,8 @@ class DeliveryConfig:
     remote_port: int = 25
     masquerade_domain: str = ""
     dns_servers: tuple[tuple[str, int], ...] = ()
+    mta_sts: bool = True
+    dnssec: str = "no"
 
 
 @dataclass(frozen=True)

@@ -300,6 +300,8 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
                 "empty (/etc/resolv.conf) or IP addresses with an optional port, "
                 "such as 192.0.2.53 192.0.2.54:5353 [2001:db8::53]:53",
             ),
+            "mta_sts": _key(parse_bool, _BOOL_TEXT),
+            "dnssec": _key(choice("no", "trust-ad"), "no or trust-ad"),
         },
     ),
     "checks": (

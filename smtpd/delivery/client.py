@@ -17,6 +17,7 @@ import re
 from collections import deque
 from typing import Any, NamedTuple
 
+from service_identity import VerificationError
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender, LineReceiver
@@ -24,6 +25,12 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from smtpd.delivery.handshake import set_up
+from smtpd.delivery.tlsoutcome import (
+    CERTIFICATE_EXPIRED,
+    CERTIFICATE_HOST_MISMATCH,
+    CERTIFICATE_NOT_TRUSTED,
+    VALIDATION_FAILURE,
+)
 from smtpd.delivery.transaction import run_transaction
 from smtpd.delivery.wire import (
     BdatChunker,
@@ -37,7 +44,7 @@ from smtpd.delivery.wire import (
 from smtpd.mail.envelope import DeliveryStatus
 from smtpd.mail.source import CHUNK_SIZE, IMessageSource
 
-TLS_POLICIES = ("none", "may", "encrypt", "verify")
+TLS_POLICIES = ("none", "may", "encrypt", "verify", "dane")
 
 # The most a host may send as one reply (RFC 5321 4.5.3.1.5: a reply line is at
 # most 512 octets; EHLO replies are the longest in practice, a few dozen lines).
@@ -91,11 +98,13 @@ class RelayClient(LineReceiver, TimeoutMixin):
     @param timeout: seconds to wait for any reply (or for the host to take
         more of the message).
     @param tls: the L{TLS_POLICIES} entry: C{none} never starts TLS; C{may}
-        starts it when offered; C{encrypt} and C{verify} require it (the
-        verification itself is in C{tls_options}).
+        starts it when offered; C{encrypt}, C{verify} and C{dane} require it
+        (the verification itself is in C{tls_options}, or C{check_peer}).
     @param tls_options: the client TLS connection creator (unused for C{none}).
     @param username: AUTH toward the host when not empty.
     @param password: the AUTH password.
+    @param check_peer: called with the TLS transport once TLS is up; raises
+        L{SessionError} when the peer's certificate is not acceptable (DANE).
 
     @ivar extensions: the EHLO keywords (upper case) and their parameters.
     @ivar secure: whether the session runs over TLS.
@@ -107,7 +116,7 @@ class RelayClient(LineReceiver, TimeoutMixin):
 
     def __init__(self, helo: str, remote_mta: str, clock: Any, timeout: float,
                  tls: str = "none", tls_options: Any = None, username: str = "",
-                 password: str = ""):
+                 password: str = "", check_peer: Any = None):
         if tls not in TLS_POLICIES:
             raise ValueError(f"unknown TLS policy {tls!r}")
         self.helo = helo.encode("ascii", "replace")
@@ -118,6 +127,7 @@ class RelayClient(LineReceiver, TimeoutMixin):
         self._tls_options = tls_options if tls != "none" else None
         self._username = username
         self._password = password
+        self._check_peer = check_peer
         self.ready: Deferred[RelayClient] = Deferred()
         self.extensions: dict[str, str] = {}
         self.secure = False
@@ -164,6 +174,11 @@ class RelayClient(LineReceiver, TimeoutMixin):
                 self._notify(self._error)
             self._close(abort=self._streaming)
         return closed
+
+    def verify_peer(self) -> None:
+        """Check the TLS peer with C{check_peer} (L{SessionError} when it fails)."""
+        if self._check_peer is not None:
+            self._check_peer(self.transport)
 
     # ------------------------------------------------------------ replies
 
@@ -306,7 +321,8 @@ class RelayClient(LineReceiver, TimeoutMixin):
         self.setTimeout(None)
         if self._error is None:
             handshake = self.secure and not self._established
-            self._error = lost_error(reason, handshake, self._phase)
+            expired = handshake and certificate_expired(self.transport, self._clock.seconds())
+            self._error = lost_error(reason, handshake, self._phase, expired)
             self._notify(self._error)
         waiters, self._closed_waiters = self._closed_waiters, []
         for d in waiters:
@@ -417,13 +433,44 @@ class RelayClient(LineReceiver, TimeoutMixin):
             file.close()
 
 
-def lost_error(reason: Failure | None, handshake: bool, phase: str) -> SessionError:
+def lost_error(reason: Failure | None, handshake: bool, phase: str,
+               expired: bool = False) -> SessionError:
     """
     The error for a connection lost unasked: during the TLS C{handshake} a
-    TLS failure (the host may work in plain text), else 4.4.2.
+    TLS failure (the host may work in plain text), else 4.4.2. C{expired}:
+    the host's certificate is out of its validity period.
     """
     why = reason.getErrorMessage() if reason is not None else "connection lost"
     if handshake:
+        result = CERTIFICATE_EXPIRED if expired else tls_failure_type(reason)
         return SessionError(451, "4.7.5", f"451 4.7.5 TLS negotiation failed: {why}",
-                            tls_failure=True)
+                            tls_failure=True, tls_result=result)
     return SessionError(451, "4.4.2", f"451 4.4.2 lost connection while waiting for {phase}")
+
+
+def certificate_expired(transport: Any, now: float) -> bool:
+    """
+    Whether the certificate the host sent on C{transport}'s TLS connection
+    is outside its validity period at C{now} (OpenSSL's error says only
+    "certificate verify failed"); False when it sent none.
+    """
+    try:
+        leaf = transport.getHandle().get_peer_cert_chain()[0].to_cryptography()
+    except Exception:
+        return False
+    return not (leaf.not_valid_before_utc.timestamp() <= now
+                <= leaf.not_valid_after_utc.timestamp())
+
+
+def tls_failure_type(reason: Failure | None) -> str:
+    """The RFC 8460 result type of a failed TLS handshake."""
+    if reason is None:
+        return VALIDATION_FAILURE
+    if reason.check(VerificationError):
+        return CERTIFICATE_HOST_MISMATCH
+    text = str(reason.value).lower()
+    if "expired" in text:
+        return CERTIFICATE_EXPIRED
+    if "certificate verify failed" in text:
+        return CERTIFICATE_NOT_TRUSTED
+    return VALIDATION_FAILURE

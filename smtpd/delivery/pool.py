@@ -19,7 +19,6 @@ from twisted.internet.protocol import Factory
 from smtpd.config import Config
 from smtpd.delivery.client import RelayClient
 from smtpd.delivery.routes import Route, Target
-from smtpd.delivery.tlsoutcome import connection_outcome
 from smtpd.delivery.wire import SessionError
 
 # Seconds to wait for a TCP connection (at most outbound_timeout).
@@ -92,14 +91,11 @@ class ConnectionPool:
     @param client_tls: the trust root (L{IOpenSSLTrustRoot}) for
         C{outbound_tls = verify}; None: the platform's trust store.
     @param idle_timeout: seconds an idle connection is kept for reuse.
-    @param tls_outcomes: the L{ITLSOutcomes} told the TLS outcome of each new
-        connection (TLS-RPT), or L{None}.
     """
 
     def __init__(self, config: Config, reactor: Any, client_tls: Any = None,
-                 idle_timeout: float = IDLE_TIMEOUT, tls_outcomes: Any = None):
+                 idle_timeout: float = IDLE_TIMEOUT):
         self._config = config
-        self._tls_outcomes = tls_outcomes
         self._reactor = reactor
         self._trust_root = client_tls
         self._idle_timeout = idle_timeout
@@ -124,11 +120,15 @@ class ConnectionPool:
     def _key(self, route: Route, target: Target) -> tuple:
         """Which connections are interchangeable: same address, port, TLS, name checked, user."""
         user = self._config.delivery.smart_host_user if route.auth else ""
-        name = target.name if route.tls == "verify" else ""
+        name = target.name if route.tls in ("verify", "dane") else ""
         return (target.address, target.port, route.tls, name, user)
 
-    async def connection(self, route: Route, target: Target) -> Connection:
-        """An idle connection to C{target} when there is a usable one, else a new one."""
+    async def connection(self, route: Route, target: Target,
+                         check_peer: Any = None) -> Connection:
+        """
+        An idle connection to C{target} when there is a usable one, else a new
+        one (whose TLS peer C{check_peer} checks, see L{RelayClient}).
+        """
         idle = self._idle.get(self._key(route, target), [])
         while idle:
             connection = idle.pop()
@@ -136,11 +136,11 @@ class ConnectionPool:
             if connection.client.usable:
                 return connection
             connection.client.quit()
-        return await self.connect(route, target)
+        return await self.connect(route, target, check_peer)
 
-    async def connect(self, route: Route, target: Target) -> Connection:
+    async def connect(self, route: Route, target: Target, check_peer: Any = None) -> Connection:
         """A new session with C{target}, greeted and ready (or L{SessionError})."""
-        client = self._client(route, target)
+        client = self._client(route, target, check_peer)
         if self._connections.full:
             self._evictIdle()
         await self._connections.acquire()
@@ -151,24 +151,10 @@ class ConnectionPool:
             self._connections.release()
             raise connect_error(e, target) from None
         client.whenClosed().addCallback(lambda _: self._closed(connection))
-        try:
-            await client.ready
-        except SessionError as e:
-            self._report_tls(route, target, client, e)
-            raise
-        self._report_tls(route, target, client, None)
+        await client.ready
         return connection
 
-    def _report_tls(self, route: Route, target: Target, client: RelayClient,
-                    error: SessionError | None) -> None:
-        """Tell L{ITLSOutcomes} how TLS went on a new connection (TLS-RPT)."""
-        if self._tls_outcomes is not None:
-            now = self._reactor.seconds()
-            outcome = connection_outcome(route, target, client, error, now)
-            if outcome is not None:
-                self._tls_outcomes.record(outcome)
-
-    def _client(self, route: Route, target: Target) -> RelayClient:
+    def _client(self, route: Route, target: Target, check_peer: Any) -> RelayClient:
         delivery = self._config.delivery
         try:
             tls_options = self._tlsOptions(route.tls, target.name)
@@ -185,6 +171,7 @@ class ConnectionPool:
             tls_options=tls_options,
             username=delivery.smart_host_user if route.auth else "",
             password=delivery.smart_host_password if route.auth else "",
+            check_peer=check_peer,
         )
 
     def _endpoint(self, target: Target) -> Any:
@@ -195,7 +182,8 @@ class ConnectionPool:
     def _tlsOptions(self, policy: str, name: str) -> Any:
         """
         C{may}/C{encrypt}: TLS without verification (RFC 7435 opportunistic);
-        C{verify}: the certificate must match the host name (service-identity).
+        C{verify}: the certificate must match the host name (service-identity);
+        C{dane}: no PKIX verification, the TLSA records decide (RFC 7672 3.1).
         """
         if policy == "none":
             return None

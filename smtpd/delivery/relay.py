@@ -34,11 +34,40 @@ from smtpd.delivery.routes import (
     route_for,
     route_status,
 )
+from smtpd.delivery.tlsoutcome import (
+    NO_POLICY,
+    STARTTLS_NOT_SUPPORTED,
+    SUCCESS,
+    VALIDATION_FAILURE,
+    DNSSEC_INVALID,
+    TLSOutcome,
+    TLSOutcomes,
+)
+from smtpd.delivery.tlspolicy import HostPolicy, TLSPolicies, dane_check
 from smtpd.delivery.wire import OutboundMessage, SessionError
 from smtpd.mail.envelope import DeliveryStatus, Envelope, Recipient
-from smtpd.mail.source import IMessageSource, read_chunks
+from smtpd.mail.source import IMessageSource, read_chunks, read_head
 
-__all__ = ["RelayManager", "LocalAddresses", "bindable", "has_8bit"]
+__all__ = ["RelayManager", "LocalAddresses", "bindable", "has_8bit", "tls_not_required"]
+
+
+def requiretls_error(error: SessionError, target: Target) -> SessionError:
+    """RFC 8689 4.2.1: a REQUIRETLS message that found no verified TLS is returned (5.7.10)."""
+    return SessionError(550, "5.7.10", "550 5.7.10 REQUIRETLS: no verified TLS with "
+                        f"{target.remote_mta}: {error.reply}")
+
+
+def tls_not_required(message: IMessageSource) -> bool:
+    """
+    Whether the header of C{message} has C{TLS-Required: No} (RFC 8689 5):
+    the sender asks that recipient-side TLS policies (MTA-STS, DANE) do not
+    stop the delivery. Only the header is read.
+    """
+    for line in read_head(message).split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() == b"tls-required":
+            return value.strip().lower() == b"no"
+    return False
 
 
 def has_8bit(message: IMessageSource) -> bool:
@@ -65,8 +94,11 @@ class RelayManager:
     @param idle_timeout: seconds an idle connection is kept for reuse.
     @param run_blocking: C{f(callable, *args) -> Deferred} for disk reads
         (the scan for 8-bit data); by default in the caller's thread.
-    @param tls_outcomes: the L{smtpd.mailauth.tlsrpt.outcome.ITLSOutcomes}
-        told the TLS outcome of each new connection (TLS-RPT), or L{None}.
+    @param policies: the L{TLSPolicies} (MTA-STS, DANE) of recipient
+        domains; None: neither applies.
+
+    @ivar tls_outcomes: where the TLS outcome of each new session is
+        published (L{TLSOutcomes}; TLS reporting subscribes there).
     """
 
     name = "relay"
@@ -83,7 +115,7 @@ class RelayManager:
         log: Logger | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
         run_blocking: Callable[..., Deferred] | None = None,
-        tls_outcomes: Any = None,
+        policies: TLSPolicies | None = None,
     ):
         self._config = config
         self._mx = mx
@@ -93,8 +125,11 @@ class RelayManager:
         )
         self._log = log if log is not None else Logger()
         self._run = run_blocking if run_blocking is not None else maybeDeferred
-        self._pool = ConnectionPool(config, reactor, client_tls, idle_timeout, tls_outcomes)
+        self._pool = ConnectionPool(config, reactor, client_tls, idle_timeout)
         self._destinations: dict[str, Limiter] = {}
+        self._reactor = reactor
+        self._policies = policies if policies is not None else TLSPolicies()
+        self.tls_outcomes = TLSOutcomes()
 
     # ------------------------------------------------------------ public
 
@@ -149,6 +184,9 @@ class RelayManager:
         eight_bit = envelope.body.upper() == "8BITMIME"
         if groups and not eight_bit:
             eight_bit = await self._run(has_8bit, message)
+        # RFC 8689 5: with REQUIRETLS a TLS-Required header field is ignored.
+        tls_optional = bool(groups) and not envelope.requiretls and await self._run(
+            tls_not_required, message)
         jobs = []
         for route, indexes in groups.items():
             outbound = OutboundMessage(
@@ -158,6 +196,8 @@ class RelayManager:
                 ret=envelope.ret,
                 envid=envelope.envid,
                 eight_bit=eight_bit,
+                requiretls=envelope.requiretls,
+                tls_optional=tls_optional,
             )
             jobs.append(Deferred.fromCoroutine(self._deliverGroup(envelope.id, route, outbound)))
         results = await gatherResults(jobs) if jobs else []
@@ -220,11 +260,19 @@ class RelayManager:
             targets = await self._targets(route)
         except DNSError as e:
             return [route_status(r, e, "") for r in message.recipients], e
+        sts = None
+        if route.kind == "mx" and not message.tls_optional:
+            sts = await self._policies.domain_policy(self._config, route.destination)
         temporary: tuple[SessionError, str] | None = None
         permanent: tuple[SessionError, str] | None = None
+        policies: dict[str, HostPolicy] = {}
+        label = ""
         for target in targets:
+            policy = await self._hostPolicy(route, target, sts, message, policies)
+            label = policy.label
             try:
-                return await self._deliverToHost(route, target, message), None
+                statuses = await self._deliverToHost(route, target, message, policy)
+                return [replace(s, tls_policy=label) for s in statuses], None
             except SessionError as e:
                 self._log.info(
                     "relay: {remote}: {reply}", remote=target.remote_mta, reply=e.reply
@@ -242,18 +290,61 @@ class RelayManager:
         failure, remote = temporary or permanent or (
             SessionError(451, "4.4.1", "451 4.4.1 no host to try"), ""
         )
-        return [route_status(r, failure, remote) for r in message.recipients], failure
+        return [replace(route_status(r, failure, remote), tls_policy=label)
+                for r in message.recipients], failure
+
+    async def _hostPolicy(self, route: Route, target: Target, sts: Any,
+                          message: OutboundMessage,
+                          known: dict[str, HostPolicy]) -> HostPolicy:
+        """The recipient side's policy for the host of C{target} (DANE, MTA-STS or none)."""
+        if route.kind != "mx" or message.tls_optional:
+            return HostPolicy(route.destination)
+        if target.name not in known:
+            known[target.name] = await self._policies.host_policy(
+                self._config, route.destination, target.name, target.port, sts)
+        return known[target.name]
 
     async def _deliverToHost(
-        self, route: Route, target: Target, message: OutboundMessage
+        self, route: Route, target: Target, message: OutboundMessage, policy: HostPolicy
     ) -> list[DeliveryStatus]:
         """
-        One transaction with one host; at C{outbound_tls = may} a host whose
-        TLS fails gets one more try in plain text (as Postfix at level may).
+        One transaction with one host under C{policy}. DANE and MTA-STS
+        C{enforce} demand verified TLS (and an MX host the MTA-STS policy
+        lists), else the host is skipped with 4.7.5; C{testing} logs such
+        failures and delivers as usual. REQUIRETLS demands verified TLS and
+        bounces (5.7.10) without it.
+        """
+        level = self._policyLevel(route, target, policy)
+        if message.requiretls and level not in ("verify", "dane"):
+            level = "verify"
+        if level == route.tls:
+            return await self._deliverAsUsual(route, target, message, policy)
+        try:
+            return await self._deliverTo(replace(route, tls=level), target, message, policy)
+        except SessionError as e:
+            tls_problem = e.tls_failure or bool(e.tls_result)
+            if message.requiretls and tls_problem:
+                raise requiretls_error(e, target) from None
+            if policy.mode != "testing" or not tls_problem:
+                raise
+            self._log.info("relay: {remote}: MTA-STS testing for {domain}: {reply}; "
+                           "delivering as usual", remote=target.remote_mta,
+                           domain=policy.domain, reply=e.reply)
+        return await self._deliverAsUsual(route, target, message, policy)
+
+    async def _deliverAsUsual(
+        self, route: Route, target: Target, message: OutboundMessage, policy: HostPolicy
+    ) -> list[DeliveryStatus]:
+        """
+        One transaction with one host at the route's own TLS level; at
+        C{outbound_tls = may} a host whose TLS fails gets one more try in plain
+        text (as Postfix at level may).
         """
         try:
-            return await self._deliverTo(route, target, message)
+            return await self._deliverTo(route, target, message, policy)
         except SessionError as e:
+            if message.requiretls and (e.tls_failure or e.tls_result):
+                raise requiretls_error(e, target) from None
             if not (e.tls_failure and route.tls == "may"):
                 raise
             self._log.info(
@@ -261,7 +352,27 @@ class RelayManager:
                 remote=target.remote_mta,
                 reply=e.reply,
             )
-        return await self._deliverTo(replace(route, tls="none"), target, message)
+        return await self._deliverTo(replace(route, tls="none"), target, message, policy)
+
+    def _policyLevel(self, route: Route, target: Target, policy: HostPolicy) -> str:
+        """The TLS level C{policy} asks for with C{target}; L{SessionError} when it rules the host out."""
+        if policy.error:
+            self._publish(policy, target, "", DNSSEC_INVALID, policy.error)
+            raise SessionError(451, "4.7.5", f"451 4.7.5 no TLSA answer for {target.name}: "
+                               f"{policy.error}", tls_result=DNSSEC_INVALID)
+        if policy.kind == NO_POLICY:
+            return route.tls
+        if policy.mode == "dane":
+            return "dane"
+        if not policy.allows(target.name):
+            why = f"MX host {target.name} is not in the MTA-STS policy of {policy.domain}"
+            self._publish(policy, target, "", VALIDATION_FAILURE, why)
+            if policy.enforced:
+                raise SessionError(451, "4.7.5", f"451 4.7.5 {why}",
+                                   tls_result=VALIDATION_FAILURE)
+            self._log.info("relay: MTA-STS testing: {why}", why=why)
+            return route.tls
+        return "verify" if policy.enforced or route.tls != "none" else "none"
 
     async def _targets(self, route: Route) -> list[Target]:
         """The addresses to try for C{route}, in order, our own ones removed."""
@@ -316,10 +427,10 @@ class RelayManager:
     # ------------------------------------------------------------ one host
 
     async def _deliverTo(
-        self, route: Route, target: Target, message: OutboundMessage
+        self, route: Route, target: Target, message: OutboundMessage, policy: HostPolicy
     ) -> list[DeliveryStatus]:
         """One transaction with one host, on a pooled connection if there is one."""
-        connection = await self._pool.connection(route, target)
+        connection = await self._connect(route, target, policy, fresh=False)
         try:
             return await connection.client.send(message)
         except SessionError as e:
@@ -328,8 +439,35 @@ class RelayManager:
         finally:
             self._pool.release(connection)
         # The pooled connection had died: once more on a fresh one.
-        connection = await self._pool.connect(route, target)
+        connection = await self._connect(route, target, policy, fresh=True)
         try:
             return await connection.client.send(message)
         finally:
             self._pool.release(connection)
+
+    async def _connect(self, route: Route, target: Target, policy: HostPolicy,
+                       fresh: bool) -> Any:
+        """A pooled or new connection; the TLS outcome of a new one is published."""
+        check = dane_check(policy, target.name, self._reactor) if route.tls == "dane" else None
+        try:
+            if fresh:
+                connection = await self._pool.connect(route, target, check)
+            else:
+                connection = await self._pool.connection(route, target, check)
+        except SessionError as e:
+            if e.tls_result and route.tls != "none":
+                self._publish(policy, target, target.address, e.tls_result, e.reply)
+            raise
+        client = connection.client
+        if client.transactions == 0 and route.tls != "none":
+            result = SUCCESS if client.secure else STARTTLS_NOT_SUPPORTED
+            self._publish(policy, target, target.address, result)
+        return connection
+
+    def _publish(self, policy: HostPolicy, target: Target, address: str, result: str,
+                 detail: str = "") -> None:
+        """Publish one L{TLSOutcome} on L{tls_outcomes}."""
+        self.tls_outcomes.publish(TLSOutcome(
+            policy_domain=policy.domain, policy_type=policy.kind,
+            policy_strings=policy.strings, mx_host=target.name, receiving_ip=address,
+            result=result, detail=detail, mode=policy.mode))

@@ -1,102 +1,91 @@
-# -*- test-case-name: tests.test_tlsrpt_relay -*-
+# -*- test-case-name: tests.test_relay_tls_policy -*-
 """
-The TLS outcome of a new outbound connection, as TLS-RPT (RFC 8460) counts
-it, from what the session set-up came to under the route's C{outbound_tls}:
-TLS negotiated, STARTTLS not offered (or refused), or the handshake failed,
-and then why: the certificate's dates, its name, its issuer.
+The TLS outcome of one outbound session, as TLS reporting (RFC 8460) counts
+it: which recipient-side policy applied (MTA-STS, DANE or none), with its
+policy strings, the MX host and address, and success or the RFC 8460 result
+type of the failure.
 
-Only connections to a domain's MX hosts with a TLS policy other than
-C{none} count; a plain-text retry after a failed handshake does not (it is
-the same delivery). Connections that failed before STARTTLS (refused,
-greeting, EHLO) are no TLS sessions and are not counted.
+The relay publishes one L{TLSOutcome} per new session (or per host it would
+not connect to under a policy) on its L{TLSOutcomes}; a TLS-RPT recorder
+subscribes there.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from smtpd.delivery.routes import Route, Target
-from smtpd.delivery.wire import SessionError
-from smtpd.mailauth.tlsrpt.outcome import (
-    CERTIFICATE_EXPIRED,
-    CERTIFICATE_HOST_MISMATCH,
-    CERTIFICATE_NOT_TRUSTED,
-    NO_POLICY,
-    STARTTLS_NOT_SUPPORTED,
-    VALIDATION_FAILURE,
-    TLSOutcome,
-    TLSPolicy,
-)
+from twisted.logger import Logger
 
-# The status of "TLS is required, but was not offered" (handshake.tls_required).
-_NOT_OFFERED = "4.7.5"
-# The most of an error text kept as a failure reason.
-_REASON_LIMIT = 200
+# RFC 8460 4.4 policy types.
+POLICY_STS = "sts"
+POLICY_TLSA = "tlsa"
+NO_POLICY = "no-policy-found"
+
+SUCCESS = "success"
+# RFC 8460 4.3 result types.
+STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
+CERTIFICATE_HOST_MISMATCH = "certificate-host-mismatch"
+CERTIFICATE_EXPIRED = "certificate-expired"
+CERTIFICATE_NOT_TRUSTED = "certificate-not-trusted"
+VALIDATION_FAILURE = "validation-failure"
+TLSA_INVALID = "tlsa-invalid"
+DNSSEC_INVALID = "dnssec-invalid"
+DANE_REQUIRED = "dane-required"
+STS_POLICY_FETCH_ERROR = "sts-policy-fetch-error"
+STS_POLICY_INVALID = "sts-policy-invalid"
+STS_WEBPKI_INVALID = "sts-webpki-invalid"
+
+log = Logger()
 
 
-def connection_outcome(route: Route, target: Target, client: Any,
-                       error: SessionError | None, now: float) -> TLSOutcome | None:
+@dataclass(frozen=True)
+class TLSOutcome:
     """
-    The outcome of C{client}'s set-up with C{target} (C{error}: why it
-    failed, L{None} when it is ready) at C{now}, or L{None} when it does not
-    count.
+    One session's (or one refused host's) TLS result.
+
+    @ivar policy_domain: the recipient domain whose policy applied.
+    @ivar policy_type: L{POLICY_STS}, L{POLICY_TLSA} or L{NO_POLICY}.
+    @ivar policy_strings: the MTA-STS policy lines (C{"mode: enforce"}, ...)
+        or the TLSA records in presentation form (C{"3 1 1 ab12..."}).
+    @ivar mx_host: the MX host name.
+    @ivar receiving_ip: its address, "" when no connection was made.
+    @ivar result: L{SUCCESS} or an RFC 8460 result type.
+    @ivar detail: a human-readable reason (RFC 8460 C{additional-information}).
+    @ivar mode: the policy mode that applied: C{enforce}, C{testing} (MTA-STS),
+        C{dane}, or "".
     """
-    if route.kind != "mx" or route.tls == "none":
-        return None
-    if error is None or not (error.tls_failure or error.status == _NOT_OFFERED):
-        if error is not None and not client.secure:
-            return None  # failed before STARTTLS: no TLS session
-        result, reason = ("", "") if client.secure else (STARTTLS_NOT_SUPPORTED, "")
-    elif not client.secure:
-        result, reason = STARTTLS_NOT_SUPPORTED, ""
-    else:
-        result, reason = handshake_failure(client, error, now)
-    return TLSOutcome(
-        policy=TLSPolicy(NO_POLICY, route.destination),
-        receiving_mx_hostname=target.name,
-        receiving_ip=target.address,
-        sending_mta_ip=local_address(client),
-        result_type=result,
-        failure_reason_code=reason,
-    )
+
+    policy_domain: str
+    policy_type: str
+    policy_strings: tuple[str, ...]
+    mx_host: str
+    receiving_ip: str
+    result: str
+    detail: str = ""
+    mode: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether the session was set up over TLS as the policy demands."""
+        return self.result == SUCCESS
 
 
-def handshake_failure(client: Any, error: SessionError, now: float) -> tuple[str, str]:
-    """
-    The result type and reason of a failed TLS handshake on C{client}: the
-    certificate the host sent is checked for its dates; a name mismatch is
-    what service_identity reported; another verification failure means no
-    trusted issuer was found (the dates and the name being right).
-    """
-    text = error.reply.partition("TLS negotiation failed: ")[2] or error.reply
-    dates = certificate_dates(client)
-    if dates is not None and now > dates[1]:
-        return CERTIFICATE_EXPIRED, "X509_V_ERR_CERT_HAS_EXPIRED"
-    if dates is not None and now < dates[0]:
-        return CERTIFICATE_EXPIRED, "X509_V_ERR_CERT_NOT_YET_VALID"
-    if "Mismatch" in text:
-        return CERTIFICATE_HOST_MISMATCH, "X509_V_ERR_HOSTNAME_MISMATCH"
-    if "certificate verify failed" in text:
-        return CERTIFICATE_NOT_TRUSTED, "certificate verify failed"
-    return VALIDATION_FAILURE, text[:_REASON_LIMIT]
+class TLSOutcomes:
+    """The hook where the relay publishes L{TLSOutcome}s; observers subscribe."""
 
+    def __init__(self) -> None:
+        self._observers: list[Callable[[TLSOutcome], object]] = []
 
-def certificate_dates(client: Any) -> tuple[float, float] | None:
-    """
-    The validity period (epoch seconds) of the certificate the host sent on
-    C{client}'s TLS connection, or L{None} when it sent none.
-    """
-    try:
-        chain = client.transport.getHandle().get_peer_cert_chain()
-        leaf = chain[0].to_cryptography()
-    except Exception:
-        return None
-    return leaf.not_valid_before_utc.timestamp(), leaf.not_valid_after_utc.timestamp()
+    def subscribe(self, observer: Callable[[TLSOutcome], object]) -> Callable[[], None]:
+        """Call C{observer} with every outcome from now on; returns the unsubscribe call."""
+        self._observers.append(observer)
+        return lambda: self._observers.remove(observer) if observer in self._observers else None
 
-
-def local_address(client: Any) -> str:
-    """Our address on C{client}'s connection, or ""."""
-    try:
-        return str(client.transport.getHost().host)
-    except Exception:
-        return ""
+    def publish(self, outcome: TLSOutcome) -> None:
+        """Hand C{outcome} to every observer; one that fails is logged, never the delivery's problem."""
+        for observer in list(self._observers):
+            try:
+                observer(outcome)
+            except Exception:
+                log.failure("TLS outcome observer {observer!r} failed", observer=observer)

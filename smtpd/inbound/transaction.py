@@ -60,6 +60,9 @@ class Transaction:
         if parsed is None:
             return None
         sender, params = parsed
+        if params.requiretls and not self._tls:
+            # RFC 8689 4.1: REQUIRETLS only over a TLS session (RFC 3207's 530).
+            return self._reply(530, "5.7.10", "REQUIRETLS needs a TLS session")
         messages = config.messages
         if params.size is not None:
             if messages.max_message_size and params.size > messages.max_message_size:
@@ -169,7 +172,7 @@ class Transaction:
         self._message = self.inbound.cleanup.begin(
             self._sender or "", self._rcpts, client=self.client_info(), ret=params.ret,
             envid=params.envid, body=params.body, room=self._session_room(),
-            messages=self.inbound.config.messages,
+            messages=self.inbound.config.messages, requiretls=params.requiretls,
         )
         self._send("354 End data with <CR><LF>.<CR><LF>\r\n")
         self._log(354)

@@ -67,6 +67,7 @@ class Envelope:
     @ivar size: the size of the message data in octets.
     @ivar client: who handed us the message: C{"helo [ip]"}, or "pickup"/"local".
     @ivar body: C{"7BIT"}, C{"8BITMIME"} (the MAIL BODY= parameter).
+    @ivar requiretls: the MAIL REQUIRETLS parameter (RFC 8689) was given.
     """
 
     id: str
@@ -81,6 +82,7 @@ class Envelope:
     size: int = 0
     client: str = ""
     body: str = ""
+    requiretls: bool = False
 
     def pending(self) -> list[Recipient]:
         """The recipients still to be delivered."""
@@ -121,6 +123,8 @@ class DeliveryStatus:
     @ivar reply: the reply text or diagnostic, one line.
     @ivar remote_mta: the host that answered (C{"mx.example.com [192.0.2.1]"}), or "".
     @ivar tls: whether the session with C{remote_mta} was encrypted.
+    @ivar tls_policy: the recipient-side TLS policy that applied (C{dane},
+        C{sts-enforce}, C{sts-testing}) or "".
     """
 
     address: str
@@ -129,6 +133,7 @@ class DeliveryStatus:
     reply: str
     remote_mta: str = ""
     tls: bool = False
+    tls_policy: str = ""
 
     @property
     def delivered(self) -> bool:

@@ -12,8 +12,9 @@ from typing import Any
 
 from smtpd.mailauth.tlsrpt.store import DAY, DETAIL_FIELDS, PolicyCounts, day_start
 
-# Failure detail fields a report leaves out when they are empty (RFC 8460 4.4: optional).
-_OPTIONAL = ("receiving-mx-helo", "failure-reason-code", "receiving-ip")
+# Failure detail fields a report leaves out when they are empty: optional in
+# RFC 8460 4.4, or unknown because no connection was made (a policy failure).
+_OPTIONAL = ("receiving-mx-helo", "failure-reason-code", "receiving-ip", "sending-mta-ip")
 
 
 def report_id(day: str, domain: str, submitter: str) -> str:
