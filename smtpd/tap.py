@@ -52,7 +52,7 @@ from smtpd.service.server import SMTPServer
 from smtpd.service.signals import SignalService
 from smtpd.util.activity import ActivityLog
 from smtpd.delivery.mx import MXResolver, make_resolver
-from smtpd.cleanup.authfilters import mailauth_filters
+from smtpd.cleanup.authfilters import MailAuthFilters
 from smtpd.cleanup.stage import Cleanup
 from smtpd.inbound.policy import may_connect
 from smtpd.inbound.registry import Inbound
@@ -261,8 +261,9 @@ def build(config: Config, reactor) -> service.MultiService:
     resolver = make_resolver(config.delivery.dns_servers, reactor)
     mailauth_pool = ThreadPoolService(MAILAUTH_THREADS, "smtpd-mailauth")
     mailauth_pool.setServiceParent(top)
-    filters = mailauth_filters(config, resolver, reactor, mailauth_pool.runner(reactor))
-    cleanup = Cleanup(config, queue, reactor, run_blocking, filters=filters)
+    mailauth = MailAuthFilters(reactor, mailauth_pool.runner(reactor))
+    cleanup = Cleanup(config, queue, reactor, run_blocking,
+                      filters=mailauth.build(config, resolver))
     inbound = Inbound(
         config, users, cleanup, reactor, auth_pool.runner(reactor), tls_options, activity,
         resolver=resolver, auth_limit=AUTH_THREADS + AUTH_QUEUE,
@@ -313,7 +314,7 @@ def build(config: Config, reactor) -> service.MultiService:
         config, reactor, qmgr=qmgr, queue=queue, inbound=inbound, relay=relay,
         activity=activity, run_blocking=run_blocking, server_tls=tls_options,
         configured=[*reloaded, top.pop3],
-        resolver=resolver, mx=mx,
+        resolver=resolver, mx=mx, cleanup=cleanup, filters=mailauth,
     )
     admin.setServiceParent(top)
     # The manhole's listeners are bound first with the others (bind or exit 1).

@@ -14,6 +14,7 @@ import dataclasses
 
 from twisted.logger import Logger
 
+from smtpd.cleanup.authfilters import BUILD_ERRORS
 from smtpd.config import Config, ConfigError, load_config
 from smtpd.delivery.mx import make_resolver
 from smtpd.directory.accounts import Users, UsersError
@@ -72,10 +73,13 @@ class Reloader:
     @param mx: the relay's L{MXResolver}: it gets a new resolver for
         C{[delivery] dns_servers} (or C{/etc/resolv.conf}) as they are now.
     @param reactor: for that resolver.
+    @param cleanup: the cleanup stage whose mail authentication filters
+        (DKIM signing, the C{[checks]}) are built anew by C{filters}, a
+        L{smtpd.cleanup.authfilters.MailAuthFilters}.
     """
 
     def __init__(self, config: Config, *, inbound, qmgr, relay, activity, server_tls=None,
-                 configured=(), mx=None, reactor=None):
+                 configured=(), mx=None, reactor=None, cleanup=None, filters=None):
         self.config = config
         self.inbound = inbound
         self.qmgr = qmgr
@@ -85,15 +89,19 @@ class Reloader:
         self.configured = list(configured)
         self.mx = mx
         self.reactor = reactor
+        self.cleanup = cleanup
+        self.filters = filters if cleanup is not None else None
 
     def reload(self) -> dict:
         """
         Read and apply; the report is C{{"ok": True, "changed": [...],
-        "at_restart": [...], "accounts": n}} or C{{"ok": False, "errors":
-        [...]}} (nothing changed).
+        "at_restart": [...], "accounts": n, "filters": [...]}} (C{filters}:
+        the mail authentication filters now in force, built anew) or
+        C{{"ok": False, "errors": [...]}} (nothing changed, the old filters
+        stay).
         """
         try:
-            new, users, options = self._read()
+            new, users, options, resolver, filters = self._read()
         except (ConfigError, UsersError) as e:
             for line in e.problems:
                 log.error("reload refused: {problem}", problem=line)
@@ -102,13 +110,15 @@ class Reloader:
             log.error("reload refused: {problem}", problem=str(e))
             return {"ok": False, "errors": [str(e)]}
         changed = differences(self.config, new)
-        self._apply(new, users, options)
+        self._apply(new, users, options, resolver, filters)
         report = {
             "ok": True,
             "changed": [c for c in changed if not at_restart(c)],
             "at_restart": [c for c in changed if at_restart(c)],
             "accounts": len(users),
         }
+        if filters is not None:
+            report["filters"] = [f.name for f in filters]
         log.info("reloaded {path}: changed {changed}; needs a restart: {restart}; "
                  "{accounts} accounts", path=new.path,
                  changed=", ".join(report["changed"]) or "nothing",
@@ -145,15 +155,26 @@ class Reloader:
             self.qmgr.users = users
 
     def _read(self):
-        """The new configuration, accounts and TLS options; raises on any problem."""
+        """
+        The new configuration, accounts, TLS options, resolver and mail
+        authentication filters; raises on any problem.
+        """
         new = load_config(self.config.path)
         users = Users.load(new.auth.users)
         options = None
         if self.server_tls is not None:
             options = tls.options_for(new.tls)
-        return new, users, options
+        resolver = filters = None
+        if self.mx is not None or self.filters is not None:
+            resolver = make_resolver(new.delivery.dns_servers, self.reactor)
+        if self.filters is not None:
+            try:
+                filters = self.filters.build(new, resolver)
+            except BUILD_ERRORS as e:
+                raise ConfigError([f"{new.path}: mail authentication: {e}"]) from None
+        return new, users, options, resolver, filters
 
-    def _apply(self, new: Config, users: Users, options) -> None:
+    def _apply(self, new: Config, users: Users, options, resolver, filters) -> None:
         """Hand the new configuration to every part that reads it per session or attempt."""
         self.config = new
         self.inbound.config = new
@@ -170,6 +191,8 @@ class Reloader:
             if hasattr(part, "users"):
                 part.users = users
         if self.mx is not None:
-            self.mx.use_resolver(make_resolver(new.delivery.dns_servers, self.reactor))
+            self.mx.use_resolver(resolver)
+        if filters is not None:
+            self.filters.install(self.cleanup, filters)
         if options is not None:
             self.server_tls.options = options
