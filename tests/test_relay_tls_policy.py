@@ -22,6 +22,7 @@ from smtpd.delivery.tlsoutcome import (
     NO_POLICY,
     POLICY_STS,
     POLICY_TLSA,
+    STARTTLS_NOT_SUPPORTED,
     SUCCESS,
     TLSA_INVALID,
     VALIDATION_FAILURE,
@@ -167,7 +168,25 @@ class PolicyRelayTests(unittest.TestCase):
         status = await self.send(self.relay())
         self.assertEqual((status.code, status.tls_policy), (250, "sts-testing"))
         self.assertEqual(len(self.sinks[1].messages), 1)
-        self.assertEqual([o.result for o in self.outcomes], [CERTIFICATE_HOST_MISMATCH, SUCCESS])
+        # Only the failure counts for the policy: the usual delivery was not verified.
+        self.assertEqual([o.result for o in self.outcomes], [CERTIFICATE_HOST_MISMATCH])
+
+    async def test_policy_remembered(self) -> None:
+        """A second message to the domain within a minute asks neither DNS nor HTTPS again."""
+        self.page.body = policy_text("enforce", "mx1.example.test")
+        self.serve_dns()
+        relay = self.relay()
+        for _ in range(2):
+            self.assertEqual((await self.send(relay)).tls_policy, "sts-enforce")
+        self.assertEqual((self.dns.query_count("TXT"), len(self.page.requests)), (1, 1))
+
+    async def test_sts_testing_mx_not_listed(self) -> None:
+        """Under a testing policy an MX host it does not list still gets the message."""
+        self.page.body = policy_text("testing", "mx9.example.test")
+        self.serve_dns()
+        status = await self.send(self.relay())
+        self.assertEqual((status.code, status.tls_policy), (250, "sts-testing"))
+        self.assertEqual([o.result for o in self.outcomes], [VALIDATION_FAILURE])
 
     async def test_sts_off(self) -> None:
         """With mta_sts = no the policy is not even fetched: the MX gets the mail as today."""
@@ -198,6 +217,23 @@ class PolicyRelayTests(unittest.TestCase):
                          (451, "4.7.5", "sts-enforce"))
         self.assertEqual(len(self.page.requests), 1)
         self.assertEqual(self.sinks[1].messages, [])
+
+    async def test_sts_fetch_failure_uses_cache(self) -> None:
+        """
+        When the TXT record announces a new policy id but the fetch fails, the
+        cached policy (still within max_age) goes on applying.
+        """
+        self.page.body = policy_text("enforce", "mx1.example.test")
+        self.serve_dns()
+        await self.send(self.relay())
+        self.page.code = 500
+        self.zone["_mta-sts.example.test"] = [txt("v=STSv1; id=20261202")]
+        self.zone["example.test"] = [mx(10, "mx2.example.test")]
+        self.serve_dns()
+        status = await self.send(self.relay())
+        self.assertEqual((status.code, status.status, status.tls_policy),
+                         (451, "4.7.5", "sts-enforce"))
+        self.assertEqual(len(self.page.requests), 2)
 
     # ------------------------------------------------------------ DANE
 
@@ -257,6 +293,16 @@ class PolicyRelayTests(unittest.TestCase):
         self.assertIn("TLSA", status.reply)
         self.assertEqual(self.sinks[0].messages, [])
         self.assertEqual([o.result for o in self.outcomes], [TLSA_INVALID])
+
+    async def test_dane_requires_starttls(self) -> None:
+        """Usable TLSA records force TLS: a host that offers no STARTTLS is deferred."""
+        self.tlsa(3, self.mx1_leaf())
+        self.sinks[0].script.tls = None
+        self.serve_dns(authenticated=True)
+        status = await self.send(self.relay(dnssec="trust-ad", mta_sts=False))
+        self.assertEqual((status.code, status.status, status.tls_policy), (451, "4.7.5", "dane"))
+        self.assertEqual(self.sinks[0].messages, [])
+        self.assertEqual([o.result for o in self.outcomes], [STARTTLS_NOT_SUPPORTED])
 
     async def test_dane_needs_ad_bit(self) -> None:
         """Without the AD bit the same mismatching record is ignored: delivered as usual."""

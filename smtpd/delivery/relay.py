@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from smtpd.config import Config, SmartHost
+from smtpd.delivery.hosts import HostDelivery
 from smtpd.delivery.interfaces import IDeliveryAgent
 from smtpd.delivery.loops import LocalAddresses, bindable, is_listener
 from smtpd.delivery.mx import DNSError, MXHost, MXResolver, PermanentDNSError, TemporaryDNSError
@@ -34,27 +35,13 @@ from smtpd.delivery.routes import (
     route_for,
     route_status,
 )
-from smtpd.delivery.tlsoutcome import (
-    NO_POLICY,
-    STARTTLS_NOT_SUPPORTED,
-    SUCCESS,
-    VALIDATION_FAILURE,
-    DNSSEC_INVALID,
-    TLSOutcome,
-    TLSOutcomes,
-)
-from smtpd.delivery.tlspolicy import HostPolicy, TLSPolicies, dane_check
+from smtpd.delivery.tlsoutcome import TLSOutcomes
+from smtpd.delivery.tlspolicy import HostPolicy, TLSPolicies
 from smtpd.delivery.wire import OutboundMessage, SessionError
 from smtpd.mail.envelope import DeliveryStatus, Envelope, Recipient
 from smtpd.mail.source import IMessageSource, read_chunks, read_head
 
 __all__ = ["RelayManager", "LocalAddresses", "bindable", "has_8bit", "tls_not_required"]
-
-
-def requiretls_error(error: SessionError, target: Target) -> SessionError:
-    """RFC 8689 4.2.1: a REQUIRETLS message that found no verified TLS is returned (5.7.10)."""
-    return SessionError(550, "5.7.10", "550 5.7.10 REQUIRETLS: no verified TLS with "
-                        f"{target.remote_mta}: {error.reply}")
 
 
 def tls_not_required(message: IMessageSource) -> bool:
@@ -127,9 +114,9 @@ class RelayManager:
         self._run = run_blocking if run_blocking is not None else maybeDeferred
         self._pool = ConnectionPool(config, reactor, client_tls, idle_timeout)
         self._destinations: dict[str, Limiter] = {}
-        self._reactor = reactor
         self._policies = policies if policies is not None else TLSPolicies()
         self.tls_outcomes = TLSOutcomes()
+        self._hosts = HostDelivery(self._pool, reactor, self._log, self.tls_outcomes)
 
     # ------------------------------------------------------------ public
 
@@ -184,9 +171,6 @@ class RelayManager:
         eight_bit = envelope.body.upper() == "8BITMIME"
         if groups and not eight_bit:
             eight_bit = await self._run(has_8bit, message)
-        # RFC 8689 5: with REQUIRETLS a TLS-Required header field is ignored.
-        tls_optional = bool(groups) and not envelope.requiretls and await self._run(
-            tls_not_required, message)
         jobs = []
         for route, indexes in groups.items():
             outbound = OutboundMessage(
@@ -197,7 +181,6 @@ class RelayManager:
                 envid=envelope.envid,
                 eight_bit=eight_bit,
                 requiretls=envelope.requiretls,
-                tls_optional=tls_optional,
             )
             jobs.append(Deferred.fromCoroutine(self._deliverGroup(envelope.id, route, outbound)))
         results = await gatherResults(jobs) if jobs else []
@@ -261,8 +244,14 @@ class RelayManager:
         except DNSError as e:
             return [route_status(r, e, "") for r in message.recipients], e
         sts = None
-        if route.kind == "mx" and not message.tls_optional:
+        if route.kind == "mx":
             sts = await self._policies.domain_policy(self._config, route.destination)
+            # RFC 8689 5: TLS-Required: No (read only when a policy may apply;
+            # with REQUIRETLS the header field is ignored).
+            if ((sts is not None or self._config.delivery.dnssec == "trust-ad")
+                    and not message.requiretls
+                    and await self._run(tls_not_required, message.source)):
+                sts, message = None, replace(message, tls_optional=True)
         temporary: tuple[SessionError, str] | None = None
         permanent: tuple[SessionError, str] | None = None
         policies: dict[str, HostPolicy] = {}
@@ -271,7 +260,7 @@ class RelayManager:
             policy = await self._hostPolicy(route, target, sts, message, policies)
             label = policy.label
             try:
-                statuses = await self._deliverToHost(route, target, message, policy)
+                statuses = await self._hosts.deliver(route, target, message, policy)
                 return [replace(s, tls_policy=label) for s in statuses], None
             except SessionError as e:
                 self._log.info(
@@ -303,76 +292,6 @@ class RelayManager:
             known[target.name] = await self._policies.host_policy(
                 self._config, route.destination, target.name, target.port, sts)
         return known[target.name]
-
-    async def _deliverToHost(
-        self, route: Route, target: Target, message: OutboundMessage, policy: HostPolicy
-    ) -> list[DeliveryStatus]:
-        """
-        One transaction with one host under C{policy}. DANE and MTA-STS
-        C{enforce} demand verified TLS (and an MX host the MTA-STS policy
-        lists), else the host is skipped with 4.7.5; C{testing} logs such
-        failures and delivers as usual. REQUIRETLS demands verified TLS and
-        bounces (5.7.10) without it.
-        """
-        level = self._policyLevel(route, target, policy)
-        if message.requiretls and level not in ("verify", "dane"):
-            level = "verify"
-        if level == route.tls:
-            return await self._deliverAsUsual(route, target, message, policy)
-        try:
-            return await self._deliverTo(replace(route, tls=level), target, message, policy)
-        except SessionError as e:
-            tls_problem = e.tls_failure or bool(e.tls_result)
-            if message.requiretls and tls_problem:
-                raise requiretls_error(e, target) from None
-            if policy.mode != "testing" or not tls_problem:
-                raise
-            self._log.info("relay: {remote}: MTA-STS testing for {domain}: {reply}; "
-                           "delivering as usual", remote=target.remote_mta,
-                           domain=policy.domain, reply=e.reply)
-        return await self._deliverAsUsual(route, target, message, policy)
-
-    async def _deliverAsUsual(
-        self, route: Route, target: Target, message: OutboundMessage, policy: HostPolicy
-    ) -> list[DeliveryStatus]:
-        """
-        One transaction with one host at the route's own TLS level; at
-        C{outbound_tls = may} a host whose TLS fails gets one more try in plain
-        text (as Postfix at level may).
-        """
-        try:
-            return await self._deliverTo(route, target, message, policy)
-        except SessionError as e:
-            if message.requiretls and (e.tls_failure or e.tls_result):
-                raise requiretls_error(e, target) from None
-            if not (e.tls_failure and route.tls == "may"):
-                raise
-            self._log.info(
-                "relay: {remote}: {reply}; trying again without TLS",
-                remote=target.remote_mta,
-                reply=e.reply,
-            )
-        return await self._deliverTo(replace(route, tls="none"), target, message, policy)
-
-    def _policyLevel(self, route: Route, target: Target, policy: HostPolicy) -> str:
-        """The TLS level C{policy} asks for with C{target}; L{SessionError} when it rules the host out."""
-        if policy.error:
-            self._publish(policy, target, "", DNSSEC_INVALID, policy.error)
-            raise SessionError(451, "4.7.5", f"451 4.7.5 no TLSA answer for {target.name}: "
-                               f"{policy.error}", tls_result=DNSSEC_INVALID)
-        if policy.kind == NO_POLICY:
-            return route.tls
-        if policy.mode == "dane":
-            return "dane"
-        if not policy.allows(target.name):
-            why = f"MX host {target.name} is not in the MTA-STS policy of {policy.domain}"
-            self._publish(policy, target, "", VALIDATION_FAILURE, why)
-            if policy.enforced:
-                raise SessionError(451, "4.7.5", f"451 4.7.5 {why}",
-                                   tls_result=VALIDATION_FAILURE)
-            self._log.info("relay: MTA-STS testing: {why}", why=why)
-            return route.tls
-        return "verify" if policy.enforced or route.tls != "none" else "none"
 
     async def _targets(self, route: Route) -> list[Target]:
         """The addresses to try for C{route}, in order, our own ones removed."""
@@ -423,51 +342,3 @@ class RelayManager:
     def _isLocal(self, address: str, port: int) -> bool:
         """Whether C{address}:C{port} is one of our listeners (L{is_listener})."""
         return is_listener(address, port, self._local_endpoints(), self._is_local_address)
-
-    # ------------------------------------------------------------ one host
-
-    async def _deliverTo(
-        self, route: Route, target: Target, message: OutboundMessage, policy: HostPolicy
-    ) -> list[DeliveryStatus]:
-        """One transaction with one host, on a pooled connection if there is one."""
-        connection = await self._connect(route, target, policy, fresh=False)
-        try:
-            return await connection.client.send(message)
-        except SessionError as e:
-            if not e.stale:
-                raise
-        finally:
-            self._pool.release(connection)
-        # The pooled connection had died: once more on a fresh one.
-        connection = await self._connect(route, target, policy, fresh=True)
-        try:
-            return await connection.client.send(message)
-        finally:
-            self._pool.release(connection)
-
-    async def _connect(self, route: Route, target: Target, policy: HostPolicy,
-                       fresh: bool) -> Any:
-        """A pooled or new connection; the TLS outcome of a new one is published."""
-        check = dane_check(policy, target.name, self._reactor) if route.tls == "dane" else None
-        try:
-            if fresh:
-                connection = await self._pool.connect(route, target, check)
-            else:
-                connection = await self._pool.connection(route, target, check)
-        except SessionError as e:
-            if e.tls_result and route.tls != "none":
-                self._publish(policy, target, target.address, e.tls_result, e.reply)
-            raise
-        client = connection.client
-        if client.transactions == 0 and route.tls != "none":
-            result = SUCCESS if client.secure else STARTTLS_NOT_SUPPORTED
-            self._publish(policy, target, target.address, result)
-        return connection
-
-    def _publish(self, policy: HostPolicy, target: Target, address: str, result: str,
-                 detail: str = "") -> None:
-        """Publish one L{TLSOutcome} on L{tls_outcomes}."""
-        self.tls_outcomes.publish(TLSOutcome(
-            policy_domain=policy.domain, policy_type=policy.kind,
-            policy_strings=policy.strings, mx_host=target.name, receiving_ip=address,
-            result=result, detail=detail, mode=policy.mode))

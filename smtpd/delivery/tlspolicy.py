@@ -30,6 +30,10 @@ from smtpd.mailauth.mtasts import MTASTS, PolicyCache, STSPolicy
 
 DNSSEC_MODES = ("no", "trust-ad")
 
+# Seconds a domain's MTA-STS policy (or its absence) and a host's TLSA answer
+# are remembered in memory, so a busy route does not ask DNS for every message.
+MEMO_SECONDS = 60.0
+
 log = Logger()
 
 
@@ -89,29 +93,57 @@ class TLSPolicies:
 
     @param sts: the L{MTASTS} finder, or None (never MTA-STS).
     @param tlsa: the L{TLSALookup}, or None (never DANE).
+    @param clock: gives C{seconds()} for the in-memory memo (L{MEMO_SECONDS});
+        None: nothing is remembered.
     """
 
-    def __init__(self, sts: MTASTS | None = None, tlsa: TLSALookup | None = None):
+    def __init__(self, sts: MTASTS | None = None, tlsa: TLSALookup | None = None,
+                 clock: Any = None):
         self.sts = sts
         self.tlsa = tlsa
+        self.clock = clock
+        self._memo: dict[tuple[str, ...], tuple[float, Any]] = {}
+
+    def _recall(self, key: tuple[str, ...]) -> tuple[bool, Any]:
+        """C{(True, value)} when C{key} was remembered less than L{MEMO_SECONDS} ago."""
+        found = self._memo.get(key)
+        if found is None or self.clock is None or found[0] <= self.clock.seconds():
+            self._memo.pop(key, None)
+            return False, None
+        return True, found[1]
+
+    def _remember(self, key: tuple[str, ...], value: Any) -> Any:
+        if self.clock is not None:
+            if len(self._memo) > 10000:
+                self._memo.clear()
+            self._memo[key] = (self.clock.seconds() + MEMO_SECONDS, value)
+        return value
 
     async def domain_policy(self, config: Config, domain: str) -> STSPolicy | None:
         """The MTA-STS policy of C{domain} in force (enforce or testing), or None."""
         if self.sts is None or not config.delivery.mta_sts:
             return None
+        known, policy = self._recall(("sts", domain))
+        if known:
+            return policy
         try:
             policy = await self.sts.policy(domain)
         except Exception:
             log.failure("MTA-STS policy of {domain}: lookup failed", domain=domain)
             return None
-        return policy if policy is not None and policy.mode != "none" else None
+        if policy is not None and policy.mode == "none":
+            policy = None
+        return self._remember(("sts", domain), policy)
 
     async def host_policy(self, config: Config, domain: str, host: str, port: int,
                           sts: STSPolicy | None) -> HostPolicy:
         """The policy for MX C{host} of C{domain}: DANE when it applies, else C{sts}."""
         if self.tlsa is not None and config.delivery.dnssec == "trust-ad":
+            known, answer = self._recall(("tlsa", host, str(port)))
             try:
-                answer = await self.tlsa.lookup(host, port)
+                if not known:
+                    answer = self._remember(("tlsa", host, str(port)),
+                                            await self.tlsa.lookup(host, port))
             except TemporaryLookupError as e:
                 # RFC 7672 2.1.1: an indeterminate answer: the host is not used.
                 return HostPolicy(domain, POLICY_TLSA, "dane", error=str(e))
@@ -159,4 +191,4 @@ def tls_policies(config: Config, resolver: Any, reactor: Any,
     agent = https_agent(reactor, lookup, trust_root, https_port)
     cache = PolicyCache(os.path.join(config.server.mailroot, "mta-sts"), run_blocking)
     sts = MTASTS(lookup, agent, cache, reactor, reactor)
-    return TLSPolicies(sts, TLSALookup(config.delivery.dns_servers, run_blocking))
+    return TLSPolicies(sts, TLSALookup(config.delivery.dns_servers, run_blocking), reactor)
