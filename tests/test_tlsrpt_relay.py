@@ -197,3 +197,27 @@ class RecorderTests(unittest.TestCase):
         strings = ("version: STSv1", "mode: enforce", "mx: mx1.example.com",
                    "mx: *.example.net", "max_age: 86400")
         self.assertEqual(mx_patterns(strings), ("mx1.example.com", "*.example.net"))
+
+    def test_convert_sts(self):
+        """
+        An MTA-STS outcome keeps its policy strings, gets the mx-host
+        patterns, and its failure text (one line, bounded) as reason code.
+        """
+        from smtpd.delivery import tlsoutcome as relay_outcome
+        from smtpd.delivery.tlsreporting import convert
+
+        strings = ("version: STSv1", "mode: enforce", "mx: *.example.com", "max_age: 600")
+        outcome = relay_outcome.TLSOutcome(
+            "example.com", "sts", strings, "mx1.example.com", "192.0.2.25",
+            "certificate-host-mismatch", "451 4.7.5 TLS negotiation failed:\n  mismatch " * 20)
+        converted = convert(outcome, "198.51.100.1")
+        self.assertEqual(converted.policy, TLSPolicy("sts", "example.com", strings,
+                                                     ("*.example.com",)))
+        self.assertEqual((converted.result_type, converted.sending_mta_ip),
+                         ("certificate-host-mismatch", "198.51.100.1"))
+        self.assertEqual(len(converted.failure_reason_code), 200)
+        self.assertNotIn("\n", converted.failure_reason_code)
+        success = relay_outcome.TLSOutcome("example.com", "no-policy-found", (), "mx1",
+                                           "192.0.2.25", relay_outcome.SUCCESS, "ignored")
+        self.assertTrue(convert(success, "").success)
+        self.assertEqual(convert(success, "").failure_reason_code, "")

@@ -79,6 +79,13 @@ class PolicyCounts:
         for key, count in other.failures.items():
             self.failures[key] = self.failures.get(key, 0) + count
 
+    def copy(self) -> PolicyCounts:
+        """A copy that later counts do not change."""
+        counts = PolicyCounts(self.policy)
+        counts.successes = self.successes
+        counts.failures = dict(self.failures)
+        return counts
+
     @property
     def failure_count(self) -> int:
         """How many sessions failed."""
@@ -147,12 +154,19 @@ class DayCounts:
         """The counts of C{domain}'s policies."""
         return [c for p, c in self.policies.items() if p.domain == domain]
 
+    def copy(self) -> DayCounts:
+        """A copy that later counts do not change (cheap: for the reactor thread)."""
+        day = DayCounts(self.day)
+        day.policies = {policy: counts.copy() for policy, counts in self.policies.items()}
+        day.sent = set(self.sent)
+        return day
+
     def to_json(self) -> bytes:
         """The day as the bytes of its file."""
         return json.dumps({
             "day": self.day, "sent": sorted(self.sent),
             "policies": [c.to_dict() for c in self.policies.values()],
-        }, indent=1, sort_keys=True).encode("utf-8")
+        }, separators=(",", ":")).encode("utf-8")
 
     @classmethod
     def from_json(cls, data: bytes) -> DayCounts:
@@ -224,7 +238,8 @@ class OutcomeStore:
         await self._lock.acquire()
         try:
             dirty, self._dirty = self._dirty, set()
-            files = {day: self.days[day].to_json() for day in dirty if day in self.days}
+            # Copied here, encoded in the thread: the counts go on changing meanwhile.
+            files = {day: self.days[day].copy() for day in dirty if day in self.days}
             if not files:
                 return
             try:
@@ -282,11 +297,11 @@ def _read_days(folder: str) -> list[DayCounts]:
     return days
 
 
-def _write_days(folder: str, files: dict[str, bytes]) -> None:
-    """Replace the day files in C{files} durably."""
+def _write_days(folder: str, files: dict[str, DayCounts]) -> None:
+    """Replace the files of the days in C{files} durably."""
     make_folder(folder)
-    for day, data in files.items():
-        replace_file(os.path.join(folder, day + ".json"), data, 0o600)
+    for day, counts in files.items():
+        replace_file(os.path.join(folder, day + ".json"), counts.to_json(), 0o600)
     fsync_directory(folder)
 
 
