@@ -301,6 +301,7 @@ class ReporterTests(unittest.TestCase):
         message = self.parse(data)
         rid = "2026-12-01T00:00:00Z.example.com@mail.ours.test"
         self.assertEqual(message["TLS-Report-Submitter"], "mail.ours.test")
+        self.assertEqual(message["TLS-Required"], "No")
         self.assertEqual(" ".join(message["Subject"].split()),
                          f"Report Domain: example.com Submitter: mail.ours.test "
                          f"Report-ID: <{rid}>")

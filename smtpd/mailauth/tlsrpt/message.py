@@ -3,7 +3,9 @@
 A report as mail (RFC 8460 5.3): C{multipart/report; report-type="tlsrpt"}
 with a short text part and the gzip-compressed JSON as
 C{application/tlsrpt+gzip}, and the C{TLS-Report-Domain},
-C{TLS-Report-Submitter} fields and the Subject the RFC prescribes.
+C{TLS-Report-Submitter} fields and the Subject the RFC prescribes, and
+C{TLS-Required: No} (RFC 8689 5) so that the report is delivered despite the
+recipient's failing MTA-STS or DANE policy (RFC 8460 5.3).
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ def report_message(mail: ReportMail, report: bytes, now: float) -> bytes:
         f"TLS-Report-Domain: {mail.domain}",
         f"TLS-Report-Submitter: {mail.submitter}",
         "Auto-Submitted: auto-generated",  # RFC 3834: never answered automatically
+        # RFC 8460 5.3 / RFC 8689 5: a report must get through the very TLS
+        # failures it reports, so MTA-STS and DANE do not stop it.
+        "TLS-Required: No",
         "MIME-Version: 1.0",
         'Content-Type: multipart/report; report-type="tlsrpt";',
         f' boundary="{boundary}"',
