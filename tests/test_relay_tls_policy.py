@@ -26,12 +26,21 @@ from smtpd.delivery.tlsoutcome import (
     SUCCESS,
     TLSA_INVALID,
     VALIDATION_FAILURE,
+    TLSOutcome,
+    TLSOutcomes,
 )
 from smtpd.delivery.tlspolicy import tls_policies
 from smtpd.mail.envelope import Envelope, Recipient
 from smtpd.mail.source import BytesSource
 from smtpd.mailauth.dane import TLSALookup
-from tests.support import CertificateAuthority, SinkScript, a, mx, start_dns_server, start_smtp_sinks
+from tests.support import (
+    CertificateAuthority,
+    SinkScript,
+    a,
+    mx,
+    start_dns_server,
+    start_smtp_sinks,
+)
 from tests.test_mailauth_checks import txt
 from tests.test_mailauth_dane import Record_TLSA, spki_sha256
 from tests.test_mailauth_mtasts import PolicyPage
@@ -230,10 +239,17 @@ class PolicyRelayTests(unittest.TestCase):
         self.zone["_mta-sts.example.test"] = [txt("v=STSv1; id=20261202")]
         self.zone["example.test"] = [mx(10, "mx2.example.test")]
         self.serve_dns()
+        self.outcomes.clear()
         status = await self.send(self.relay())
         self.assertEqual((status.code, status.status, status.tls_policy),
                          (451, "4.7.5", "sts-enforce"))
         self.assertEqual(len(self.page.requests), 2)
+        # The failed fetch is reported, with the policy that went on applying.
+        fetch, refused = self.outcomes
+        self.assertEqual((fetch.policy_type, fetch.result, fetch.mx_host, fetch.mode),
+                         (POLICY_STS, "sts-policy-fetch-error", "", "enforce"))
+        self.assertIn("mx: mx1.example.test", fetch.policy_strings)
+        self.assertEqual(refused.result, VALIDATION_FAILURE)
 
     # ------------------------------------------------------------ DANE
 
@@ -381,3 +397,30 @@ class TLSRequiredTests(unittest.TestCase):
         self.assertTrue(tls_not_required(BytesSource(b"tls-required:  NO \r\n\r\nx\r\n")))
         self.assertFalse(tls_not_required(BytesSource(b"TLS-Required: yes\r\n\r\nx\r\n")))
         self.assertFalse(tls_not_required(BytesSource(b"A: b\r\n\r\nTLS-Required: No\r\n")))
+
+
+class TLSOutcomesTests(unittest.TestCase):
+    """L{TLSOutcomes}: the hook TLS reporting subscribes to."""
+
+    def test_subscribe_publish_unsubscribe(self) -> None:
+        """
+        Every observer gets each outcome; one that raises is logged and the
+        others still get it; after unsubscribing nothing more arrives.
+        """
+        outcomes, seen = TLSOutcomes(), []
+
+        def broken(outcome) -> None:
+            raise RuntimeError("observer bug")
+
+        outcomes.subscribe(broken)
+        stop = outcomes.subscribe(seen.append)
+        outcome = TLSOutcome("example.test", NO_POLICY, (), "mx.example.test", "192.0.2.1",
+                             SUCCESS)
+        outcomes.publish(outcome)
+        self.assertEqual(seen, [outcome])
+        self.assertTrue(outcome.succeeded)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        stop()
+        outcomes.publish(outcome)
+        self.assertEqual(seen, [outcome])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

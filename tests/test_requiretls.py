@@ -1,6 +1,7 @@
 """
-REQUIRETLS inbound (RFC 8689) over real loopback sockets: offered and
-accepted only under TLS, and kept in the queued envelope.
+REQUIRETLS (RFC 8689): inbound over real loopback sockets (offered and
+accepted only under TLS, kept in the queued envelope), and the NDR of such a
+message.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from twisted.trial import unittest
 from smtpd.mail.envelope import Envelope
 from tests.test_protocol import MESSAGE
 from tests.test_protocol_tls import TLSTestsMixin
+from tests.test_qmgr import QueueManagerMixin
 
 
 class RequireTLSTests(TLSTestsMixin, unittest.TestCase):
@@ -57,3 +59,27 @@ class RequireTLSTests(TLSTestsMixin, unittest.TestCase):
         await client.command(b"EHLO c\r\n")
         reply = await client.command(b"MAIL FROM:<a@example.com> REQUIRETLS=yes\r\n")
         self.assertTrue(reply.startswith("501 5.5.4"), reply)
+
+
+class RequireTLSReportTests(QueueManagerMixin, unittest.TestCase):
+    """The NDR of a REQUIRETLS message (RFC 8689 5)."""
+
+    def test_ndr_headers_only_with_requiretls(self):
+        """
+        A REQUIRETLS message that bounces is returned as its header only, even
+        with RET=FULL, and the NDR itself is sent with REQUIRETLS.
+        """
+        self.relay.scripts["y@remote.example"] = [550]
+        envelopes = []
+        deliver = self.relay.deliver
+        self.relay.deliver = lambda envelope, *rest: (envelopes.append(envelope),
+                                                      deliver(envelope, *rest))[1]
+        self.qmgr.startService()
+        self.store(["y@remote.example"], ret="FULL", requiretls=True)
+        self.clock.advance(0)
+        [report] = self.relay.reports()
+        self.assertEqual(report.get_payload(2).get_content_type(), "text/rfc822-headers")
+        [call] = [c for c in self.relay.calls if c.sender == ""]
+        self.assertNotIn(b"The body.", call.data)
+        self.assertEqual([(e.sender, e.requiretls) for e in envelopes],
+                         [("alice@example.org", True), ("", True)])

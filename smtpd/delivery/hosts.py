@@ -107,7 +107,10 @@ class HostDelivery:
         return await self._deliverTo(replace(route, tls="none"), target, message, policy, report)
 
     def _policyLevel(self, route: Route, target: Target, policy: HostPolicy) -> str:
-        """The TLS level C{policy} asks for with C{target}; L{SessionError} when it rules the host out."""
+        """
+        The TLS level C{policy} asks for with C{target}; L{SessionError} when
+        it rules the host out.
+        """
         if policy.error:
             self._publish(policy, target, "", DNSSEC_INVALID, policy.error)
             raise SessionError(451, "4.7.5", f"451 4.7.5 no TLSA answer for {target.name}: "

@@ -35,8 +35,8 @@ from smtpd.delivery.routes import (
     route_for,
     route_status,
 )
-from smtpd.delivery.tlsoutcome import TLSOutcomes
-from smtpd.delivery.tlspolicy import HostPolicy, TLSPolicies
+from smtpd.delivery.tlsoutcome import POLICY_STS, TLSOutcome, TLSOutcomes
+from smtpd.delivery.tlspolicy import HostPolicy, TLSPolicies, sts_strings
 from smtpd.delivery.wire import OutboundMessage, SessionError
 from smtpd.mail.envelope import DeliveryStatus, Envelope, Recipient
 from smtpd.mail.source import IMessageSource, read_chunks, read_head
@@ -245,7 +245,9 @@ class RelayManager:
             return [route_status(r, e, "") for r in message.recipients], e
         sts = None
         if route.kind == "mx":
-            sts = await self._policies.domain_policy(self._config, route.destination)
+            sts, failure = await self._policies.domain_policy(self._config, route.destination)
+            if failure is not None:
+                self._policyFailed(route.destination, sts, failure)
             # RFC 8689 5: TLS-Required: No (read only when a policy may apply;
             # with REQUIRETLS the header field is ignored).
             if ((sts is not None or self._config.delivery.dnssec == "trust-ad")
@@ -281,6 +283,14 @@ class RelayManager:
         )
         return [replace(route_status(r, failure, remote), tls_policy=label)
                 for r in message.recipients], failure
+
+    def _policyFailed(self, domain: str, cached: Any, failure: Any) -> None:
+        """Publish that the MTA-STS policy C{domain} announced could not be fetched."""
+        self.tls_outcomes.publish(TLSOutcome(
+            policy_domain=domain, policy_type=POLICY_STS,
+            policy_strings=sts_strings(cached) if cached is not None else (),
+            mx_host="", receiving_ip="", result=failure.kind, detail=failure.detail,
+            mode=cached.mode if cached is not None else ""))
 
     async def _hostPolicy(self, route: Route, target: Target, sts: Any,
                           message: OutboundMessage,

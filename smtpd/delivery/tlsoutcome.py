@@ -83,7 +83,10 @@ class TLSOutcomes:
         return lambda: self._observers.remove(observer) if observer in self._observers else None
 
     def publish(self, outcome: TLSOutcome) -> None:
-        """Hand C{outcome} to every observer; one that fails is logged, never the delivery's problem."""
+        """
+        Hand C{outcome} to every observer; one that fails is logged, never
+        the delivery's problem.
+        """
         for observer in list(self._observers):
             try:
                 observer(outcome)

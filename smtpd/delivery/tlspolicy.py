@@ -26,7 +26,7 @@ from smtpd.delivery.wire import SessionError
 from smtpd.mailauth.dane import TLSALookup, TLSARecord, chain_matches, peer_chain
 from smtpd.mailauth.https import https_agent
 from smtpd.mailauth.lookup import DNSLookup, TemporaryLookupError
-from smtpd.mailauth.mtasts import MTASTS, PolicyCache, STSPolicy
+from smtpd.mailauth.mtasts import MTASTS, PolicyCache, PolicyFailure, STSPolicy
 
 DNSSEC_MODES = ("no", "trust-ad")
 
@@ -119,21 +119,26 @@ class TLSPolicies:
             self._memo[key] = (self.clock.seconds() + MEMO_SECONDS, value)
         return value
 
-    async def domain_policy(self, config: Config, domain: str) -> STSPolicy | None:
-        """The MTA-STS policy of C{domain} in force (enforce or testing), or None."""
+    async def domain_policy(self, config: Config,
+                            domain: str) -> tuple[STSPolicy | None, PolicyFailure | None]:
+        """
+        The MTA-STS policy of C{domain} in force (enforce or testing), or
+        None; and why an announced policy could not be fetched just now (the
+        cached one, if any, is returned then).
+        """
         if self.sts is None or not config.delivery.mta_sts:
-            return None
+            return None, None
         known, policy = self._recall(("sts", domain))
         if known:
-            return policy
+            return policy, None
         try:
-            policy = await self.sts.policy(domain)
+            policy, failure = await self.sts.find(domain)
         except Exception:
             log.failure("MTA-STS policy of {domain}: lookup failed", domain=domain)
-            return None
+            return None, None
         if policy is not None and policy.mode == "none":
             policy = None
-        return self._remember(("sts", domain), policy)
+        return self._remember(("sts", domain), policy), failure
 
     async def host_policy(self, config: Config, domain: str, host: str, port: int,
                           sts: STSPolicy | None) -> HostPolicy:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -137,7 +138,13 @@ class Notifier:
 
     async def _send(self, envelope: Envelope, recipients: list[Recipient], action: str,
                     message: IMessageSource, extra: tuple[str, ...] = ()) -> bool:
-        """Build and submit one DSN from C{<>} to the sender; whether it is durable."""
+        """
+        Build and submit one DSN from C{<>} to the sender; whether it is
+        durable. For a REQUIRETLS message (RFC 8689 5) the report returns the
+        header only, whatever RET said, and is itself sent with REQUIRETLS.
+        """
+        if envelope.requiretls:
+            envelope = replace(envelope, ret="HDRS")
         try:
             report = await self._build(envelope, recipients, action, message)
             now = self.clock.seconds()
@@ -148,6 +155,7 @@ class Notifier:
                 recipients=[Recipient(a) for a in addresses],
                 arrival=now, next_attempt=now, size=len(report),
                 client=LOCAL_CLIENT, body="8BITMIME" if has_8bit(report) else "",
+                requiretls=envelope.requiretls,
             )
             await self._submit(dsn, BytesSource(report))
         except FileExistsError:
