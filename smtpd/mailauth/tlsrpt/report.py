@@ -13,8 +13,10 @@ from typing import Any
 from smtpd.mailauth.tlsrpt.store import DAY, DETAIL_FIELDS, PolicyCounts, day_start
 
 # Failure detail fields a report leaves out when they are empty: optional in
-# RFC 8460 4.4, or unknown because no connection was made (a policy failure).
-_OPTIONAL = ("receiving-mx-helo", "failure-reason-code", "receiving-ip", "sending-mta-ip")
+# RFC 8460 4.4, or unknown because no connection was made (a policy failure:
+# no address, or no MX host at all when the MTA-STS policy could not be had).
+_OPTIONAL = ("receiving-mx-helo", "failure-reason-code", "receiving-ip", "sending-mta-ip",
+             "receiving-mx-hostname")
 
 
 def report_id(day: str, domain: str, submitter: str) -> str:
