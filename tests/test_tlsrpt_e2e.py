@@ -23,6 +23,7 @@ from twisted.internet.threads import deferToThread
 from twisted.names import client
 from twisted.trial import unittest
 
+from smtpd.admin.api import Admin
 from smtpd.config import load_config
 from smtpd.mailauth.lookup import DNSLookup
 from smtpd.mailauth.tlsrpt.reporter import START_DELAY, TLSReporter
@@ -64,22 +65,26 @@ class ReportEndToEndTests(unittest.TestCase):
             f.write(RSA_KEY.key.private_bytes(serialization.Encoding.PEM,
                                               serialization.PrivateFormat.PKCS8,
                                               serialization.NoEncryption()))
-        path = os.path.join(root, "etc", "smtpd.ini")
+        path = self.write()
+        self.top = build(load_config(path), reactor)
+        self.top.startService()
+        self.addCleanup(self.top.stopService)
+        [listener] = self.top.listeners.listeners
+        self.port = listener.address()[1]
+
+    def write(self, tlsrpt: str = "enabled = yes\norganization = Ours Test\n") -> str:
+        """The config, with C{tlsrpt} as the [tlsrpt] section."""
+        path = os.path.join(self.root, "etc", "smtpd.ini")
         with open(path, "w") as f:
             f.write(
                 "[server]\nhostname = mx.ours.test\nlisten = tcp:0:interface=127.0.0.1\n"
                 f"[delivery]\ndns_servers = 127.0.0.1:{self.dns[1]}\n"
                 f"remote_port = {self.dest.port}\noutbound_tls = may\n"
                 "max_messages_per_connection = 1\n"
-                "[tlsrpt]\nenabled = yes\norganization = Ours Test\n"
-                "sender = tlsrpt@example.com\n"
+                f"[tlsrpt]\n{tlsrpt}sender = tlsrpt@example.com\n"
                 "[domain:example.com]\ntype = local\ndkim = s1:etc/dkim/example.com.rsa\n"
             )
-        self.top = build(load_config(path), reactor)
-        self.top.startService()
-        self.addCleanup(self.top.stopService)
-        [listener] = self.top.listeners.listeners
-        self.port = listener.address()[1]
+        return path
 
     async def send(self) -> None:
         smtp = await connect(self, self.port)
@@ -149,3 +154,15 @@ class ReportEndToEndTests(unittest.TestCase):
             "receiving-mx-hostname": "mx.dest.test", "receiving-ip": "127.0.0.2",
             "failed-session-count": 1}])
         await eventually(lambda: not os.path.exists(os.path.join(folder, f"{today}.json")))
+
+    def test_reload(self):
+        """
+        A reload hands the new [tlsrpt] settings to the reporter; turning it
+        off is reported as taking a restart (the counting goes on till then).
+        """
+        self.start()
+        self.write("enabled = no\norganization = Renamed\n")
+        report = Admin(self.top.admin.server, "tester").reload()
+        self.assertEqual((report["changed"], report["at_restart"]),
+                         (["tlsrpt.organization"], ["tlsrpt.enabled"]))
+        self.assertEqual(self.top.tlsrpt.config.tlsrpt.organization, "Renamed")
