@@ -438,11 +438,14 @@ def lost_error(reason: Failure | None, handshake: bool, phase: str,
     """
     The error for a connection lost unasked: during the TLS C{handshake} a
     TLS failure (the host may work in plain text), else 4.4.2. C{expired}:
-    the host's certificate is out of its validity period.
+    the host's certificate is out of its validity period (what failed its
+    verification, when it failed).
     """
     why = reason.getErrorMessage() if reason is not None else "connection lost"
     if handshake:
-        result = CERTIFICATE_EXPIRED if expired else tls_failure_type(reason)
+        result = tls_failure_type(reason)
+        if expired and result == CERTIFICATE_NOT_TRUSTED:
+            result = CERTIFICATE_EXPIRED
         return SessionError(451, "4.7.5", f"451 4.7.5 TLS negotiation failed: {why}",
                             tls_failure=True, tls_result=result)
     return SessionError(451, "4.4.2", f"451 4.4.2 lost connection while waiting for {phase}")
