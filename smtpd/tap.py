@@ -10,7 +10,8 @@ C{twistd smtpd}: command-line options and the service tree (assembly only).
      +- QueueManager (scans the queue; local delivery, relay, bounces)
      +- RelayService (closes pooled connections and the resolver on stop)
      +- ClosingService (the LMTP agent's idle connections; the LDAP
-                        directory's connection when [directory] is on)
+                        directory's connection when [directory] is on, through
+                        the DirectorySwitch that replaces it on reload)
      +- InboundService (drains sessions on stop)
      +- AdministrationService (control socket, reload; the manhole's listeners)
      +- WebService ([http]: metrics, health, status page; its listeners)
@@ -42,8 +43,7 @@ from smtpd.queue.bounce import BounceBuilder
 from smtpd.config import Config, ConfigError, load_config
 from smtpd.delivery.drop import DropDelivery
 from smtpd.delivery.lmtp import LMTPDelivery
-from smtpd.directory.ldap import LDAPDirectory, server_for
-from smtpd.directory.resolve import EVERYONE, RecipientResolver
+from smtpd.admin.directory import DirectorySwitch
 from smtpd.delivery.maildir import MaildirDelivery
 from smtpd.config.preflight import creates_certificate, preflight
 from smtpd.service.listeners import Listener, ListenerGroup, StartupError
@@ -218,21 +218,15 @@ class ClosingService(service.Service):
         return self.part.stop()
 
 
-def add_directory(top, config: Config, reactor, inbound: Inbound,
-                  qmgr: QueueManager) -> LDAPDirectory | None:
+def add_directory(top, config: Config, switch: DirectorySwitch) -> None:
     """
     With [directory] url set: the LDAP directory answers RCPT (through a
-    L{RecipientResolver}) and AUTH, and the queue routes the recipients it
-    vouched for without etc/users. Returns the directory, or None.
+    L{RecipientResolver}), AUTH and POP3 logins, and the queue routes the
+    recipients it vouched for without etc/users; C{switch} replaces it on
+    reload (its C{current} is the one in use) and closes it at stop.
     """
-    if not config.directory.enabled:
-        return None
-    directory = LDAPDirectory(config.directory, reactor, server_for(config.directory))
-    inbound.directory = directory
-    inbound.recipients = RecipientResolver(config, directory)
-    qmgr.users = EVERYONE
-    ClosingService(directory).setServiceParent(top)
-    return directory
+    switch.use(switch.prepare(config), config)
+    ClosingService(switch).setServiceParent(top)
 
 
 def build(config: Config, reactor) -> service.MultiService:
@@ -309,12 +303,13 @@ def build(config: Config, reactor) -> service.MultiService:
     InboundService(inbound, activity).setServiceParent(top)
     top.pickup = add_pickup(top, config, cleanup, reactor, run_blocking)
     top.pop3 = add_pop3(listeners, config, reactor, users, auth_pool.runner(reactor),
-                        run_blocking, tls_options, activity)
+                        run_blocking, tls_options, activity, throttle=inbound.throttle)
+    directory_switch = DirectorySwitch(reactor, inbound, qmgr, top.pop3)
     admin = AdministrationService(
         config, reactor, qmgr=qmgr, queue=queue, inbound=inbound, relay=relay,
         activity=activity, run_blocking=run_blocking, server_tls=tls_options,
-        configured=[*reloaded, top.pop3],
-        resolver=resolver, mx=mx, cleanup=cleanup, filters=mailauth,
+        configured=[*reloaded, top.pop3], resolver=resolver, mx=mx, cleanup=cleanup,
+        filters=mailauth, directory=directory_switch,
     )
     admin.setServiceParent(top)
     # The manhole's listeners are bound first with the others (bind or exit 1).
@@ -327,7 +322,8 @@ def build(config: Config, reactor) -> service.MultiService:
                      for description, factory in web.listening)
     SignalService(reactor, admin.reload, activity.reopen).setServiceParent(top)
     group.setServiceParent(top)
-    top.directory = add_directory(top, config, reactor, inbound, qmgr)
+    add_directory(top, config, directory_switch)
+    top.directory = directory_switch
     top.inbound = inbound
     top.tlsrpt = tlsrpt[0] if tlsrpt else None
     top.qmgr = qmgr
@@ -359,14 +355,15 @@ def add_tlsrpt(top, config: Config, reactor, resolver, run_blocking, cleanup: Cl
 
 
 def add_pop3(listeners: list[Listener], config: Config, reactor, users, check_passwords,
-             run_blocking, tls_options, activity) -> POP3Server:
+             run_blocking, tls_options, activity, throttle=None) -> POP3Server:
     """
     The POP3 service ([pop3] listen and pop3s): its listeners join
     C{listeners}, bound with the others. Password checks share the AUTH
-    threads, mailbox scans the disk threads; [access] allow/deny apply as for SMTP.
+    threads, mailbox scans the disk threads; [access] allow/deny apply as for
+    SMTP, and failed logins count in SMTP AUTH's C{throttle}.
     """
     pop3 = POP3Server(config, users, reactor, check_passwords, run_blocking,
-                      tls_options, activity, may_connect=may_connect)
+                      tls_options, activity, may_connect=may_connect, throttle=throttle)
     for endpoints, implicit_tls in ((config.pop3.listen, False), (config.pop3.pop3s, True)):
         for description in endpoints:
             listeners.append(Listener(reactor, description, pop3.factory(implicit_tls),

@@ -225,6 +225,9 @@ class DirectoryConfig:
     routing_attribute: str = ""
     host_attribute: str = ""
     member_attribute: str = ""
+    local_hosts: tuple[str, ...] = ()
+    host_transport: str = "smtp"
+    host_port: int = 0
     positive_ttl: float = 300.0
     negative_ttl: float = 60.0
     timeout: float = 10.0

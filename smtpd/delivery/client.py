@@ -357,7 +357,8 @@ class RelayClient(LineReceiver, TimeoutMixin):
         """The status of one recipient from a reply of this host."""
         return DeliveryStatus(address=address, code=code,
                               status=status or enhanced_status(code, reply), reply=reply,
-                              remote_mta=self.remote_mta, tls=self.secure)
+                              remote_mta=self.remote_mta, tls=self.secure,
+                              dsn_passed="DSN" in self.extensions)
 
     async def stream(self, source: IMessageSource) -> Reply:
         """

@@ -30,6 +30,7 @@ from smtpd.delivery.routes import (
     Route,
     Target,
     falls_back,
+    host_route,
     internal_error,
     masquerade,
     route_for,
@@ -131,8 +132,7 @@ class RelayManager:
         @return: a Deferred that fires with exactly one status per recipient,
             in the order given; it never fails.
         """
-        recipients = [recipient for recipient, _ in deliveries]
-        return Deferred.fromCoroutine(self._deliverSafely(envelope, recipients, message))
+        return Deferred.fromCoroutine(self._deliverSafely(envelope, list(deliveries), message))
 
     def reconfigure(self, config: Config) -> None:
         """Use C{config} from now on; idle connections made under the old one close."""
@@ -149,22 +149,32 @@ class RelayManager:
     # ------------------------------------------------------------ routing
 
     async def _deliverSafely(
-        self, envelope: Envelope, recipients: list[Recipient], message: IMessageSource
+        self, envelope: Envelope, deliveries: list[tuple[Recipient, Any]],
+        message: IMessageSource,
     ) -> list[DeliveryStatus]:
         try:
-            return await self._deliver(envelope, recipients, message)
+            return await self._deliver(envelope, deliveries, message)
         except Exception:
             self._log.failure("relay {queue_id}: delivery failed", queue_id=envelope.id)
-            return [internal_error(r) for r in recipients]
+            return [internal_error(r) for r, _ in deliveries]
+
+    def _route(self, recipient: Recipient, destination: Any) -> Route:
+        """The route of one recipient: its mailbox's host, else by its domain."""
+        host = getattr(destination, "host", "")
+        if host:
+            return host_route(self._config, host, destination.port)
+        return route_for(self._config, recipient.address)
 
     async def _deliver(
-        self, envelope: Envelope, recipients: list[Recipient], message: IMessageSource
+        self, envelope: Envelope, deliveries: list[tuple[Recipient, Any]],
+        message: IMessageSource,
     ) -> list[DeliveryStatus]:
+        recipients = [recipient for recipient, _ in deliveries]
         statuses: list[DeliveryStatus | None] = [None] * len(recipients)
         groups: dict[Route, list[int]] = {}
-        for i, recipient in enumerate(recipients):
+        for i, (recipient, destination) in enumerate(deliveries):
             try:
-                groups.setdefault(route_for(self._config, recipient.address), []).append(i)
+                groups.setdefault(self._route(recipient, destination), []).append(i)
             except DNSError as e:
                 statuses[i] = route_status(recipient, e, "")
         sender = masquerade(self._config, envelope.sender)
@@ -309,6 +319,8 @@ class RelayManager:
             hosts = [MXHost(route.destination, 0, (route.destination,))]
         elif route.kind == "mx":
             hosts = await self._mx.lookup(route.destination)
+        elif route.kind == "host":
+            hosts = await self._mailboxHost(route.destination)
         else:
             hosts = await self._smartHosts(route.smart_host)
         targets = [
@@ -332,6 +344,17 @@ class RelayManager:
             if e.status == "5.4.6":
                 raise
             raise TemporaryDNSError("4.4.3", f"smart host {smart}: {e.message}") from None
+
+    async def _mailboxHost(self, host: str) -> list[MXHost]:
+        """
+        The addresses of the host that holds a mailbox (A and AAAA, no MX: it
+        names a host). A name that cannot be found is a directory problem:
+        the mail waits (4.4.3) rather than bounce.
+        """
+        try:
+            return await self._mx.lookup_host(host)
+        except PermanentDNSError as e:
+            raise TemporaryDNSError("4.4.3", f"mailbox host {host}: {e.message}") from None
 
     def _withoutLoops(self, route: Route, targets: list[Target]) -> list[Target]:
         """

@@ -39,6 +39,9 @@ class Recipient:
     @ivar status: the RFC 3463 status of the last attempt (C{"4.4.1"}), or "".
     @ivar remote_mta: the host that gave C{last_reply}, or "".
     @ivar notified_delay: whether a "delayed" DSN was sent for this recipient.
+    @ivar host: the other host that holds this recipient's mailbox, as the
+        directory said at RCPT (its host attribute), or "": the queue sends
+        the recipient there instead of delivering it here.
     """
 
     address: str
@@ -49,6 +52,7 @@ class Recipient:
     status: str = ""
     remote_mta: str = ""
     notified_delay: bool = False
+    host: str = ""
 
 
 @dataclass
@@ -125,6 +129,9 @@ class DeliveryStatus:
     @ivar tls: whether the session with C{remote_mta} was encrypted.
     @ivar tls_policy: the recipient-side TLS policy that applied (C{dane},
         C{sts-enforce}, C{sts-testing}) or "".
+    @ivar dsn_passed: C{remote_mta} offered DSN, so the recipient's RFC 3461
+        request (NOTIFY, ORCPT, with RET and ENVID) went on with the message
+        and its success report is now that host's to send (RFC 3461 5.2.2).
     """
 
     address: str
@@ -134,6 +141,7 @@ class DeliveryStatus:
     remote_mta: str = ""
     tls: bool = False
     tls_policy: str = ""
+    dsn_passed: bool = False
 
     @property
     def delivered(self) -> bool:

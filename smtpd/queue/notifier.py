@@ -70,19 +70,21 @@ class Notifier:
         self._run = run_blocking if run_blocking is not None else maybeDeferred
 
     async def conclude(self, envelope: Envelope, attempted: list[Recipient],
-                       kinds: dict[str, str], message: IMessageSource, now: float) -> None:
+                       kinds: dict[str, str], message: IMessageSource, now: float,
+                       passed: frozenset[str] | set[str] = frozenset()) -> None:
         """
         After an attempt: expire what is too old, then send the NDR, the
         success reports and the delay warning it calls for. A failed
         recipient whose NDR could not be made durable is pending again, so
-        the report is made at the next attempt.
+        the report is made at the next attempt. C{passed}: the recipients
+        relayed to a host that offered DSN (their success is its to report).
         """
         failed = [r for r in attempted if r.state == RCPT_FAILED]
         failed += self.expire(envelope, now)
         if not envelope.sender:
             return
         returned = await self.bounce(envelope, failed, message)
-        await self._report_success(envelope, attempted, kinds, message)
+        await self._report_success(envelope, attempted, kinds, message, passed)
         await self._warn_delay(envelope, message, now)
         if not returned:
             for r in failed:
@@ -116,10 +118,15 @@ class Notifier:
         return sent
 
     async def _report_success(self, envelope: Envelope, attempted: list[Recipient],
-                              kinds: dict[str, str], message: IMessageSource) -> None:
-        """Success DSNs: "delivered" for local and drop, "relayed" for remote."""
+                              kinds: dict[str, str], message: IMessageSource,
+                              passed: frozenset[str] | set[str]) -> None:
+        """
+        Success DSNs: "delivered" for local and drop, "relayed" for remote
+        hosts without DSN. A host that offered DSN got the request with the
+        message: we send nothing, it reports (RFC 3461 5.2.2).
+        """
         done = [r for r in attempted if r.state == RCPT_DELIVERED and wants(r, "SUCCESS")]
-        relayed = [r for r in done if kinds.get(r.address) == REMOTE]
+        relayed = [r for r in done if kinds.get(r.address) == REMOTE and r.address not in passed]
         delivered = [r for r in done if kinds.get(r.address) != REMOTE]
         for recipients, action in ((delivered, DELIVERED), (relayed, RELAYED)):
             if recipients:
