@@ -28,7 +28,7 @@ log = Logger(namespace="smtpd.admin")
 AT_RESTART = frozenset({
     "server.listen", "server.submission", "server.smtps", "server.mailroot",
     "manhole.telnet", "manhole.ssh", "manhole.users", "manhole.ssh_key_dir",
-    "http.listen", "http.login",
+    "http.listen", "http.login", "http.access_log",
     "logging.path", "logging.format", "logging.rotate", "logging.rotate_size",
     "tlsrpt.enabled",
 })
@@ -74,6 +74,7 @@ class Reloader:
     @param cleanup: the cleanup stage whose mail authentication filters
         (DKIM signing, the C{[checks]}) are built anew by C{filters}, a
         L{smtpd.cleanup.authfilters.MailAuthFilters}.
+    @param dns_lookups: the L{DNSLookups} that resolver reports its queries to.
     @param directory: the L{DirectorySwitch} of the [directory], or None: a
         changed section gets a new directory (new connection, empty cache);
         an unchanged one has its cache flushed.
@@ -81,7 +82,7 @@ class Reloader:
 
     def __init__(self, config: Config, *, inbound, qmgr, relay, activity, server_tls=None,
                  configured=(), mx=None, reactor=None, cleanup=None, filters=None,
-                 directory=None):
+                 directory=None, dns_lookups=None):
         self.config = config
         self.inbound = inbound
         self.qmgr = qmgr
@@ -94,6 +95,7 @@ class Reloader:
         self.cleanup = cleanup
         self.filters = filters if cleanup is not None else None
         self.directory = directory
+        self.dns_lookups = dns_lookups
 
     def reload(self) -> dict:
         """
@@ -192,7 +194,8 @@ class Reloader:
             options = tls.options_for(new.tls)
         resolver = filters = None
         if self.mx is not None or self.filters is not None:
-            resolver = make_resolver(new.delivery.dns_servers, self.reactor)
+            resolver = make_resolver(new.delivery.dns_servers, self.reactor,
+                                     lookups=self.dns_lookups)
         if self.filters is not None:
             try:
                 filters = self.filters.build(new, resolver)

@@ -269,6 +269,7 @@ class HTTPConfig:
     listen: tuple[str, ...] = ()
     login: bool = False
     min_free_space: int = 100 * 1024 * 1024
+    access_log: str = ""
 
 
 @dataclass(frozen=True)
