@@ -220,4 +220,7 @@ class RecorderTests(unittest.TestCase):
         success = relay_outcome.TLSOutcome("example.com", "no-policy-found", (), "mx1",
                                            "192.0.2.25", relay_outcome.SUCCESS, "ignored")
         self.assertTrue(convert(success, "").success)
+        utf8 = relay_outcome.TLSOutcome("bücher.example", "no-policy-found", (), "mx1",
+                                        "192.0.2.25", relay_outcome.SUCCESS)
+        self.assertEqual(convert(utf8, "").policy.domain, "xn--bcher-kva.example")
         self.assertEqual(convert(success, "").failure_reason_code, "")

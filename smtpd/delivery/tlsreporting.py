@@ -70,15 +70,28 @@ def mx_patterns(strings: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(s.partition(":")[2].strip() for s in strings if s.startswith("mx:"))
 
 
-def convert(outcome: relay.TLSOutcome, sending_ip: str) -> TLSOutcome:
-    """The TLS-RPT form of one relay outcome."""
+def ascii_domain(name: str) -> str | None:
+    """C{name} as DNS has it (an internationalized name in A-labels), or L{None}."""
+    if name.isascii():
+        return name
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+
+
+def convert(outcome: relay.TLSOutcome, sending_ip: str) -> TLSOutcome | None:
+    """The TLS-RPT form of one relay outcome (L{None}: its domain has no DNS form)."""
+    domain = ascii_domain(outcome.policy_domain)
+    if domain is None:
+        return None
     strings = tuple(outcome.policy_strings)
     patterns = mx_patterns(strings) if outcome.policy_type == relay.POLICY_STS else ()
     result = "" if outcome.succeeded else outcome.result
     if result and result not in RESULT_TYPES:
         result = VALIDATION_FAILURE
     return TLSOutcome(
-        policy=TLSPolicy(outcome.policy_type, outcome.policy_domain, strings, patterns),
+        policy=TLSPolicy(outcome.policy_type, domain, strings, patterns),
         receiving_mx_hostname=outcome.mx_host,
         receiving_ip=outcome.receiving_ip,
         sending_mta_ip=sending_ip,
@@ -109,7 +122,9 @@ class TLSReportRecorder:
         """Record C{outcome} when it is about a recipient domain's MX host."""
         if not is_recipient_domain(outcome.policy_domain, smart_hosts(self.config)):
             return
-        self.outcomes.record(convert(outcome, self._source(outcome.receiving_ip)))
+        converted = convert(outcome, self._source(outcome.receiving_ip))
+        if converted is not None:
+            self.outcomes.record(converted)
 
     def _source(self, address: str) -> str:
         if not address:
