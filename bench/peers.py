@@ -10,14 +10,15 @@ half-done start.
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
-import socket
 import subprocess
 import sys
-import time
 
 from procs import alive, kill_tree, stop_popen
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.postfix import PostfixError, PostfixInstance, free_port, nobody  # noqa: E402
+from tests.postfix import wait_banner as shared_wait_banner  # noqa: E402
 
 DOMAIN = "bench.test"
 REMOTE = "remote.test"
@@ -27,12 +28,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 class BenchError(Exception):
     """A failure that ends the benchmark with one clear message."""
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def local_parts(count: int) -> list[str]:
@@ -52,28 +47,7 @@ def tool(name: str) -> str:
 
 def wait_banner(port: int, timeout: float, running, log: str) -> None:
     """Wait until 127.0.0.1:C{port} sends a 220 banner; else BenchError citing C{log}."""
-    deadline = time.monotonic() + timeout
-    last = "no connection"
-    while time.monotonic() < deadline:
-        if not running():
-            raise BenchError(f"the server ended during start-up; see {log}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                banner = s.recv(512)
-                if banner.startswith(b"220"):
-                    s.sendall(b"QUIT\r\n")
-                    return
-                last = repr(banner)
-        except OSError as e:
-            last = str(e)
-        time.sleep(0.1)
-    raise BenchError(f"no 220 banner on 127.0.0.1:{port} within {timeout:.0f} s ({last}); see {log}")
-
-
-def nobody() -> tuple[int, int]:
-    """uid and gid of the unprivileged user smtp-sink and virtual(8) run as."""
-    entry = pwd.getpwnam("nobody")
-    return entry.pw_uid, entry.pw_gid
+    shared_wait_banner(port, timeout, running, log, BenchError)
 
 
 class Sink:
@@ -290,131 +264,40 @@ def make_users_file(folder: str, venv_bin: str, accounts: list[str]) -> str:
     return os.path.join(etc, "users")
 
 
-# master.cf of the private Postfix instance: Debian's services, none chrooted (the
-# instance has no chroot copy of /etc), smtpd on our loopback port only.
-MASTER_CF = """\
-127.0.0.1:{port} inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-virtual   unix  -       n       n       -       -       virtual
-lmtp      unix  -       -       n       -       -       lmtp
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-"""
-
-
 class Postfix(Server):
     """
-    A private Postfix instance: config_directory, queue_directory and
-    data_directory under our folder, started with postfix -c DIR start (as root).
-    Delivery for bench.test by virtual(8) into Maildirs owned by nobody; other
-    domains go to relayhost = the sink. Apart from that and the ports, Debian's
-    defaults, with the exceptions this closed machine needs: no reverse DNS of
-    clients (smtpd_peername_lookup = no; there is no resolver reachable, every
-    lookup would wait for its timeout), logging to a file (maillog_file via
-    postlogd; there is no syslog daemon) and no alias maps (no local(8)
-    delivery here; Debian's default /etc/aliases.db does not exist).
+    A private Postfix instance (tests/postfix.py, shared with the interop
+    tests): its own config, queue and data folders under ours, started with
+    postfix -c DIR start (as root). Delivery for bench.test by virtual(8) into
+    Maildirs owned by nobody; other domains go to relayhost = the sink.
     """
 
     name = "Postfix"
 
-    def main_cf(self) -> str:
-        """The instance's main.cf."""
-        uid, gid = nobody()
-        d = self.folder
-        lines = [
-            "compatibility_level = 3.6",
-            f"queue_directory = {d}/spool",
-            f"data_directory = {d}/data",
-            "mail_owner = postfix",
-            "setgid_group = postdrop",
-            f"myhostname = {DOMAIN}",
-            "mydestination =",
-            "inet_interfaces = 127.0.0.1",
-            "inet_protocols = ipv4",
-            "mynetworks = 127.0.0.0/8",
-            "smtpd_peername_lookup = no",
-            "alias_maps =",
-            "alias_database =",
-            f"maillog_file = {d}/maillog",
-            f"maillog_file_prefixes = {d}",
-            f"virtual_mailbox_domains = {DOMAIN}",
-            f"virtual_mailbox_base = {d}/mail",
-            f"virtual_mailbox_maps = texthash:{d}/etc/vmailbox",
-            f"virtual_uid_maps = static:{uid}",
-            f"virtual_gid_maps = static:{gid}",
-        ]
-        if self.sink_port:
-            lines.append(f"relayhost = [127.0.0.1]:{self.sink_port}")
-        return "\n".join(lines) + "\n"
+    def __init__(self, folder: str, sink_port: int | None, accounts: list[str]):
+        super().__init__(folder, sink_port, accounts)
+        self.instance = PostfixInstance(folder, hostname=DOMAIN, relay=sink_port,
+                                        mailboxes={DOMAIN: accounts})
+        self.port = self.instance.port
+        self.log = self.instance.log_path
 
     def start(self) -> None:
         """Write the instance and start it; wait for its banner."""
-        d = self.folder
-        for sub in ("etc", "spool", "data", "mail"):
-            os.makedirs(os.path.join(d, sub), exist_ok=True)
-        os.chmod(d, 0o755)
-        shutil.chown(os.path.join(d, "data"), "postfix")
-        os.chown(os.path.join(d, "mail"), *nobody())
-        with open(os.path.join(d, "etc", "main.cf"), "w") as f:
-            f.write(self.main_cf())
-        with open(os.path.join(d, "etc", "master.cf"), "w") as f:
-            f.write(MASTER_CF.format(port=self.port))
-        with open(os.path.join(d, "etc", "vmailbox"), "w") as f:
-            f.writelines(f"{a}@{DOMAIN} {DOMAIN}/{a}/\n" for a in self.accounts)
-        self.log = os.path.join(d, "maillog")
-        self.started = True
-        done = self.postfix("start", timeout=60)
-        if done.returncode != 0:
-            raise BenchError(f"postfix -c {d}/etc start failed: {done.stdout.strip()}; "
-                             f"see {self.log}")
-        wait_banner(self.port, 30, lambda: alive(self.root_pid()), self.log)
-
-    def postfix(self, command: str, timeout: float) -> subprocess.CompletedProcess:
-        """Run postfix -c OUR-CONFIG COMMAND."""
-        return subprocess.run([tool("postfix"), "-c", os.path.join(self.folder, "etc"), command],
-                              capture_output=True, text=True, timeout=timeout)
+        try:
+            self.instance.start()
+        except PostfixError as e:
+            raise BenchError(str(e)) from None
 
     def root_pid(self) -> int:
         """The master process (its pid file is in the queue folder)."""
-        try:
-            with open(os.path.join(self.folder, "spool", "pid", "master.pid")) as f:
-                return int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            return -1
+        return self.instance.master_pid()
 
     def maildir(self, local: str) -> str:
-        return os.path.join(self.folder, "mail", DOMAIN, local)
+        return self.instance.maildir(f"{local}@{DOMAIN}")
 
     def stop(self) -> None:
         """postfix stop; if that hangs or fails, kill the master's process tree."""
-        if not getattr(self, "started", False):
-            return
         master = self.root_pid()
-        try:
-            self.postfix("stop", timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        deadline = time.monotonic() + 10
-        while master > 0 and alive(master) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        self.instance.stop()
         if master > 0 and alive(master):
             kill_tree(master)

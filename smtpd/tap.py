@@ -8,7 +8,8 @@ C{twistd smtpd}: command-line options and the service tree (assembly only).
      +- QueueManager (scans the queue; local delivery, relay, bounces)
      +- RelayService (closes pooled connections and the resolver on stop)
      +- ClosingService (the LMTP agent's idle connections; the LDAP
-                        directory's connection when [directory] is on)
+                        directory's connection when [directory] is on, through
+                        the DirectorySwitch that replaces it on reload)
      +- InboundService (drains sessions on stop)
      +- AdministrationService (control socket, reload; the manhole's listeners)
      +- WebService ([http]: metrics, health, status page; its listeners)
@@ -40,8 +41,7 @@ from smtpd.queue.bounce import BounceBuilder
 from smtpd.config import Config, ConfigError, load_config
 from smtpd.delivery.drop import DropDelivery
 from smtpd.delivery.lmtp import LMTPDelivery
-from smtpd.directory.ldap import LDAPDirectory, server_for
-from smtpd.directory.resolve import EVERYONE, RecipientResolver
+from smtpd.admin.directory import DirectorySwitch
 from smtpd.delivery.maildir import MaildirDelivery
 from smtpd.config.preflight import creates_certificate, preflight
 from smtpd.service.listeners import Listener, ListenerGroup, StartupError
@@ -61,6 +61,7 @@ from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION
 from smtpd.queue.manager import QueueManager
 from smtpd.queue.store import Queue
 from smtpd.delivery.relay import RelayManager
+from smtpd.delivery.tlspolicy import tls_policies
 from smtpd.directory.accounts import Users, UsersError
 
 log = Logger()
@@ -210,21 +211,15 @@ class ClosingService(service.Service):
         return self.part.stop()
 
 
-def add_directory(top, config: Config, reactor, inbound: Inbound,
-                  qmgr: QueueManager) -> LDAPDirectory | None:
+def add_directory(top, config: Config, switch: DirectorySwitch) -> None:
     """
     With [directory] url set: the LDAP directory answers RCPT (through a
-    L{RecipientResolver}) and AUTH, and the queue routes the recipients it
-    vouched for without etc/users. Returns the directory, or None.
+    L{RecipientResolver}), AUTH and POP3 logins, and the queue routes the
+    recipients it vouched for without etc/users; C{switch} replaces it on
+    reload (its C{current} is the one in use) and closes it at stop.
     """
-    if not config.directory.enabled:
-        return None
-    directory = LDAPDirectory(config.directory, reactor, server_for(config.directory))
-    inbound.directory = directory
-    inbound.recipients = RecipientResolver(config, directory)
-    qmgr.users = EVERYONE
-    ClosingService(directory).setServiceParent(top)
-    return directory
+    switch.use(switch.prepare(config), config)
+    ClosingService(switch).setServiceParent(top)
 
 
 def build(config: Config, reactor) -> service.MultiService:
@@ -271,8 +266,9 @@ def build(config: Config, reactor) -> service.MultiService:
             listeners.append(Listener(reactor, description, factory, config.access.proxy_from))
 
     mx = MXResolver(resolver, reactor, config.server.hostname)
+    policies = tls_policies(config, resolver, reactor, mailauth_pool.runner(reactor))
     relay = RelayManager(config, reactor, mx, local_endpoints=group.addresses,
-                         run_blocking=run_blocking)
+                         run_blocking=run_blocking, policies=policies)
     lmtp = lmtp_agent(config, reactor)
     qmgr = QueueManager(
         config,
@@ -297,11 +293,12 @@ def build(config: Config, reactor) -> service.MultiService:
     InboundService(inbound, activity).setServiceParent(top)
     top.pickup = add_pickup(top, config, cleanup, reactor, run_blocking)
     top.pop3 = add_pop3(listeners, config, reactor, users, auth_pool.runner(reactor),
-                        run_blocking, tls_options, activity)
+                        run_blocking, tls_options, activity, throttle=inbound.throttle)
+    directory_switch = DirectorySwitch(reactor, inbound, qmgr, top.pop3)
     admin = AdministrationService(
         config, reactor, qmgr=qmgr, queue=queue, inbound=inbound, relay=relay,
         activity=activity, run_blocking=run_blocking, server_tls=tls_options,
-        configured=[cleanup, top.pop3], resolver=resolver, mx=mx,
+        configured=[cleanup, top.pop3], resolver=resolver, mx=mx, directory=directory_switch,
     )
     admin.setServiceParent(top)
     # The manhole's listeners are bound first with the others (bind or exit 1).
@@ -314,7 +311,8 @@ def build(config: Config, reactor) -> service.MultiService:
                      for description, factory in web.listening)
     SignalService(reactor, admin.reload, activity.reopen).setServiceParent(top)
     group.setServiceParent(top)
-    top.directory = add_directory(top, config, reactor, inbound, qmgr)
+    add_directory(top, config, directory_switch)
+    top.directory = directory_switch
     top.inbound = inbound
     top.qmgr = qmgr
     top.admin = admin
@@ -324,14 +322,15 @@ def build(config: Config, reactor) -> service.MultiService:
 
 
 def add_pop3(listeners: list[Listener], config: Config, reactor, users, check_passwords,
-             run_blocking, tls_options, activity) -> POP3Server:
+             run_blocking, tls_options, activity, throttle=None) -> POP3Server:
     """
     The POP3 service ([pop3] listen and pop3s): its listeners join
     C{listeners}, bound with the others. Password checks share the AUTH
-    threads, mailbox scans the disk threads; [access] allow/deny apply as for SMTP.
+    threads, mailbox scans the disk threads; [access] allow/deny apply as for
+    SMTP, and failed logins count in SMTP AUTH's C{throttle}.
     """
     pop3 = POP3Server(config, users, reactor, check_passwords, run_blocking,
-                      tls_options, activity, may_connect=may_connect)
+                      tls_options, activity, may_connect=may_connect, throttle=throttle)
     for endpoints, implicit_tls in ((config.pop3.listen, False), (config.pop3.pop3s, True)):
         for description in endpoints:
             listeners.append(Listener(reactor, description, pop3.factory(implicit_tls),

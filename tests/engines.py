@@ -67,6 +67,7 @@ PACKAGES = {
     "fetchmail": "fetchmail",
     "systemd-analyze": "systemd",
     "systemd-socket-activate": "systemd",
+    "unshare": "util-linux",
     "logrotate": "logrotate",
 }
 

@@ -66,8 +66,10 @@ access to * by dn.exact="cn=smtpd,ou=services,{suffix}" read by * none
 """
 
 # A user (alice) with an alternate address, a user routed elsewhere (bob, by
-# mailRoutingAddress and mailHost), a list of addresses (sales), a group of
-# DNs (staff, as Active Directory groups are), and the service account.
+# mailRoutingAddress), users whose mailHost is node b.example.test (carol;
+# erin, with a routing address too) or node a.example.test (dave, written in
+# another case with a trailing dot) or the store at 127.0.0.1 (gina), lists of addresses (sales, team), a group
+# of DNs (staff, as Active Directory groups are), and the service account.
 TREE = """
 dn: {suffix}
 objectClass: dcObject
@@ -111,8 +113,55 @@ cn: Bob Example
 sn: Example
 mail: bob@example.com
 mailRoutingAddress: bob@branch.example.net
-mailHost: mx.branch.example.net
 userPassword: bob-secret
+
+dn: uid=carol,ou=people,{suffix}
+objectClass: inetOrgPerson
+objectClass: inetLocalMailRecipient
+uid: carol
+cn: Carol Example
+sn: Example
+mail: carol@example.com
+mailHost: b.example.test
+userPassword: carol-secret
+
+dn: uid=dave,ou=people,{suffix}
+objectClass: inetOrgPerson
+objectClass: inetLocalMailRecipient
+uid: dave
+cn: Dave Example
+sn: Example
+mail: dave@example.com
+mailHost: A.Example.Test.
+userPassword: dave-secret
+
+dn: uid=erin,ou=people,{suffix}
+objectClass: inetOrgPerson
+objectClass: inetLocalMailRecipient
+uid: erin
+cn: Erin Example
+sn: Example
+mail: erin@example.com
+mailRoutingAddress: erin.archive@example.com
+mailHost: b.example.test
+userPassword: erin-secret
+
+dn: uid=gina,ou=people,{suffix}
+objectClass: inetOrgPerson
+objectClass: inetLocalMailRecipient
+uid: gina
+cn: Gina Example
+sn: Example
+mail: gina@example.com
+mailHost: 127.0.0.1
+userPassword: gina-secret
+
+dn: cn=team@example.com,ou=lists,{suffix}
+objectClass: nisMailAlias
+cn: team@example.com
+rfc822MailMember: carol@example.com
+rfc822MailMember: dave@example.com
+rfc822MailMember: alice@example.com
 
 dn: cn=sales@example.com,ou=lists,{suffix}
 objectClass: nisMailAlias

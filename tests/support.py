@@ -130,6 +130,8 @@ def start_dns_server(
     servfail: tuple[str, ...] = (),
     truncate: tuple[str, ...] = (),
     authenticated: bool = False,
+    interface: str = "127.0.0.1",
+    port: int = 0,
 ) -> DNSServerAddress:
     """
     Run an authoritative DNS server on 127.0.0.1 (UDP and TCP on one port).
@@ -143,6 +145,9 @@ def start_dns_server(
         answer is only given over TCP).
     @param authenticated: set the AD bit in every answer, as a validating
         resolver does for DNSSEC-secure data (for DANE).
+    @param interface: the loopback address to listen on instead.
+    @param port: the port to listen on (53, for resolvers that cannot be
+        told a port) instead of a free one.
     @return: the address, with the list of queries received (and
         C{transports}: "udp" or "tcp" for each).
     """
@@ -150,18 +155,19 @@ def start_dns_server(
     authorities = [_MemoryAuthority(origin, records) for origin, records in zones.items()]
     factory = _CountingDNSFactory(authorities, queries, set(servfail), set(truncate),
                                   authenticated)
-    for _ in range(20):
-        udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+    wanted = port
+    for _ in range(20 if not wanted else 1):
+        udp = reactor.listenUDP(wanted, dns.DNSDatagramProtocol(factory), interface=interface)
         port = udp.getHost().port
         try:
-            tcp = reactor.listenTCP(port, factory, interface="127.0.0.1")
+            tcp = reactor.listenTCP(port, factory, interface=interface)
         except CannotListenError:
             udp.stopListening()
             continue
         testcase.addCleanup(udp.stopListening)
         testcase.addCleanup(tcp.stopListening)
         testcase.addCleanup(_close_connections, factory)
-        address = DNSServerAddress(("127.0.0.1", port))
+        address = DNSServerAddress((interface, port))
         address.queries = queries
         address.transports = factory.transports
         return address

@@ -104,11 +104,14 @@ class LookupTests(SlapdTestCase):
     @defer.inlineCallbacks
     def test_routing(self):
         """mailRoutingAddress and mailHost say where the user's mail really goes."""
-        mailbox = yield self.directory().lookup("bob@example.com")
+        directory = self.directory()
+        mailbox = yield directory.lookup("bob@example.com")
         self.assertEqual(mailbox.address, "bob@example.com")
         self.assertEqual(mailbox.routing_address, "bob@branch.example.net")
-        self.assertEqual(mailbox.host, "mx.branch.example.net")
+        self.assertEqual(mailbox.host, "")
         self.assertEqual(mailbox.destinations, ("bob@branch.example.net",))
+        self.assertEqual((yield directory.lookup("carol@example.com")).host, "b.example.test")
+        self.assertEqual((yield directory.lookup("dave@example.com")).host, "a.example.test.")
 
     @defer.inlineCallbacks
     def test_one_connection(self):
@@ -309,8 +312,8 @@ class TLSTests(unittest.TestCase):
         directory = self.directory(f"ldaps://localhost:{self.slapd.tls_port}",
                                    ca_certificates=self.slapd.ca_file)
         self.assertTrue(directory.server.tls)
-        self.assertEqual((yield directory.lookup("bob@example.com")).host,
-                         "mx.branch.example.net")
+        self.assertEqual((yield directory.lookup("carol@example.com")).host,
+                         "b.example.test")
 
     @defer.inlineCallbacks
     def test_untrusted_certificate(self):
@@ -372,3 +375,33 @@ class RecipientTests(SlapdTestCase):
         self.slapd.stop()
         yield self.assertFailure(resolver.resolve("alice@example.com"), DirectoryUnavailable)
         yield self.assertFailure(resolver.resolve("nobody@example.com"), DirectoryUnavailable)
+
+    @defer.inlineCallbacks
+    def test_mail_host(self):
+        """
+        A mailbox whose mailHost is another host is queued with that host (as
+        its routing address when it has one, which is then not looked up
+        again); one whose mailHost names this node ([server] hostname, any
+        case, a trailing dot, or a local_hosts name) has none; a list's
+        members each keep their own.
+        """
+        config = make_config(self.mktemp(), domains=(DomainConfig("example.com"),),
+                             server={"hostname": "a.example.test"})
+        resolver = RecipientResolver(config, self.directory())
+        carol = yield resolver.resolve("carol@example.com")
+        self.assertEqual((carol.recipients, carol.hosts),
+                         (("carol@example.com",), {"carol@example.com": "b.example.test"}))
+        dave = yield resolver.resolve("dave@example.com")
+        self.assertEqual((dave.recipients, dave.hosts), (("dave@example.com",), {}))
+        erin = yield resolver.resolve("erin@example.com")
+        self.assertEqual((erin.recipients, erin.hosts),
+                         (("erin.archive@example.com",),
+                          {"erin.archive@example.com": "b.example.test"}))
+        team = yield resolver.resolve("team@example.com")
+        self.assertEqual((team.recipients, team.hosts),
+                         (("carol@example.com", "dave@example.com", "alice@example.com"),
+                          {"carol@example.com": "b.example.test"}))
+        resolver.config = make_config(self.mktemp(), domains=(DomainConfig("example.com"),),
+                                      server={"hostname": "a.example.test"},
+                                      directory={"local_hosts": ("b.example.test",)})
+        self.assertEqual((yield resolver.resolve("carol@example.com")).hosts, {})

@@ -77,6 +77,35 @@ class EtrnDeliveryTests(unittest.TestCase):
         self.assertTrue(message.data.endswith(MESSAGE))
 
 
+    async def test_etrn_subdomains_counts(self):
+        """
+        C{ETRN @remote.test} with two deferred messages, for a.remote.test
+        and b.remote.test: 253 with the count (RFC 1985 5), and both leave.
+        """
+        [sink] = support.start_smtp_sinks(self, ["127.0.0.2"])
+        zone = {name: [support.mx(10, "mx.remote.test")]
+                for name in ("a.remote.test", "b.remote.test")}
+        zone["mx.remote.test"] = [support.a("127.0.0.2")]
+        dns = support.start_dns_server(self, {"remote.test": zone})
+        sink.script.rcpt = {f"user@{d}": "451 4.3.0 Try again later"
+                            for d in ("a.remote.test", "b.remote.test")}
+        top = self.start(dns[1], sink.port)
+        client = await connect(self, self.port)
+        await client.command(b"EHLO client.test\r\n")
+        for domain in (b"a.remote.test", b"b.remote.test"):
+            client.send(b"MAIL FROM:<sender@localhost>\r\nRCPT TO:<user@" + domain
+                        + b">\r\nDATA\r\n")
+            await client.wait(len(client.replies) + 3)
+            reply = await client.command(MESSAGE.replace(b"\r\n.", b"\r\n..") + b".\r\n")
+            self.assertTrue(reply.startswith("250 2.0.0 Ok: queued as "), reply)
+        await eventually(lambda: top.qmgr.summary().get("deferred") == 2)
+        sink.script.rcpt = {}
+        self.assertEqual(await client.command(b"ETRN @remote.test\r\n"),
+                         "253 2.0.0 OK, 2 pending messages for node @remote.test started")
+        await eventually(lambda: len(sink.messages) == 2, timeout=5)
+        self.assertEqual(sorted(m.recipients[0] for m in sink.messages),
+                         ["user@a.remote.test", "user@b.remote.test"])
+
 class EtrnSessionTests(SessionTestsMixin, unittest.TestCase):
     """The ETRN replies of the session."""
 
@@ -102,14 +131,22 @@ class EtrnSessionTests(SessionTestsMixin, unittest.TestCase):
                          "458 4.3.0 Unable to queue messages for node @remote.test")
 
     async def test_syntax_and_sequence(self):
-        """Bad arguments 501 5.5.4, queue names 459, inside a transaction 503 5.5.1."""
+        """
+        RFC 1985 5: no node name (or two) 500 Syntax Error; a node name that
+        is not a fully qualified domain name 501 Syntax Error in Parameters;
+        queue names 459; before EHLO or inside a transaction 503 5.5.1.
+        """
         self.server()
         client = await self.client(ehlo=False)
         self.assertEqual(await client.command(b"ETRN remote.test\r\n"),
                          "503 5.5.1 Error: send HELO/EHLO first")
         await client.command(b"EHLO client.example\r\n")
-        for bad in (b"ETRN\r\n", b"ETRN a b\r\n", b"ETRN bad_domain!\r\n"):
-            self.assertEqual(await client.command(bad), "501 5.5.4 Syntax: ETRN domain")
+        for bad in (b"ETRN\r\n", b"ETRN a.test b.test\r\n"):
+            self.assertEqual(await client.command(bad), "500 5.5.2 Syntax Error")
+        for bad in (b"ETRN bad_domain!\r\n", b"ETRN localname\r\n", b"ETRN @\r\n",
+                    b"ETRN [192.0.2.1]\r\n", b"ETRN %remote.test\r\n"):
+            self.assertEqual(await client.command(bad), "501 5.5.4 Syntax Error in Parameters",
+                             bad)
         self.assertEqual(await client.command(b"ETRN #queue\r\n"),
                          "459 4.7.1 Node #queue not allowed: queue names not supported")
         await client.command(b"MAIL FROM:<a@example.com>\r\n")

@@ -6,6 +6,8 @@ import os
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from smtpd.mail.envelope import DeliveryStatus, Envelope, Recipient
+from smtpd.queue.results import Results
 from smtpd.util.activity import ActivityLog
 from smtpd.util.logfiles import FLUSH_DELAY
 
@@ -76,6 +78,32 @@ class ActivityLogTests(unittest.TestCase):
              "client": "mx.b.test [192.0.2.1]", "status": 451, "dsn": "4.4.1", "delay": 90.0, "tls": True},
         )
         self.assertEqual(record["time"], 1796000000)
+
+
+    def test_tls_policy_shown(self):
+        """
+        The recipient-side TLS policy of a relay status (MTA-STS enforce here)
+        reaches the delivery line through the queue's results: C{policy=} in
+        the W3C argument, C{tls_policy} in JSON.
+        """
+        for fmt in ("json", "w3c"):
+            path = self.path + "." + fmt
+            log = ActivityLog(fmt, path, self.clock, "mx.test")
+            log.open()
+            recipient = Recipient("a@b.test")
+            envelope = Envelope(id="ABC", sender="s@x.test", recipients=[recipient], arrival=0.0)
+            status = DeliveryStatus("a@b.test", 250, "2.0.0", "250 2.0.0 Ok",
+                                    "mx.b.test [192.0.2.1]", tls=True, tls_policy="sts-enforce")
+            Results(log).record(envelope, recipient, status, "relay", 1796000000)
+            log.close()
+            with open(path) as f:
+                text = f.read()
+            if fmt == "json":
+                record = json.loads(text.splitlines()[0])
+                self.assertEqual((record["tls"], record["tls_policy"]), (True, "sts-enforce"))
+                self.assertIn(" tls policy=sts-enforce", record["argument"])
+            else:
+                self.assertIn("+tls+policy=sts-enforce", text)
 
 
 def parse_w3c(path: str) -> tuple[list[str], list[dict]]:

@@ -18,7 +18,16 @@ from twisted.web.server import Site
 
 from smtpd.mailauth.https import https_agent
 from smtpd.mailauth.lookup import DNSLookup
-from smtpd.mailauth.mtasts import MTASTS, PolicyCache, PolicyError, parse_policy, parse_txt
+from smtpd.mailauth.mtasts import (
+    FETCH_ERROR,
+    MTASTS,
+    POLICY_INVALID,
+    WEBPKI_INVALID,
+    PolicyCache,
+    PolicyError,
+    parse_policy,
+    parse_txt,
+)
 from tests.support import CertificateAuthority, a, start_dns_server
 from tests.test_mailauth_checks import txt
 
@@ -135,6 +144,22 @@ class MTASTSTests(unittest.TestCase):
         policy = yield self.policy(self.sts(trust=CertificateAuthority()))
         self.assertIsNone(policy)
         self.assertEqual(self.page.requests, [])
+
+    @defer.inlineCallbacks
+    def test_failure_kinds(self):
+        """
+        Why an announced policy was not had, as RFC 8460 result types: an
+        untrusted certificate, a body that is no policy, an HTTP error.
+        """
+        sts = self.sts(trust=CertificateAuthority())
+        _, failure = yield defer.Deferred.fromCoroutine(sts.find("example.com"))
+        self.assertEqual(failure.kind, WEBPKI_INVALID)
+        self.page.body = b"version: STSv1\r\nmode: sometimes\r\n"
+        _, failure = yield defer.Deferred.fromCoroutine(self.sts().find("example.com"))
+        self.assertEqual(failure.kind, POLICY_INVALID)
+        self.page.code = 500
+        _, failure = yield defer.Deferred.fromCoroutine(self.sts().find("example.com"))
+        self.assertEqual((failure.kind, failure.detail), (FETCH_ERROR, "HTTP 500"))
 
     @defer.inlineCallbacks
     def test_redirect_not_followed(self):

@@ -17,8 +17,9 @@ set -eu
 #   systemd          systemd-analyze, to check the shipped unit files, and
 #                    systemd-socket-activate, to test socket activation
 #   logrotate        to check the shipped logrotate snippet
+#   util-linux       unshare, to give the scale-out test's Postfix a resolv.conf of its own
 PACKAGES="postfix swaks slapd ldap-utils dovecot-core dovecot-imapd dovecot-pop3d
-dovecot-lmtpd haproxy chromium chromium-driver fetchmail systemd logrotate"
+dovecot-lmtpd haproxy chromium chromium-driver fetchmail systemd logrotate util-linux"
 
 # The daemons a Debian postinst may start, with how to stop each one.
 DAEMONS="postfix slapd dovecot haproxy"

@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_admin -*-
 """
 Live reload (C{admin.reload()}, C{smtpctl reload}, SIGHUP): re-read
-C{etc/smtpd.ini}, the accounts file, the TLS certificate and the DNS servers
-(C{/etc/resolv.conf} when none are configured), and hand them to the parts
+C{etc/smtpd.ini}, the accounts file, the TLS certificate, the DNS servers
+(C{/etc/resolv.conf} when none are configured) and the [directory] (a new
+connection when it changed, the cache flushed), and hand them to the parts
 that read them at each new session or delivery attempt. A configuration with errors
 changes nothing; listeners are never rebound (the report says when their
 keys changed).
@@ -14,6 +15,7 @@ import dataclasses
 
 from twisted.logger import Logger
 
+from smtpd.admin.directory import DirectoryError
 from smtpd.config import Config, ConfigError, load_config
 from smtpd.delivery.mx import make_resolver
 from smtpd.directory.accounts import Users, UsersError
@@ -30,13 +32,9 @@ AT_RESTART = frozenset({
 })
 
 
-# Sections read only at start ("Changes to [directory] take a restart").
-AT_RESTART_SECTIONS = ("directory.",)
-
-
 def at_restart(key: str) -> bool:
     """Whether a changed C{section.key} applies only after a restart."""
-    return key in AT_RESTART or key.startswith(AT_RESTART_SECTIONS)
+    return key in AT_RESTART
 
 
 def differences(old: Config, new: Config) -> list[str]:
@@ -71,10 +69,13 @@ class Reloader:
     @param mx: the relay's L{MXResolver}: it gets a new resolver for
         C{[delivery] dns_servers} (or C{/etc/resolv.conf}) as they are now.
     @param reactor: for that resolver.
+    @param directory: the L{DirectorySwitch} of the [directory], or None: a
+        changed section gets a new directory (new connection, empty cache);
+        an unchanged one has its cache flushed.
     """
 
     def __init__(self, config: Config, *, inbound, qmgr, relay, activity, server_tls=None,
-                 configured=(), mx=None, reactor=None):
+                 configured=(), mx=None, reactor=None, directory=None):
         self.config = config
         self.inbound = inbound
         self.qmgr = qmgr
@@ -84,6 +85,7 @@ class Reloader:
         self.configured = list(configured)
         self.mx = mx
         self.reactor = reactor
+        self.directory = directory
 
     def reload(self) -> dict:
         """
@@ -93,7 +95,8 @@ class Reloader:
         """
         try:
             new, users, options = self._read()
-        except (ConfigError, UsersError) as e:
+            directory = self._new_directory(new)
+        except (ConfigError, UsersError, DirectoryError) as e:
             for line in e.problems:
                 log.error("reload refused: {problem}", problem=line)
             return {"ok": False, "errors": list(e.problems)}
@@ -102,6 +105,7 @@ class Reloader:
             return {"ok": False, "errors": [str(e)]}
         changed = differences(self.config, new)
         self._apply(new, users, options)
+        self._switch_directory(directory, new)
         report = {
             "ok": True,
             "changed": [c for c in changed if not at_restart(c)],
@@ -142,6 +146,27 @@ class Reloader:
         """
         if getattr(self.inbound, "directory", None) is None:
             self.qmgr.users = users
+
+    def _new_directory(self, new: Config):
+        """
+        A new directory when C{new}'s [directory] differs from the one in
+        force (C{False}: keep the directory, None: none any more).
+
+        @raise DirectoryError: the new section cannot be used.
+        """
+        if self.directory is None or new.directory == self.config.directory:
+            return False
+        return self.directory.prepare(new)
+
+    def _switch_directory(self, directory, new: Config) -> None:
+        """Use C{directory} (from L{_new_directory}), or flush the cache of the one kept."""
+        if self.directory is None:
+            return
+        if directory is False:
+            self.directory.flush()
+            return
+        self.directory.use(directory, new)
+        log.info("directory: now {url}", url=new.directory.url or "off (the accounts file)")
 
     def _read(self):
         """The new configuration, accounts and TLS options; raises on any problem."""

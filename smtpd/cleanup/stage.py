@@ -61,7 +61,8 @@ class Cleanup:
 
     def begin(self, sender: str, recipients: list[Recipient], *,
               client: ClientInfo | None, ret: str = "", envid: str = "", body: str = "",
-              room: int | None = None, normalize: bool | None = None, messages=None) -> IncomingMessage:
+              room: int | None = None, normalize: bool | None = None, messages=None,
+              requiretls: bool = False) -> IncomingMessage:
         """
         Start a message from C{client} (L{None}: the pickup folder).
 
@@ -70,6 +71,7 @@ class Cleanup:
             C{[messages] bare_newlines}).
         @param messages: the C{[messages]} limits to apply (default: the
             current config's).
+        @param requiretls: MAIL had REQUIRETLS (RFC 8689): kept in the envelope.
         """
         messages = messages if messages is not None else self.config.messages
         if normalize is None:
@@ -78,7 +80,7 @@ class Cleanup:
         now = self.clock.seconds()
         envelope = Envelope(
             id=self.queue.new_id(), sender=sender, recipients=recipients, arrival=now,
-            next_attempt=now, ret=ret, envid=envid, body=body,
+            next_attempt=now, ret=ret, envid=envid, body=body, requiretls=requiretls,
             client=PICKUP_CLIENT if client is None else f"{client.helo} [{client.ip}]",
         )
         spool = Spool(self.queue.directory, self.run_blocking, self.threshold)

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 from ldaptor import ldapfilter
 
 SCHEMAS = ("rfc2307bis", "activedirectory")
+# How mail for a mailbox held by another host (the host attribute) travels there.
+HOST_TRANSPORTS = ("smtp", "lmtp")
 
 # Per schema: the filters and attributes a site gets when it leaves the key empty.
 # rfc2307bis: inetOrgPerson users with the Netscape/Sun mail routing attributes

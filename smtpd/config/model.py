@@ -132,6 +132,8 @@ class DeliveryConfig:
     remote_port: int = 25
     masquerade_domain: str = ""
     dns_servers: tuple[tuple[str, int], ...] = ()
+    mta_sts: bool = True
+    dnssec: str = "no"
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,9 @@ class DirectoryConfig:
     routing_attribute: str = ""
     host_attribute: str = ""
     member_attribute: str = ""
+    local_hosts: tuple[str, ...] = ()
+    host_transport: str = "smtp"
+    host_port: int = 0
     positive_ttl: float = 300.0
     negative_ttl: float = 60.0
     timeout: float = 10.0

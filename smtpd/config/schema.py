@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from smtpd.config.dkimkeys import EXPECTED as _DKIM_TEXT
 from smtpd.config.dkimkeys import ARC_EXPECTED, parse_arc_seal, parse_dkim
 from smtpd.config.ldap import (
+    HOST_TRANSPORTS,
     SCHEMAS,
     parse_attribute,
     parse_dn,
@@ -95,6 +96,11 @@ def _positive_duration(text: str) -> float:
     if value <= 0:
         raise ValueError("zero duration")
     return value
+
+
+def _host_names(text: str) -> tuple[str, ...]:
+    """Host names (lower case, no trailing dot) that mean this node in the host attribute."""
+    return tuple(parse_hostname(item).lower() for item in parse_list(text))
 
 
 def _retry(text: str) -> tuple[float, ...]:
@@ -299,6 +305,8 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
                 "empty (/etc/resolv.conf) or IP addresses with an optional port, "
                 "such as 192.0.2.53 192.0.2.54:5353 [2001:db8::53]:53",
             ),
+            "mta_sts": _key(parse_bool, _BOOL_TEXT),
+            "dnssec": _key(choice("no", "trust-ad"), "no or trust-ad"),
         },
     ),
     "checks": (
@@ -338,6 +346,10 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
             "routing_attribute": _key(parse_attribute, _ATTRIBUTE_TEXT),
             "host_attribute": _key(parse_attribute, _ATTRIBUTE_TEXT),
             "member_attribute": _key(parse_attribute, _ATTRIBUTE_TEXT),
+            "local_hosts": _key(_host_names, "empty or host names such as mx1.example.com"),
+            "host_transport": _key(choice(*HOST_TRANSPORTS), "smtp or lmtp"),
+            "host_port": _key(lambda t: parse_port(t) if t.strip() else 0,
+                              "empty (smtp: [delivery] remote_port, lmtp: 24) or " + _PORT_TEXT),
             "positive_ttl": _key(parse_duration, _DURATION_TEXT + ", or 0 for no caching"),
             "negative_ttl": _key(parse_duration, _DURATION_TEXT + ", or 0 for no caching"),
             "timeout": _key(_positive_duration, _DURATION_TEXT + ", not 0"),

@@ -17,6 +17,7 @@ import re
 from collections import deque
 from typing import Any, NamedTuple
 
+from service_identity import VerificationError
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender, LineReceiver
@@ -24,6 +25,12 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from smtpd.delivery.handshake import set_up
+from smtpd.delivery.tlsoutcome import (
+    CERTIFICATE_EXPIRED,
+    CERTIFICATE_HOST_MISMATCH,
+    CERTIFICATE_NOT_TRUSTED,
+    VALIDATION_FAILURE,
+)
 from smtpd.delivery.transaction import run_transaction
 from smtpd.delivery.wire import (
     BdatChunker,
@@ -37,7 +44,7 @@ from smtpd.delivery.wire import (
 from smtpd.mail.envelope import DeliveryStatus
 from smtpd.mail.source import CHUNK_SIZE, IMessageSource
 
-TLS_POLICIES = ("none", "may", "encrypt", "verify")
+TLS_POLICIES = ("none", "may", "encrypt", "verify", "dane")
 
 # The most a host may send as one reply (RFC 5321 4.5.3.1.5: a reply line is at
 # most 512 octets; EHLO replies are the longest in practice, a few dozen lines).
@@ -91,11 +98,13 @@ class RelayClient(LineReceiver, TimeoutMixin):
     @param timeout: seconds to wait for any reply (or for the host to take
         more of the message).
     @param tls: the L{TLS_POLICIES} entry: C{none} never starts TLS; C{may}
-        starts it when offered; C{encrypt} and C{verify} require it (the
-        verification itself is in C{tls_options}).
+        starts it when offered; C{encrypt}, C{verify} and C{dane} require it
+        (the verification itself is in C{tls_options}, or C{check_peer}).
     @param tls_options: the client TLS connection creator (unused for C{none}).
     @param username: AUTH toward the host when not empty.
     @param password: the AUTH password.
+    @param check_peer: called with the TLS transport once TLS is up; raises
+        L{SessionError} when the peer's certificate is not acceptable (DANE).
 
     @ivar extensions: the EHLO keywords (upper case) and their parameters.
     @ivar secure: whether the session runs over TLS.
@@ -107,7 +116,7 @@ class RelayClient(LineReceiver, TimeoutMixin):
 
     def __init__(self, helo: str, remote_mta: str, clock: Any, timeout: float,
                  tls: str = "none", tls_options: Any = None, username: str = "",
-                 password: str = ""):
+                 password: str = "", check_peer: Any = None):
         if tls not in TLS_POLICIES:
             raise ValueError(f"unknown TLS policy {tls!r}")
         self.helo = helo.encode("ascii", "replace")
@@ -118,6 +127,7 @@ class RelayClient(LineReceiver, TimeoutMixin):
         self._tls_options = tls_options if tls != "none" else None
         self._username = username
         self._password = password
+        self._check_peer = check_peer
         self.ready: Deferred[RelayClient] = Deferred()
         self.extensions: dict[str, str] = {}
         self.secure = False
@@ -164,6 +174,11 @@ class RelayClient(LineReceiver, TimeoutMixin):
                 self._notify(self._error)
             self._close(abort=self._streaming)
         return closed
+
+    def verify_peer(self) -> None:
+        """Check the TLS peer with C{check_peer} (L{SessionError} when it fails)."""
+        if self._check_peer is not None:
+            self._check_peer(self.transport)
 
     # ------------------------------------------------------------ replies
 
@@ -341,7 +356,8 @@ class RelayClient(LineReceiver, TimeoutMixin):
         """The status of one recipient from a reply of this host."""
         return DeliveryStatus(address=address, code=code,
                               status=status or enhanced_status(code, reply), reply=reply,
-                              remote_mta=self.remote_mta, tls=self.secure)
+                              remote_mta=self.remote_mta, tls=self.secure,
+                              dsn_passed="DSN" in self.extensions)
 
     async def stream(self, source: IMessageSource) -> Reply:
         """
@@ -425,5 +441,19 @@ def lost_error(reason: Failure | None, handshake: bool, phase: str) -> SessionEr
     why = reason.getErrorMessage() if reason is not None else "connection lost"
     if handshake:
         return SessionError(451, "4.7.5", f"451 4.7.5 TLS negotiation failed: {why}",
-                            tls_failure=True)
+                            tls_failure=True, tls_result=tls_failure_type(reason))
     return SessionError(451, "4.4.2", f"451 4.4.2 lost connection while waiting for {phase}")
+
+
+def tls_failure_type(reason: Failure | None) -> str:
+    """The RFC 8460 result type of a failed TLS handshake."""
+    if reason is None:
+        return VALIDATION_FAILURE
+    if reason.check(VerificationError):
+        return CERTIFICATE_HOST_MISMATCH
+    text = str(reason.value).lower()
+    if "expired" in text:
+        return CERTIFICATE_EXPIRED
+    if "certificate verify failed" in text:
+        return CERTIFICATE_NOT_TRUSTED
+    return VALIDATION_FAILURE

@@ -10,7 +10,11 @@ from __future__ import annotations
 from base64 import b64encode
 from typing import Any
 
+from smtpd.delivery.tlsoutcome import STARTTLS_NOT_SUPPORTED
 from smtpd.delivery.wire import SessionError, parse_extensions, refusal
+
+# The levels that refuse to go on without TLS (verify and dane also check the certificate).
+REQUIRED = ("encrypt", "verify", "dane")
 
 
 async def set_up(client: Any, tls: str, tls_options: Any, username: str,
@@ -18,7 +22,8 @@ async def set_up(client: Any, tls: str, tls_options: Any, username: str,
     """
     Everything between the greeting and the first transaction on C{client}
     (a L{smtpd.delivery.client.RelayClient}): EHLO, STARTTLS when offered
-    (required for C{encrypt} and C{verify}) and EHLO again, AUTH when a
+    (required for C{encrypt}, C{verify} and C{dane}) and EHLO again, then
+    the client's own check of the peer's certificate (DANE), AUTH when a
     C{username} is set.
     """
     await hello(client, tls, username)
@@ -26,7 +31,8 @@ async def set_up(client: Any, tls: str, tls_options: Any, username: str,
         if "STARTTLS" in client.extensions:
             await start_tls(client, tls_options)
             await hello(client, tls, username)
-        elif tls in ("encrypt", "verify"):
+            client.verify_peer()
+        elif tls in REQUIRED:
             raise tls_required()
     if username:
         await authenticate(client, username, password)
@@ -43,7 +49,7 @@ async def hello(client: Any, tls: str, username: str) -> None:
         return
     if not 500 <= reply.code < 600:
         raise refusal(reply.code, reply.text)
-    if tls in ("encrypt", "verify") and not client.secure:
+    if tls in REQUIRED and not client.secure:
         raise tls_required()
     if username:
         raise auth_required()
@@ -57,7 +63,7 @@ async def start_tls(client: Any, tls_options: Any) -> None:
     reply = await client.command(b"STARTTLS")
     if reply.code != 220:
         raise SessionError(451, "4.7.5", f"451 4.7.5 STARTTLS refused: {reply.text}",
-                           tls_failure=True)
+                           tls_failure=True, tls_result=STARTTLS_NOT_SUPPORTED)
     try:
         client.transport.startTLS(tls_options)
     except Exception as e:
@@ -90,7 +96,8 @@ async def authenticate(client: Any, username: str, password: str) -> None:
 
 def tls_required() -> SessionError:
     """TLS is required and the host does not offer it."""
-    return SessionError(451, "4.7.5", "451 4.7.5 TLS is required, but was not offered by host")
+    return SessionError(451, "4.7.5", "451 4.7.5 TLS is required, but was not offered by host",
+                        tls_result=STARTTLS_NOT_SUPPORTED)
 
 
 def auth_required() -> SessionError:

@@ -311,6 +311,18 @@ class LMTPClient(LineReceiver, TimeoutMixin):
         self.transport.loseConnection()
 
 
+def store_of(destination: Any) -> str:
+    """
+    The store a destination names: its domain's C{lmtp} target, or for a
+    mailbox held by another host, C{tcp:host:port} on that host.
+    """
+    host = getattr(destination, "host", "")
+    if host:
+        return f"tcp:[{host}]:{destination.port}" if ":" in host else \
+            f"tcp:{host}:{destination.port}"
+    return destination.section.lmtp
+
+
 @implementer(IDeliveryAgent)
 class LMTPDelivery:
     """
@@ -348,7 +360,7 @@ class LMTPDelivery:
                        message: Any) -> list[DeliveryStatus]:
         by_target: dict[str, list[int]] = {}
         for i, (_, destination) in enumerate(deliveries):
-            by_target.setdefault(destination.section.lmtp, []).append(i)
+            by_target.setdefault(store_of(destination), []).append(i)
         results: list[DeliveryStatus | None] = [None] * len(deliveries)
         calls = [self._to_store(target, envelope, [deliveries[i] for i in indexes], message)
                  for target, indexes in by_target.items()]

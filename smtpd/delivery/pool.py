@@ -120,11 +120,15 @@ class ConnectionPool:
     def _key(self, route: Route, target: Target) -> tuple:
         """Which connections are interchangeable: same address, port, TLS, name checked, user."""
         user = self._config.delivery.smart_host_user if route.auth else ""
-        name = target.name if route.tls == "verify" else ""
+        name = target.name if route.tls in ("verify", "dane") else ""
         return (target.address, target.port, route.tls, name, user)
 
-    async def connection(self, route: Route, target: Target) -> Connection:
-        """An idle connection to C{target} when there is a usable one, else a new one."""
+    async def connection(self, route: Route, target: Target,
+                         check_peer: Any = None) -> Connection:
+        """
+        An idle connection to C{target} when there is a usable one, else a new
+        one (whose TLS peer C{check_peer} checks, see L{RelayClient}).
+        """
         idle = self._idle.get(self._key(route, target), [])
         while idle:
             connection = idle.pop()
@@ -132,11 +136,11 @@ class ConnectionPool:
             if connection.client.usable:
                 return connection
             connection.client.quit()
-        return await self.connect(route, target)
+        return await self.connect(route, target, check_peer)
 
-    async def connect(self, route: Route, target: Target) -> Connection:
+    async def connect(self, route: Route, target: Target, check_peer: Any = None) -> Connection:
         """A new session with C{target}, greeted and ready (or L{SessionError})."""
-        client = self._client(route, target)
+        client = self._client(route, target, check_peer)
         if self._connections.full:
             self._evictIdle()
         await self._connections.acquire()
@@ -150,7 +154,7 @@ class ConnectionPool:
         await client.ready
         return connection
 
-    def _client(self, route: Route, target: Target) -> RelayClient:
+    def _client(self, route: Route, target: Target, check_peer: Any) -> RelayClient:
         delivery = self._config.delivery
         try:
             tls_options = self._tlsOptions(route.tls, target.name)
@@ -167,6 +171,7 @@ class ConnectionPool:
             tls_options=tls_options,
             username=delivery.smart_host_user if route.auth else "",
             password=delivery.smart_host_password if route.auth else "",
+            check_peer=check_peer,
         )
 
     def _endpoint(self, target: Target) -> Any:
@@ -177,7 +182,8 @@ class ConnectionPool:
     def _tlsOptions(self, policy: str, name: str) -> Any:
         """
         C{may}/C{encrypt}: TLS without verification (RFC 7435 opportunistic);
-        C{verify}: the certificate must match the host name (service-identity).
+        C{verify}: the certificate must match the host name (service-identity);
+        C{dane}: no PKIX verification, the TLSA records decide (RFC 7672 3.1).
         """
         if policy == "none":
             return None

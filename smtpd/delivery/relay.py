@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from smtpd.config import Config, SmartHost
+from smtpd.delivery.hosts import HostDelivery
 from smtpd.delivery.interfaces import IDeliveryAgent
 from smtpd.delivery.loops import LocalAddresses, bindable, is_listener
 from smtpd.delivery.mx import DNSError, MXHost, MXResolver, PermanentDNSError, TemporaryDNSError
@@ -29,16 +30,32 @@ from smtpd.delivery.routes import (
     Route,
     Target,
     falls_back,
+    host_route,
     internal_error,
     masquerade,
     route_for,
     route_status,
 )
+from smtpd.delivery.tlsoutcome import POLICY_STS, TLSOutcome, TLSOutcomes
+from smtpd.delivery.tlspolicy import HostPolicy, TLSPolicies, sts_strings
 from smtpd.delivery.wire import OutboundMessage, SessionError
 from smtpd.mail.envelope import DeliveryStatus, Envelope, Recipient
-from smtpd.mail.source import IMessageSource, read_chunks
+from smtpd.mail.source import IMessageSource, read_chunks, read_head
 
-__all__ = ["RelayManager", "LocalAddresses", "bindable", "has_8bit"]
+__all__ = ["RelayManager", "LocalAddresses", "bindable", "has_8bit", "tls_not_required"]
+
+
+def tls_not_required(message: IMessageSource) -> bool:
+    """
+    Whether the header of C{message} has C{TLS-Required: No} (RFC 8689 5):
+    the sender asks that recipient-side TLS policies (MTA-STS, DANE) do not
+    stop the delivery. Only the header is read.
+    """
+    for line in read_head(message).split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() == b"tls-required":
+            return value.strip().lower() == b"no"
+    return False
 
 
 def has_8bit(message: IMessageSource) -> bool:
@@ -65,6 +82,11 @@ class RelayManager:
     @param idle_timeout: seconds an idle connection is kept for reuse.
     @param run_blocking: C{f(callable, *args) -> Deferred} for disk reads
         (the scan for 8-bit data); by default in the caller's thread.
+    @param policies: the L{TLSPolicies} (MTA-STS, DANE) of recipient
+        domains; None: neither applies.
+
+    @ivar tls_outcomes: where the TLS outcome of each new session is
+        published (L{TLSOutcomes}; TLS reporting subscribes there).
     """
 
     name = "relay"
@@ -81,6 +103,7 @@ class RelayManager:
         log: Logger | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
         run_blocking: Callable[..., Deferred] | None = None,
+        policies: TLSPolicies | None = None,
     ):
         self._config = config
         self._mx = mx
@@ -92,6 +115,9 @@ class RelayManager:
         self._run = run_blocking if run_blocking is not None else maybeDeferred
         self._pool = ConnectionPool(config, reactor, client_tls, idle_timeout)
         self._destinations: dict[str, Limiter] = {}
+        self._policies = policies if policies is not None else TLSPolicies()
+        self.tls_outcomes = TLSOutcomes()
+        self._hosts = HostDelivery(self._pool, reactor, self._log, self.tls_outcomes)
 
     # ------------------------------------------------------------ public
 
@@ -106,8 +132,7 @@ class RelayManager:
         @return: a Deferred that fires with exactly one status per recipient,
             in the order given; it never fails.
         """
-        recipients = [recipient for recipient, _ in deliveries]
-        return Deferred.fromCoroutine(self._deliverSafely(envelope, recipients, message))
+        return Deferred.fromCoroutine(self._deliverSafely(envelope, list(deliveries), message))
 
     def reconfigure(self, config: Config) -> None:
         """Use C{config} from now on; idle connections made under the old one close."""
@@ -124,22 +149,32 @@ class RelayManager:
     # ------------------------------------------------------------ routing
 
     async def _deliverSafely(
-        self, envelope: Envelope, recipients: list[Recipient], message: IMessageSource
+        self, envelope: Envelope, deliveries: list[tuple[Recipient, Any]],
+        message: IMessageSource,
     ) -> list[DeliveryStatus]:
         try:
-            return await self._deliver(envelope, recipients, message)
+            return await self._deliver(envelope, deliveries, message)
         except Exception:
             self._log.failure("relay {queue_id}: delivery failed", queue_id=envelope.id)
-            return [internal_error(r) for r in recipients]
+            return [internal_error(r) for r, _ in deliveries]
+
+    def _route(self, recipient: Recipient, destination: Any) -> Route:
+        """The route of one recipient: its mailbox's host, else by its domain."""
+        host = getattr(destination, "host", "")
+        if host:
+            return host_route(self._config, host, destination.port)
+        return route_for(self._config, recipient.address)
 
     async def _deliver(
-        self, envelope: Envelope, recipients: list[Recipient], message: IMessageSource
+        self, envelope: Envelope, deliveries: list[tuple[Recipient, Any]],
+        message: IMessageSource,
     ) -> list[DeliveryStatus]:
+        recipients = [recipient for recipient, _ in deliveries]
         statuses: list[DeliveryStatus | None] = [None] * len(recipients)
         groups: dict[Route, list[int]] = {}
-        for i, recipient in enumerate(recipients):
+        for i, (recipient, destination) in enumerate(deliveries):
             try:
-                groups.setdefault(route_for(self._config, recipient.address), []).append(i)
+                groups.setdefault(self._route(recipient, destination), []).append(i)
             except DNSError as e:
                 statuses[i] = route_status(recipient, e, "")
         sender = masquerade(self._config, envelope.sender)
@@ -155,6 +190,7 @@ class RelayManager:
                 ret=envelope.ret,
                 envid=envelope.envid,
                 eight_bit=eight_bit,
+                requiretls=envelope.requiretls,
             )
             jobs.append(Deferred.fromCoroutine(self._deliverGroup(envelope.id, route, outbound)))
         results = await gatherResults(jobs) if jobs else []
@@ -217,11 +253,27 @@ class RelayManager:
             targets = await self._targets(route)
         except DNSError as e:
             return [route_status(r, e, "") for r in message.recipients], e
+        sts = None
+        if route.kind == "mx":
+            sts, failure = await self._policies.domain_policy(self._config, route.destination)
+            if failure is not None:
+                self._policyFailed(route.destination, sts, failure)
+            # RFC 8689 5: TLS-Required: No (read only when a policy may apply;
+            # with REQUIRETLS the header field is ignored).
+            if ((sts is not None or self._config.delivery.dnssec == "trust-ad")
+                    and not message.requiretls
+                    and await self._run(tls_not_required, message.source)):
+                sts, message = None, replace(message, tls_optional=True)
         temporary: tuple[SessionError, str] | None = None
         permanent: tuple[SessionError, str] | None = None
+        policies: dict[str, HostPolicy] = {}
+        label = ""
         for target in targets:
+            policy = await self._hostPolicy(route, target, sts, message, policies)
+            label = policy.label
             try:
-                return await self._deliverToHost(route, target, message), None
+                statuses = await self._hosts.deliver(route, target, message, policy)
+                return [replace(s, tls_policy=label) for s in statuses], None
             except SessionError as e:
                 self._log.info(
                     "relay: {remote}: {reply}", remote=target.remote_mta, reply=e.reply
@@ -239,26 +291,27 @@ class RelayManager:
         failure, remote = temporary or permanent or (
             SessionError(451, "4.4.1", "451 4.4.1 no host to try"), ""
         )
-        return [route_status(r, failure, remote) for r in message.recipients], failure
+        return [replace(route_status(r, failure, remote), tls_policy=label)
+                for r in message.recipients], failure
 
-    async def _deliverToHost(
-        self, route: Route, target: Target, message: OutboundMessage
-    ) -> list[DeliveryStatus]:
-        """
-        One transaction with one host; at C{outbound_tls = may} a host whose
-        TLS fails gets one more try in plain text (as Postfix at level may).
-        """
-        try:
-            return await self._deliverTo(route, target, message)
-        except SessionError as e:
-            if not (e.tls_failure and route.tls == "may"):
-                raise
-            self._log.info(
-                "relay: {remote}: {reply}; trying again without TLS",
-                remote=target.remote_mta,
-                reply=e.reply,
-            )
-        return await self._deliverTo(replace(route, tls="none"), target, message)
+    def _policyFailed(self, domain: str, cached: Any, failure: Any) -> None:
+        """Publish that the MTA-STS policy C{domain} announced could not be fetched."""
+        self.tls_outcomes.publish(TLSOutcome(
+            policy_domain=domain, policy_type=POLICY_STS,
+            policy_strings=sts_strings(cached) if cached is not None else (),
+            mx_host="", receiving_ip="", result=failure.kind, detail=failure.detail,
+            mode=cached.mode if cached is not None else ""))
+
+    async def _hostPolicy(self, route: Route, target: Target, sts: Any,
+                          message: OutboundMessage,
+                          known: dict[str, HostPolicy]) -> HostPolicy:
+        """The recipient side's policy for the host of C{target} (DANE, MTA-STS or none)."""
+        if route.kind != "mx" or message.tls_optional:
+            return HostPolicy(route.destination)
+        if target.name not in known:
+            known[target.name] = await self._policies.host_policy(
+                self._config, route.destination, target.name, target.port, sts)
+        return known[target.name]
 
     async def _targets(self, route: Route) -> list[Target]:
         """The addresses to try for C{route}, in order, our own ones removed."""
@@ -266,6 +319,8 @@ class RelayManager:
             hosts = [MXHost(route.destination, 0, (route.destination,))]
         elif route.kind == "mx":
             hosts = await self._mx.lookup(route.destination)
+        elif route.kind == "host":
+            hosts = await self._mailboxHost(route.destination)
         else:
             hosts = await self._smartHosts(route.smart_host)
         targets = [
@@ -290,6 +345,17 @@ class RelayManager:
                 raise
             raise TemporaryDNSError("4.4.3", f"smart host {smart}: {e.message}") from None
 
+    async def _mailboxHost(self, host: str) -> list[MXHost]:
+        """
+        The addresses of the host that holds a mailbox (A and AAAA, no MX: it
+        names a host). A name that cannot be found is a directory problem:
+        the mail waits (4.4.3) rather than bounce.
+        """
+        try:
+            return await self._mx.lookup_host(host)
+        except PermanentDNSError as e:
+            raise TemporaryDNSError("4.4.3", f"mailbox host {host}: {e.message}") from None
+
     def _withoutLoops(self, route: Route, targets: list[Target]) -> list[Target]:
         """
         SPEC 6: a host at one of our listening endpoints is ourselves; like an
@@ -309,24 +375,3 @@ class RelayManager:
     def _isLocal(self, address: str, port: int) -> bool:
         """Whether C{address}:C{port} is one of our listeners (L{is_listener})."""
         return is_listener(address, port, self._local_endpoints(), self._is_local_address)
-
-    # ------------------------------------------------------------ one host
-
-    async def _deliverTo(
-        self, route: Route, target: Target, message: OutboundMessage
-    ) -> list[DeliveryStatus]:
-        """One transaction with one host, on a pooled connection if there is one."""
-        connection = await self._pool.connection(route, target)
-        try:
-            return await connection.client.send(message)
-        except SessionError as e:
-            if not e.stale:
-                raise
-        finally:
-            self._pool.release(connection)
-        # The pooled connection had died: once more on a fresh one.
-        connection = await self._pool.connect(route, target)
-        try:
-            return await connection.client.send(message)
-        finally:
-            self._pool.release(connection)

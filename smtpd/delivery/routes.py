@@ -22,8 +22,9 @@ class Route:
     Where a group of recipients goes.
 
     @ivar kind: C{"mx"} (the MX hosts of the domain C{destination}),
-        C{"smart"} (the smart host C{smart_host}) or C{"literal"} (the IP
-        address C{destination}, from an address literal).
+        C{"smart"} (the smart host C{smart_host}), C{"literal"} (the IP
+        address C{destination}, from an address literal) or C{"host"} (the
+        host C{destination} that holds the recipients' mailbox).
     @ivar port: the TCP port of every host of the route.
     @ivar tls: the outbound TLS policy.
     @ivar auth: whether to AUTH with the C{[delivery]} smart host credentials.
@@ -85,6 +86,14 @@ def route_for(config: Config, address: str) -> Route:
     if not delivery.smart_host_fallback:
         return smart
     return Route("mx", domain, port, tls, fallback=smart)
+
+
+def host_route(config: Config, host: str, port: int) -> Route:
+    """
+    The route to the host that holds a mailbox (the directory's host
+    attribute): its addresses on C{port}, with the [delivery] TLS policy.
+    """
+    return Route("host", host.lower().rstrip("."), port, config.delivery.outbound_tls)
 
 
 def smart_route(smart: SmartHost, port: int, tls: str, auth: bool) -> Route:

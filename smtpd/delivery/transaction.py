@@ -98,6 +98,10 @@ def _check(client: Any, message: OutboundMessage) -> None:
                            f"the size limit {int(limit)} of the host")
     if not safe_address(message.sender):
         raise SessionError(553, "5.1.7", "553 5.1.7 bad sender address syntax", final=True)
+    if message.requiretls and not (client.secure and "REQUIRETLS" in client.extensions):
+        # RFC 8689 4.2.1: only to a host that offers REQUIRETLS (another MX may).
+        raise SessionError(550, "5.7.30", f"550 5.7.30 REQUIRETLS support required, but "
+                           f"{client.remote_mta} does not offer it")
 
 
 async def _mail(client: Any, command: bytes, replies: list[Deferred] | None) -> None:

@@ -40,10 +40,12 @@ class SessionError(Exception):
         not tried.
     @ivar tls_failure: TLS itself failed (STARTTLS refused, or the
         handshake): the same host may work without TLS.
+    @ivar tls_result: for a TLS problem, its RFC 8460 result type
+        (L{smtpd.delivery.tlsoutcome}), else "".
     """
 
     def __init__(self, code: int, status: str, reply: str, stale: bool = False,
-                 final: bool = False, tls_failure: bool = False):
+                 final: bool = False, tls_failure: bool = False, tls_result: str = ""):
         super().__init__(reply)
         self.code = code
         self.status = status
@@ -51,6 +53,7 @@ class SessionError(Exception):
         self.stale = stale
         self.final = final
         self.tls_failure = tls_failure
+        self.tls_result = tls_result
 
     @property
     def permanent(self) -> bool:
@@ -77,6 +80,10 @@ class OutboundMessage:
     @ivar ret: RFC 3461 RET or "".
     @ivar envid: RFC 3461 ENVID (decoded) or "".
     @ivar eight_bit: whether the message needs BODY=8BITMIME.
+    @ivar requiretls: RFC 8689 REQUIRETLS: only over verified TLS, to hosts
+        that offer REQUIRETLS (the parameter is passed on).
+    @ivar tls_optional: RFC 8689 5 C{TLS-Required: No}: recipient-side TLS
+        policies (MTA-STS, DANE) do not apply.
     """
 
     sender: str
@@ -85,6 +92,8 @@ class OutboundMessage:
     ret: str = ""
     envid: str = ""
     eight_bit: bool = False
+    requiretls: bool = False
+    tls_optional: bool = False
 
 
 class DotStuffer:
@@ -212,6 +221,8 @@ def mail_command(message: OutboundMessage, size: int, extensions: dict[str, str]
             params.append(f"RET={message.ret.upper()}")
         if message.envid:
             params.append(f"ENVID={xtext(message.envid)}")
+    if message.requiretls and "REQUIRETLS" in extensions:
+        params.append("REQUIRETLS")
     return " ".join([f"MAIL FROM:<{message.sender}>"] + params).encode("ascii")
 
 

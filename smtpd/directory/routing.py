@@ -30,12 +30,18 @@ class Destination:
     @ivar mailbox: for L{LOCAL} and L{LMTP}, the account C{local@localdomain} after alias
         mapping; "" otherwise.
     @ivar section: the governing C{[domain:...]} section, if any.
+    @ivar host: the other host that holds the mailbox (the directory's host
+        attribute), or "": L{REMOTE} then relays to it by SMTP, L{LMTP}
+        delivers to it by LMTP, on C{port}.
+    @ivar port: the port on C{host}.
     """
 
     kind: str
     domain: str
     mailbox: str = ""
     section: DomainConfig | None = None
+    host: str = ""
+    port: int = 0
 
 
 def route(config: Config, users, address: str) -> Destination | None:
@@ -63,3 +69,38 @@ def route(config: Config, users, address: str) -> Destination | None:
         kind = LMTP if section.type == LMTP else LOCAL
         return Destination(kind, domain, mailbox, section)
     return None
+
+
+LMTP_PORT = 24  # RFC 2033 4: the port LMTP servers conventionally use
+
+
+def is_this_host(config: Config, host: str) -> bool:
+    """
+    Whether C{host} (a value of the directory's host attribute) names this
+    node: empty, C{[server] hostname}, or one of C{[directory] local_hosts}.
+    """
+    name = host.strip().lower().rstrip(".")
+    if not name:
+        return True
+    return name == config.server.hostname.lower().rstrip(".") or \
+        name in config.directory.local_hosts
+
+
+def routed_to_host(config: Config, destination: Destination | None, address: str,
+                   host: str) -> Destination | None:
+    """
+    C{destination} of C{address}, sent on to C{host} instead when the
+    directory said at RCPT that the mailbox is held there (and C{host} is not
+    this node under C{config} now): by SMTP (L{REMOTE}) or LMTP
+    (C{[directory] host_transport}), on C{host_port}.
+    """
+    if not host or is_this_host(config, host):
+        return destination
+    directory = config.directory
+    domain = split_address(address)[1].lower()
+    mailbox = destination.mailbox if destination is not None else ""
+    if directory.host_transport == LMTP:
+        port = directory.host_port or LMTP_PORT
+        return Destination(LMTP, domain, mailbox or address.lower(), None, host, port)
+    port = directory.host_port or config.delivery.remote_port
+    return Destination(REMOTE, domain, "", None, host, port)

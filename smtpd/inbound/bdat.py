@@ -91,7 +91,7 @@ class Chunking:
         self._message = self.inbound.cleanup.begin(
             self._sender or "", self._rcpts, client=self.client_info(), ret=params.ret,
             envid=params.envid, body=params.body, room=self._session_room(),
-            messages=self.inbound.config.messages,
+            messages=self.inbound.config.messages, requiretls=params.requiretls,
         )
         self._chunked = True
         self.in_transfer = True

@@ -49,6 +49,8 @@ class Commands:
         ]
         if self._can_starttls():
             ext.append("STARTTLS")
+        if self._tls:
+            ext.append("REQUIRETLS")  # RFC 8689 2: only offered under TLS
         if self._auth_offered():
             ext.append("AUTH " + " ".join(config.auth.mechanisms))
         return ext

@@ -2,7 +2,8 @@
 """
 Limits kept per client address across sessions, in the manner of Postfix's
 anvil: failed AUTH attempts (a password guesser that reconnects is blocked at
-connect for a while), the connection rate and the message rate.
+connect for a while; failed POP3 logins count too, and a blocked address gets
+no POP3 login either), the connection rate and the message rate.
 
 Every counter lives in one L{Throttle}, in memory, bounded: entries whose
 windows are over are dropped as new events come in, and at most
@@ -142,6 +143,14 @@ class Throttle:
         if access.message_rate and count > access.message_rate and not self._exempt(ip):
             return "4.7.1 Error: too many messages from your address, slow down"
         return None
+
+    def blocked(self, ip: str) -> bool:
+        """
+        Whether C{ip} is blocked after failed logins now (nothing is counted:
+        for services other than SMTP, such as POP3, that share the block).
+        """
+        record = self._records.get(client_key(ip))
+        return record is not None and record.blocked_until > self.clock.seconds()
 
     def auth_failed(self, ip: str) -> tuple[float, bool]:
         """

@@ -60,6 +60,9 @@ class Transaction:
         if parsed is None:
             return None
         sender, params = parsed
+        if params.requiretls and not self._tls:
+            # RFC 8689 4.1: REQUIRETLS only over a TLS session (RFC 3207's 530).
+            return self._reply(530, "5.7.10", "REQUIRETLS needs a TLS session")
         messages = config.messages
         if params.size is not None:
             if messages.max_message_size and params.size > messages.max_message_size:
@@ -130,7 +133,17 @@ class Transaction:
         """The directory's answer for RCPT C{rcpt}."""
         if resolved is None:
             return self._reply(550, "5.1.1", f"<{rcpt}>: User unknown")
-        return self._rcpt_accept(rcpt, params, resolved.destination, resolved.recipients)
+        helo = (self._helo or "").lower().rstrip(".")
+        if helo and helo in resolved.hosts.values():
+            # The host that holds the mailbox sent it here, and we would send
+            # it back: two nodes' directories disagree (one has not seen a
+            # move yet). Not a 5xx: the sender retries once they agree.
+            log.warn("RCPT {rcpt}: its mailbox host {host} sent it here; refused as a loop",
+                     rcpt=rcpt, host=helo)
+            return self._reply(451, "4.4.6", f"<{rcpt}>: Mail for this mailbox loops between "
+                                             f"hosts ({helo} holds it), try again later")
+        return self._rcpt_accept(rcpt, params, resolved.destination, resolved.recipients,
+                                 resolved.hosts)
 
     def _rcpt_lookup_failed(self, failure: Failure, rcpt: str) -> None:
         """The directory could not say: a temporary refusal, never 'unknown'."""
@@ -139,10 +152,12 @@ class Transaction:
                  why=failure.getErrorMessage())
         self._reply(451, "4.4.3", f"<{rcpt}>: Recipient address lookup failed, try again later")
 
-    def _rcpt_accept(self, rcpt: str, params, dest, addresses: tuple[str, ...]) -> None:
+    def _rcpt_accept(self, rcpt: str, params, dest, addresses: tuple[str, ...],
+                     hosts: dict[str, str] | None = None) -> None:
         """
         The relay rule, then queue C{addresses} for RCPT C{rcpt} (itself, or
-        what the directory expands it to, with C{rcpt} as their ORCPT).
+        what the directory expands it to, with C{rcpt} as their ORCPT, and
+        the other host that holds the mailbox from C{hosts}).
         """
         config = self.inbound.config
         if not policy.may_relay(config, self.peer_ip, self._user is not None, dest):
@@ -154,7 +169,8 @@ class Transaction:
             key = _same_recipient_key(queued, dest.kind in (LOCAL, LMTP))
             if key not in self._rcpt_seen:
                 self._rcpt_seen.add(key)
-                self._rcpts.append(Recipient(queued, params.notify, orcpt))
+                host = (hosts or {}).get(queued, "")
+                self._rcpts.append(Recipient(queued, params.notify, orcpt, host=host))
         return self._reply(250, "2.1.5", "Ok")
 
     def smtp_DATA(self, arg: str):
@@ -169,7 +185,7 @@ class Transaction:
         self._message = self.inbound.cleanup.begin(
             self._sender or "", self._rcpts, client=self.client_info(), ret=params.ret,
             envid=params.envid, body=params.body, room=self._session_room(),
-            messages=self.inbound.config.messages,
+            messages=self.inbound.config.messages, requiretls=params.requiretls,
         )
         self._send("354 End data with <CR><LF>.<CR><LF>\r\n")
         self._log(354)

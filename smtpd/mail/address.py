@@ -179,6 +179,7 @@ class MailParams:
     body: str = ""
     ret: str = ""
     envid: str = ""
+    requiretls: bool = False
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,8 @@ class RcptParams:
 def mail_params(text: str) -> MailParams:
     """
     Validate the parameters of MAIL: SIZE (RFC 1870), BODY (RFC 6152), RET and
-    ENVID (RFC 3461), AUTH (RFC 4954, accepted and ignored).
+    ENVID (RFC 3461), REQUIRETLS (RFC 8689, no value), AUTH (RFC 4954,
+    accepted and ignored).
 
     @raise ParameterError: with C{unknown=True} for a parameter we do not know.
     """
@@ -211,10 +213,13 @@ def mail_params(text: str) -> MailParams:
     envid = xtext_decode(params.pop("ENVID", ""))
     if len(envid) > 100:
         raise ParameterError("ENVID longer than 100 characters")
+    requiretls = "REQUIRETLS" in params
+    if params.pop("REQUIRETLS", ""):
+        raise ParameterError("REQUIRETLS takes no value")
     params.pop("AUTH", None)
     if params:
         raise ParameterError(f"unknown parameter {next(iter(params))}", unknown=True)
-    return MailParams(size=size, body=body, ret=ret, envid=envid)
+    return MailParams(size=size, body=body, ret=ret, envid=envid, requiretls=requiretls)
 
 
 _NOTIFY = {"NEVER", "SUCCESS", "FAILURE", "DELAY"}

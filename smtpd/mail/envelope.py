@@ -39,6 +39,9 @@ class Recipient:
     @ivar status: the RFC 3463 status of the last attempt (C{"4.4.1"}), or "".
     @ivar remote_mta: the host that gave C{last_reply}, or "".
     @ivar notified_delay: whether a "delayed" DSN was sent for this recipient.
+    @ivar host: the other host that holds this recipient's mailbox, as the
+        directory said at RCPT (its host attribute), or "": the queue sends
+        the recipient there instead of delivering it here.
     """
 
     address: str
@@ -49,6 +52,7 @@ class Recipient:
     status: str = ""
     remote_mta: str = ""
     notified_delay: bool = False
+    host: str = ""
 
 
 @dataclass
@@ -67,6 +71,7 @@ class Envelope:
     @ivar size: the size of the message data in octets.
     @ivar client: who handed us the message: C{"helo [ip]"}, or "pickup"/"local".
     @ivar body: C{"7BIT"}, C{"8BITMIME"} (the MAIL BODY= parameter).
+    @ivar requiretls: the MAIL REQUIRETLS parameter (RFC 8689) was given.
     """
 
     id: str
@@ -81,6 +86,7 @@ class Envelope:
     size: int = 0
     client: str = ""
     body: str = ""
+    requiretls: bool = False
 
     def pending(self) -> list[Recipient]:
         """The recipients still to be delivered."""
@@ -121,6 +127,11 @@ class DeliveryStatus:
     @ivar reply: the reply text or diagnostic, one line.
     @ivar remote_mta: the host that answered (C{"mx.example.com [192.0.2.1]"}), or "".
     @ivar tls: whether the session with C{remote_mta} was encrypted.
+    @ivar tls_policy: the recipient-side TLS policy that applied (C{dane},
+        C{sts-enforce}, C{sts-testing}) or "".
+    @ivar dsn_passed: C{remote_mta} offered DSN, so the recipient's RFC 3461
+        request (NOTIFY, ORCPT, with RET and ENVID) went on with the message
+        and its success report is now that host's to send (RFC 3461 5.2.2).
     """
 
     address: str
@@ -129,6 +140,8 @@ class DeliveryStatus:
     reply: str
     remote_mta: str = ""
     tls: bool = False
+    tls_policy: str = ""
+    dsn_passed: bool = False
 
     @property
     def delivered(self) -> bool:

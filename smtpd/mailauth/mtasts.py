@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import treq
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
@@ -38,6 +40,43 @@ log = Logger()
 
 class PolicyError(Exception):
     """A policy that cannot be had: fetch failed, or the text is not a valid policy."""
+
+
+class InvalidPolicy(PolicyError):
+    """The text fetched is not a valid policy (RFC 8460 C{sts-policy-invalid})."""
+
+
+# RFC 8460 4.3.2.2: why a policy could not be had.
+FETCH_ERROR = "sts-policy-fetch-error"
+POLICY_INVALID = "sts-policy-invalid"
+WEBPKI_INVALID = "sts-webpki-invalid"
+
+
+@dataclass(frozen=True)
+class PolicyFailure:
+    """
+    Why a domain's announced policy could not be fetched.
+
+    @ivar kind: L{FETCH_ERROR}, L{POLICY_INVALID} or L{WEBPKI_INVALID}.
+    @ivar detail: a human-readable reason.
+    """
+
+    kind: str
+    detail: str
+
+
+def failure_kind(error: BaseException) -> str:
+    """The RFC 8460 result type of a failed policy fetch."""
+    if isinstance(error, InvalidPolicy):
+        return POLICY_INVALID
+    pending: list[Any] = [error]
+    while pending:
+        e = pending.pop()
+        if isinstance(e, (SSL.Error, VerificationError)):
+            return WEBPKI_INVALID
+        # treq's errors wrap the causes (ResponseNeverReceived.reasons: Failures).
+        pending += [getattr(r, "value", r) for r in getattr(e, "reasons", None) or ()]
+    return FETCH_ERROR
 
 
 @dataclass(frozen=True)
@@ -98,19 +137,19 @@ def parse_policy(domain: str, policy_id: str, text: str, now: float) -> STSPolic
             key, value = line.split(":", 1)
             fields.setdefault(key.strip(), []).append(value.strip())
     if fields.get("version") != ["STSv1"]:
-        raise PolicyError("version is not STSv1")
+        raise InvalidPolicy("version is not STSv1")
     mode = (fields.get("mode") or [""])[0]
     if mode not in MODES:
-        raise PolicyError(f"mode {mode!r} is not enforce, testing or none")
+        raise InvalidPolicy(f"mode {mode!r} is not enforce, testing or none")
     try:
         max_age = int((fields.get("max_age") or [""])[0])
     except ValueError as e:
-        raise PolicyError("max_age is not a number") from e
+        raise InvalidPolicy("max_age is not a number") from e
     if not 0 <= max_age <= MAX_AGE_LIMIT:
-        raise PolicyError("max_age out of range")
+        raise InvalidPolicy("max_age out of range")
     mx = tuple(m.lower().rstrip(".") for m in fields.get("mx", []))
     if mode != "none" and not mx:
-        raise PolicyError("no mx patterns")
+        raise InvalidPolicy("no mx patterns")
     return STSPolicy(domain, policy_id, mode, mx, max_age, now)
 
 
@@ -179,6 +218,10 @@ class MTASTS:
         none: a new one is fetched when the TXT id differs from the cached
         one; a fetch that fails falls back to an unexpired cached policy.
         """
+        return (await self.find(domain))[0]
+
+    async def find(self, domain: str) -> tuple[STSPolicy | None, PolicyFailure | None]:
+        """L{policy}, and why a policy that the TXT record announced could not be fetched."""
         domain = domain.lower().rstrip(".")
         now = self.clock.seconds()
         cached = await self.cache.load(domain)
@@ -187,16 +230,16 @@ class MTASTS:
         try:
             policy_id = parse_txt(await self.lookup.txt("_mta-sts." + domain))
         except TemporaryLookupError:
-            return cached
+            return cached, None
         if policy_id is None or (cached is not None and cached.id == policy_id):
-            return cached
+            return cached, None
         try:
             fresh = await self.fetch(domain, policy_id)
         except Exception as e:
             log.info("MTA-STS policy of {domain} not fetched: {error}", domain=domain, error=e)
-            return cached
+            return cached, PolicyFailure(failure_kind(e), str(e) or e.__class__.__name__)
         await self.cache.store(fresh)
-        return fresh
+        return fresh, None
 
     async def fetch(self, domain: str, policy_id: str) -> STSPolicy:
         """Fetch and parse the policy; L{PolicyError} (or a connection error) on failure."""

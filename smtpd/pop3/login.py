@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_pop3_session -*-
 """
 The AUTHORIZATION state of a POP3 session (RFC 1939 4): logins against the
-accounts file with USER/PASS or RFC 5034 C{AUTH PLAIN}, only under TLS unless
+accounts file or the [directory] with USER/PASS or RFC 5034 C{AUTH PLAIN}, only under TLS unless
 C{[auth] allow_plaintext}; C{STLS} (RFC 2595); the RFC 2449 capabilities.
 Mixed into L{smtpd.pop3.session.POP3Session}.
 """
@@ -14,6 +14,11 @@ import binascii
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ITLSTransport
+from twisted.logger import Logger
+
+from smtpd.directory.interfaces import DirectoryUnavailable
+
+log = Logger()
 
 # Commands allowed before login (RFC 1939 4, RFC 2449, RFC 2595, RFC 5034).
 AUTHORIZATION = [b"CAPA", b"USER", b"PASS", b"APOP", b"AUTH", b"STLS", b"QUIT"]
@@ -145,12 +150,18 @@ class AuthorizationState:
         session is closed.
         """
         server = self.server
-        account = await server.check(login, password)
+        try:
+            account = await server.check(login, password)
+        except DirectoryUnavailable as e:
+            log.warn("POP3 login: directory unavailable: {why}", why=e)
+            self.failResponse("[SYS/TEMP] Authentication service unavailable, try again later")
+            return
         if account is None:
             self.failures += 1
-            await task.deferLater(server.clock, server.failure_delay, lambda: None)
+            delay, blocked = server.login_failed(self.peer_ip)
+            await task.deferLater(server.clock, delay, lambda: None)
             limit = server.config.access.auth_failures
-            if limit and self.failures >= limit:
+            if blocked or (limit and self.failures >= limit):
                 self.failResponse("[AUTH] Authentication failed; too many failures")
                 self.transport.loseConnection()
             else:

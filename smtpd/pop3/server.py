@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_pop3 -*-
 """
-What every POP3 session shares: the accounts (the same C{etc/users} as SMTP
-AUTH), the mailboxes in use (one session per mailbox, RFC 2449 C{[IN-USE]}),
+What every POP3 session shares: the accounts (the same C{etc/users} or
+C{[directory]} as SMTP AUTH, and the same per-address failure counters), the
+mailboxes in use (one session per mailbox, RFC 2449 C{[IN-USE]}),
 the time of each account's last login (RFC 2449 C{LOGIN-DELAY}), and the
 protocol factories for C{[pop3] listen} (STLS) and C{pop3s} (implicit TLS).
 """
@@ -23,6 +24,7 @@ from smtpd.pop3.maildir import MaildirInbox, scan
 from smtpd.pop3.login import LoginRefused
 from smtpd.pop3.session import POP3Session
 from smtpd.directory.accounts import address_problem
+from smtpd.directory.interfaces import IDirectory
 
 # RFC 2449 6.8: the minimum seconds between two logins to one account.
 LOGIN_DELAY = 10
@@ -48,6 +50,12 @@ class POP3Server:
     @param activity: the L{smtpd.util.activity.ActivityLog}.
     @param may_connect: C{may_connect(config, ip)}: whether C{[access]} lets
         a client at C{ip} in (the SMTP listeners' rule); everyone when L{None}.
+    @param throttle: the SMTP listeners' per-address counters
+        (L{smtpd.inbound.throttle.Throttle}: C{blocked(ip)},
+        C{auth_failed(ip)}), so that failed logins over POP3 and SMTP AUTH
+        add up and a block holds for both; L{None}: this server's own delay only.
+    @ivar directory: the L{IDirectory} that checks passwords and finds
+        mailboxes when C{[directory]} is on, else L{None} (the accounts file).
     """
 
     def __init__(self, config: Config, users: Any, clock: Any,
@@ -56,7 +64,8 @@ class POP3Server:
                  activity: Any, login_delay: int = LOGIN_DELAY,
                  failure_delay: float = FAILURE_DELAY,
                  idle_timeout: float = IDLE_TIMEOUT,
-                 may_connect: Callable[[Config, str], bool] | None = None):
+                 may_connect: Callable[[Config, str], bool] | None = None,
+                 throttle: Any = None):
         self.config = config
         self.users = users
         self.clock = clock
@@ -68,6 +77,8 @@ class POP3Server:
         self.failure_delay = failure_delay
         self.idle_timeout = idle_timeout
         self.may_connect = may_connect
+        self.throttle = throttle
+        self.directory: IDirectory | None = None
         self.sessions: dict[str, POP3Session] = {}
         self._ids = itertools.count(1)
         self._in_use: set[str] = set()
@@ -91,6 +102,8 @@ class POP3Server:
         """
         if self.may_connect is not None and not self.may_connect(self.config, ip):
             return "[SYS/PERM] Access denied"
+        if self.throttle is not None and self.throttle.blocked(ip):
+            return "[SYS/TEMP] Too many failed logins from your address, try again later"
         limit = self.config.server.max_connections
         if limit and len(self.sessions) >= limit:
             return "[SYS/TEMP] Too many connections, try again later"
@@ -106,7 +119,7 @@ class POP3Server:
         """Forget a session that has ended."""
         self.sessions.pop(session_id, None)
 
-    def account(self, login: str) -> str | None:
+    def account_name(self, login: str) -> str | None:
         """
         The account a POP3 login names: C{local@domain} of a local domain, or
         of the domain an alias domain points at; L{None} for anything else.
@@ -118,8 +131,12 @@ class POP3Server:
         if section is None or section.type not in ("local", "alias"):
             return None
         target = section.alias_of if section.type == "alias" else section.name
-        account = f"{local}@{target}"
-        return account if account in self.users else None
+        return f"{local}@{target}"
+
+    def account(self, login: str) -> str | None:
+        """The account of L{account_name} when the accounts file has it."""
+        account = self.account_name(login)
+        return account if account is not None and account in self.users else None
 
     def maildir(self, account: str) -> str:
         """The Maildir folder of C{account}."""
@@ -128,12 +145,44 @@ class POP3Server:
                             "mailbox", domain, localpart)
 
     async def check(self, login: str, password: bytes) -> str | None:
-        """The account when C{password} is its password, else L{None}."""
+        """
+        The account when C{password} is its password, else L{None}. With a
+        directory: a bind as the login's entry (as SMTP AUTH), and the
+        account is its mailbox's canonical address.
+
+        @raise DirectoryUnavailable: the directory cannot say now.
+        """
+        if self.directory is not None:
+            return await self._check_directory(login, password)
         account = self.account(login)
         # An unknown login costs a bcrypt check too: timing tells nothing.
         ok = await self.check_passwords(self.users.check_password,
                                         account or login.lower(), password)
         return account if ok and account is not None else None
+
+    async def _check_directory(self, login: str, password: bytes) -> str | None:
+        """L{check} against the directory: its mailbox of a local or alias domain."""
+        account = self.account_name(login)
+        if account is None:
+            return None
+        if not await self.directory.authenticate(login.lower(), password):
+            return None
+        mailbox = await self.directory.lookup(account)
+        if mailbox is None or mailbox.is_alias:
+            return None
+        # An alternate address logs in to the mailbox of the canonical one.
+        return self.account_name(mailbox.address) or account
+
+    def login_failed(self, ip: str) -> tuple[float, bool]:
+        """
+        Count a failed login from C{ip} with SMTP AUTH's failures: the delay
+        before the C{-ERR} (at least C{failure_delay}), and whether the
+        address is now blocked.
+        """
+        if self.throttle is None:
+            return self.failure_delay, False
+        delay, blocked = self.throttle.auth_failed(ip)
+        return max(delay, self.failure_delay), blocked
 
     async def open_mailbox(self, account: str) -> tuple[MaildirInbox, Callable[[], None]]:
         """

@@ -70,7 +70,8 @@ class Attempts:
             self.results.record(envelope, recipient, statuses[recipient.address],
                                 kinds.get(recipient.address, ""), now)
         envelope.attempts += 1
-        await self.notifier.conclude(envelope, pending, kinds, message, now)
+        passed = {address for address, status in statuses.items() if status.dsn_passed}
+        await self.notifier.conclude(envelope, pending, kinds, message, now, passed)
         if envelope.pending():
             await self.keep(envelope, now)
         else:

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 
 from smtpd.config import Config
 from smtpd.delivery.outcome import temporary
-from smtpd.directory.routing import DROP, LOCAL, REMOTE, Destination, route
+from smtpd.directory.routing import DROP, LOCAL, REMOTE, Destination, route, routed_to_host
 from smtpd.mail.envelope import DeliveryStatus, Envelope, Recipient
 from smtpd.mail.source import IMessageSource
 
@@ -39,9 +39,15 @@ class Dispatcher:
         self.agents = dict(agents)
         self._errors = errors
 
-    def destination(self, address: str) -> Destination | None:
-        """Where C{address} goes now (L{None}: a local domain without that account)."""
-        return route(self.config, self.users, address)
+    def destination(self, recipient: Recipient) -> Destination | None:
+        """
+        Where C{recipient} goes now (L{None}: a local domain without that
+        account): by its address, or to the other host the directory said
+        holds its mailbox.
+        """
+        address = recipient.address
+        return routed_to_host(self.config, route(self.config, self.users, address),
+                              address, recipient.host)
 
     async def deliver(
         self, envelope: Envelope, pending: list[Recipient], message: IMessageSource
@@ -60,7 +66,7 @@ class Dispatcher:
             if address in kinds or address in statuses:
                 continue  # a repeated RCPT: one delivery
             try:
-                destination = self.destination(address)
+                destination = self.destination(recipient)
             except Exception:
                 self._errors.failure("Routing {address} failed", address=address)
                 statuses[address] = temporary(address, "routing error")

@@ -74,7 +74,7 @@ class Intake:
             if recipient.state != PENDING or wants(recipient, "SUCCESS"):
                 return None
             try:
-                destination = self.dispatcher.destination(recipient.address)
+                destination = self.dispatcher.destination(recipient)
             except Exception:
                 return None  # the queue path reports it
             if destination is None or destination.kind != LOCAL:

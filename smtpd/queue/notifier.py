@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -69,19 +70,21 @@ class Notifier:
         self._run = run_blocking if run_blocking is not None else maybeDeferred
 
     async def conclude(self, envelope: Envelope, attempted: list[Recipient],
-                       kinds: dict[str, str], message: IMessageSource, now: float) -> None:
+                       kinds: dict[str, str], message: IMessageSource, now: float,
+                       passed: frozenset[str] | set[str] = frozenset()) -> None:
         """
         After an attempt: expire what is too old, then send the NDR, the
         success reports and the delay warning it calls for. A failed
         recipient whose NDR could not be made durable is pending again, so
-        the report is made at the next attempt.
+        the report is made at the next attempt. C{passed}: the recipients
+        relayed to a host that offered DSN (their success is its to report).
         """
         failed = [r for r in attempted if r.state == RCPT_FAILED]
         failed += self.expire(envelope, now)
         if not envelope.sender:
             return
         returned = await self.bounce(envelope, failed, message)
-        await self._report_success(envelope, attempted, kinds, message)
+        await self._report_success(envelope, attempted, kinds, message, passed)
         await self._warn_delay(envelope, message, now)
         if not returned:
             for r in failed:
@@ -115,10 +118,15 @@ class Notifier:
         return sent
 
     async def _report_success(self, envelope: Envelope, attempted: list[Recipient],
-                              kinds: dict[str, str], message: IMessageSource) -> None:
-        """Success DSNs: "delivered" for local and drop, "relayed" for remote."""
+                              kinds: dict[str, str], message: IMessageSource,
+                              passed: frozenset[str] | set[str]) -> None:
+        """
+        Success DSNs: "delivered" for local and drop, "relayed" for remote
+        hosts without DSN. A host that offered DSN got the request with the
+        message: we send nothing, it reports (RFC 3461 5.2.2).
+        """
         done = [r for r in attempted if r.state == RCPT_DELIVERED and wants(r, "SUCCESS")]
-        relayed = [r for r in done if kinds.get(r.address) == REMOTE]
+        relayed = [r for r in done if kinds.get(r.address) == REMOTE and r.address not in passed]
         delivered = [r for r in done if kinds.get(r.address) != REMOTE]
         for recipients, action in ((delivered, DELIVERED), (relayed, RELAYED)):
             if recipients:
@@ -137,7 +145,13 @@ class Notifier:
 
     async def _send(self, envelope: Envelope, recipients: list[Recipient], action: str,
                     message: IMessageSource, extra: tuple[str, ...] = ()) -> bool:
-        """Build and submit one DSN from C{<>} to the sender; whether it is durable."""
+        """
+        Build and submit one DSN from C{<>} to the sender; whether it is
+        durable. For a REQUIRETLS message (RFC 8689 5) the report returns the
+        header only, whatever RET said, and is itself sent with REQUIRETLS.
+        """
+        if envelope.requiretls:
+            envelope = replace(envelope, ret="HDRS")
         try:
             report = await self._build(envelope, recipients, action, message)
             now = self.clock.seconds()
@@ -148,6 +162,7 @@ class Notifier:
                 recipients=[Recipient(a) for a in addresses],
                 arrival=now, next_attempt=now, size=len(report),
                 client=LOCAL_CLIENT, body="8BITMIME" if has_8bit(report) else "",
+                requiretls=envelope.requiretls,
             )
             await self._submit(dsn, BytesSource(report))
         except FileExistsError:

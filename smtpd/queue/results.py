@@ -86,7 +86,8 @@ class Results:
         self.stats.result(result, kind, status.status, recipient.address,
                           max(0.0, now - envelope.arrival), bool(status.tls))
         relay = status.remote_mta or {LOCAL: "local", DROP: "drop"}.get(kind, "none")
-        self.log_line(envelope, recipient, relay, status.code, status.status, now, status.tls)
+        self.log_line(envelope, recipient, relay, status.code, status.status, now, status.tls,
+                      status.tls_policy)
 
     def fail(self, envelope: Envelope, recipient: Recipient, status: str, reply: str = "",
              now: float | None = None) -> None:
@@ -104,16 +105,18 @@ class Results:
             self.log_line(envelope, recipient, recipient.remote_mta or "none", 554, status, now)
 
     def log_line(self, envelope: Envelope, recipient: Recipient, relay: str,
-                 code: int, status: str, now: float, tls: bool = False) -> None:
+                 code: int, status: str, now: float, tls: bool = False,
+                 tls_policy: str = "") -> None:
         """
         The delivery log line for one recipient (SPEC 7); results are recorded
-        before the attempt is counted, so this is attempt C{attempts + 1}.
+        before the attempt is counted, so this is attempt C{attempts + 1};
+        C{tls_policy} is the recipient-side TLS policy mode that applied.
         """
         delay = max(0.0, now - envelope.arrival)
         if hasattr(self.log, "delivery"):
             self.log.delivery(envelope.id, recipient.address, relay, code, status, delay, tls,
                               outcome=outcome(recipient), reply=recipient.last_reply,
-                              attempt=envelope.attempts + 1)
+                              attempt=envelope.attempts + 1, tls_policy=tls_policy)
             return
         fields = {
             "queue_id": envelope.id, "recipient": recipient.address, "relay": relay,

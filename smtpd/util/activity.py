@@ -181,15 +181,19 @@ class ActivityLog:
         outcome: str = "",
         reply: str = "",
         attempt: int = 0,
+        tls_policy: str = "",
     ) -> None:
         """
         One delivery attempt for one recipient, as Postfix's C{status=} lines:
         C{outcome} is sent, deferred or bounced, C{reply} the remote reply or
-        the reason, C{attempt} the attempt number.
+        the reason, C{attempt} the attempt number, C{tls_policy} the
+        recipient-side TLS policy that applied (C{dane}, C{sts-enforce},
+        C{sts-testing}; shown as C{policy=...}).
         """
         said = f"{outcome} ({reply})" if reply else outcome
         argument = (f"id={queue_id} relay={relay} delay={delay:.1f} attempt={attempt} "
-                    f"dsn={status} status={said}" + (" tls" if tls else ""))
+                    f"dsn={status} status={said}" + (" tls" if tls else "")
+                    + (f" policy={tls_policy}" if tls_policy else ""))
         self._emit(
             {
                 "event": "delivery",
@@ -205,6 +209,7 @@ class ActivityLog:
                 "dsn": status,
                 "delay": round(delay, 3),
                 "tls": tls,
+                "tls_policy": tls_policy,
                 "outcome": outcome,
                 "reply": reply,
                 "attempt": attempt,
