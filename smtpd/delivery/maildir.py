@@ -42,6 +42,9 @@ log = Logger()
 
 # Maildir: a file left in tmp/ this long is a failed delivery's, to remove.
 TMP_MAX_AGE = 36 * 3600.0
+# Messages up to this size delivered to several Maildirs in one batch are
+# converted to LF line endings once for all their copies.
+SHARED_BODY_MAX = 1024 * 1024
 
 
 class MailboxError(Exception):
@@ -295,9 +298,21 @@ class MaildirDelivery:
         """
         results: list[tuple[bool, Any]] = []
         placed: dict[FolderSync, list[int]] = {}
+        # The copies of one message (its recipients' Maildirs) share the body
+        # converted to LF once, when it is small enough to hold.
+        shared: dict[int, tuple[list[bytes], int]] = {}
+        counts: dict[int, int] = {}
         for job in jobs:
+            counts[id(job[-1])] = counts.get(id(job[-1]), 0) + 1
+        for job in jobs:
+            *place, message = job
             try:
-                new, path = self._place(*job)
+                if counts[id(message)] > 1 and getattr(message, "size", None) is not None \
+                        and message.size <= SHARED_BODY_MAX:
+                    if id(message) not in shared:
+                        shared[id(message)] = _lf_body(message)
+                    message = shared[id(message)]
+                new, path = self._place(*place, message)
             except Exception:
                 results.append((False, Failure()))
             else:
@@ -314,8 +329,8 @@ class MaildirDelivery:
                     results[i] = (False, failure)
         return results
 
-    def _place(self, domain: str, localpart: str, name: str,
-               header: bytes, message: IMessageSource) -> tuple[FolderSync, str]:
+    def _place(self, domain: str, localpart: str, name: str, header: bytes,
+               message: IMessageSource | tuple[list[bytes], int]) -> tuple[FolderSync, str]:
         """Write one message into C{new/} of its Maildir (not yet fsync'd there)."""
         folder = os.path.join(self.root, domain, localpart)
         new = self._checked.get(folder)
@@ -362,24 +377,37 @@ class MaildirDelivery:
             fsync_directory(os.path.dirname(path))
 
 
-def _write_into(folder: str, name: str, header: bytes, message: IMessageSource) -> str:
+def _lf_body(message: IMessageSource) -> tuple[list[bytes], int]:
+    """The data of C{message} with LF line endings, and its number of lines."""
+    chunks = list(convert_chunks(read_chunks(message), b"\n"))
+    return chunks, sum(chunk.count(b"\n") for chunk in chunks)
+
+
+def _write_into(folder: str, name: str, header: bytes,
+                message: IMessageSource | tuple[list[bytes], int]) -> str:
     """
-    Write C{header} and C{message} (with LF line endings) to Maildir
-    C{folder} as C{tmp/name}, a chunk at a time, fsync it, rename it into
-    C{new/}; its path there. Nothing stays behind on failure.
+    Write C{header} and C{message} (with LF line endings; or the body
+    already converted, with its line count) to Maildir C{folder} as
+    C{tmp/name}, a chunk at a time, fsync it, rename it into C{new/}; its
+    path there. Nothing stays behind on failure.
     """
     tmp = os.path.join(folder, "tmp", name)
-    unlink_quietly(tmp)  # this copy's own, left by a crash mid-write
-    lines = 0
+    if isinstance(message, tuple):
+        body, lines = message
+        pieces = [header, *body]
+        lines += header.count(b"\n")
+        size = _write_new(tmp, pieces)
+    else:
+        lines = 0
 
-    def counted(chunks: Iterable[bytes]) -> Iterator[bytes]:
-        nonlocal lines
-        for chunk in chunks:
-            lines += chunk.count(b"\n")
-            yield chunk
+        def counted(chunks: Iterable[bytes]) -> Iterator[bytes]:
+            nonlocal lines
+            for chunk in chunks:
+                lines += chunk.count(b"\n")
+                yield chunk
 
-    body = convert_chunks(read_chunks(message), b"\n")
-    size = write_chunks(tmp, counted(itertools.chain([header], body)))
+        body_chunks = convert_chunks(read_chunks(message), b"\n")
+        size = _write_new(tmp, counted(itertools.chain([header], body_chunks)))
     # S= the size on disk, W= the size with CRLF line ends (Dovecot's fields):
     # POP3 (smtpd's and Dovecot's) lists sizes without reading every message.
     final = os.path.join(folder, "new", f"{name},S={size},W={size + lines}")
@@ -389,6 +417,19 @@ def _write_into(folder: str, name: str, header: bytes, message: IMessageSource) 
         unlink_quietly(tmp)
         raise
     return final
+
+
+def _write_new(tmp: str, chunks: Iterable[bytes]) -> int:
+    """
+    L{write_chunks} to C{tmp}; a file already there is this copy's own, left
+    by a crash mid-write: it is replaced (nothing was taken from C{chunks}
+    when the name was found taken).
+    """
+    try:
+        return write_chunks(tmp, chunks)
+    except FileExistsError:
+        unlink_quietly(tmp)
+        return write_chunks(tmp, chunks)
 
 
 def _stamp(envelope: Envelope) -> int:
