@@ -49,6 +49,7 @@ from smtpd.service.privileges import UMASK, HandOver, run_as
 from smtpd.service.server import SMTPServer
 from smtpd.service.signals import SignalService
 from smtpd.util.activity import ActivityLog
+from smtpd.delivery.dnstiming import DNSLookups
 from smtpd.delivery.mx import MXResolver, make_resolver
 from smtpd.cleanup.authfilters import mailauth_filters
 from smtpd.cleanup.stage import Cleanup
@@ -245,7 +246,9 @@ def build(config: Config, reactor) -> service.MultiService:
     # flood of AUTH attempts cannot delay the fsyncs that answer "250".
     auth_pool = ThreadPoolService(AUTH_THREADS, "smtpd-auth")
     auth_pool.setServiceParent(top)
-    resolver = make_resolver(config.delivery.dns_servers, reactor)
+    # Every DNS query is timed; the [http] metrics subscribe to the reports.
+    dns_lookups = DNSLookups()
+    resolver = make_resolver(config.delivery.dns_servers, reactor, lookups=dns_lookups)
     mailauth_pool = ThreadPoolService(MAILAUTH_THREADS, "smtpd-mailauth")
     mailauth_pool.setServiceParent(top)
     filters = mailauth_filters(config, resolver, reactor, mailauth_pool.runner(reactor))
@@ -266,7 +269,8 @@ def build(config: Config, reactor) -> service.MultiService:
             listeners.append(Listener(reactor, description, factory, config.access.proxy_from))
 
     mx = MXResolver(resolver, reactor, config.server.hostname)
-    policies = tls_policies(config, resolver, reactor, mailauth_pool.runner(reactor))
+    policies = tls_policies(config, resolver, reactor, mailauth_pool.runner(reactor),
+                            dns_lookups=dns_lookups)
     relay = RelayManager(config, reactor, mx, local_endpoints=group.addresses,
                          run_blocking=run_blocking, policies=policies)
     lmtp = lmtp_agent(config, reactor)
@@ -299,17 +303,23 @@ def build(config: Config, reactor) -> service.MultiService:
         config, reactor, qmgr=qmgr, queue=queue, inbound=inbound, relay=relay,
         activity=activity, run_blocking=run_blocking, server_tls=tls_options,
         configured=[cleanup, top.pop3], resolver=resolver, mx=mx, directory=directory_switch,
+        dns_lookups=dns_lookups,
     )
     admin.setServiceParent(top)
     # The manhole's listeners are bound first with the others (bind or exit 1).
     listeners.extend(Listener(reactor, description, factory)
                      for description, factory in admin.listening)
-    web = WebService(config, admin.server, reactor, run_blocking, tls_options, listeners)
+    web = WebService(config, admin.server, reactor, run_blocking, tls_options, listeners,
+                     dns_lookups=dns_lookups)
     web.setServiceParent(top)
     # The [http] listeners too (TLS beyond loopback).
     listeners.extend(Listener(reactor, description, factory)
                      for description, factory in web.listening)
-    SignalService(reactor, admin.reload, activity.reopen).setServiceParent(top)
+    def reopen_logs() -> None:
+        activity.reopen()
+        web.reopen()
+
+    SignalService(reactor, admin.reload, reopen_logs).setServiceParent(top)
     group.setServiceParent(top)
     add_directory(top, config, directory_switch)
     top.directory = directory_switch

@@ -43,9 +43,23 @@ class PathTests(unittest.TestCase):
             "a@b.test", "<a@b.test", "<a\rb@c.test>", "<a\x00@c.test>", "<a\n@c.test>",
             "<a..b@c.test>", "<.a@c.test>", "<a@-b.test>", "<a@b_c.test>",
             "<" + "x" * 65 + "@c.test>", "<a@" + "b" * 250 + ".test>",
-            "<a@b.test>junk", "<é@b.test>", "<@bad route:a@b.test>",
+            "<a@b.test>junk", "<é‮@b.test>", "<a@b_é.test>",
+            "<é@xn--zz.test>", "<" + "é" * 33 + "@c.test>", "<@bad route:a@b.test>",
         ):
             self.assertRaises(address.AddressError, address.parse_path, bad, False)
+
+    def test_utf8(self):
+        """
+        RFC 6531 3.3: UTF-8 local parts (dot-string and quoted) and U-label
+        domains parse; the domain is made lower case (UTS 46), the local
+        part kept as given. The session decides whether SMTPUTF8 allows them.
+        """
+        self.assertEqual(address.parse_path("<Jørg@BÜCHER.example.>", False)[0],
+                         "Jørg@bücher.example")
+        self.assertEqual(address.parse_path('<"å b"@xn--bcher-kva.example>', False)[0],
+                         '"å b"@xn--bcher-kva.example')
+        self.assertEqual(address.parse_path("<用户@例子.广告>", False)[0],
+                         "用户@例子.广告")
 
     def test_address_literal(self):
         """Address literals are domains."""
@@ -54,6 +68,20 @@ class PathTests(unittest.TestCase):
 
 class ParamTests(unittest.TestCase):
     """mail_params and rcpt_params."""
+
+    def test_smtputf8_and_binarymime(self):
+        """SMTPUTF8 takes no value (RFC 6531 3.4); BODY=BINARYMIME is known (RFC 3030)."""
+        p = address.mail_params("SMTPUTF8 BODY=binarymime")
+        self.assertEqual((p.smtputf8, p.body), (True, "BINARYMIME"))
+        self.assertFalse(address.mail_params("").smtputf8)
+        self.assertRaises(address.ParameterError, address.mail_params, "SMTPUTF8=yes")
+
+    def test_utf8_orcpt(self):
+        """An ORCPT of type utf-8 (RFC 6533 3): \\x{HH} escapes and raw UTF-8 decode alike."""
+        for raw in ("utf-8;b\\x{F8}b@x.test", "utf-8;bøb@x.test", "UTF-8;b\\x{f8}b@x.test"):
+            self.assertEqual(address.rcpt_params("ORCPT=" + raw).orcpt, "utf-8;bøb@x.test")
+        for bad in ("utf-8;a+b@x.test", "utf-8;a\\x{0}b@x.test", "utf-8;a\\x{D800}@x.test"):
+            self.assertRaises(address.ParameterError, address.rcpt_params, "ORCPT=" + bad)
 
     def test_mail(self):
         """SIZE, BODY, RET and ENVID (xtext) are understood; AUTH is ignored."""

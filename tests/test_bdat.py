@@ -44,11 +44,12 @@ class ChunkingTests(SessionTestsMixin, unittest.TestCase):
             await deferLater(reactor, 0, lambda: None)
 
     async def test_advertised(self):
-        """EHLO offers CHUNKING."""
+        """EHLO offers CHUNKING and BINARYMIME."""
         self.server()
         client = await self.client(ehlo=False)
         reply = await client.command(b"EHLO client.example\r\n")
-        self.assertIn("250 CHUNKING", reply.split("\n"))
+        self.assertIn("250-CHUNKING", reply.split("\n"))
+        self.assertIn("250 BINARYMIME", reply.split("\n"))
 
     async def test_pipelined_chunks_in_one_octet_segments(self):
         """

@@ -51,7 +51,10 @@ class GreetingTests(SessionTestsMixin, unittest.TestCase):
         self.assertEqual(client.replies[0], "220 localhost ESMTP")
 
     async def test_ehlo_keywords(self):
-        """EHLO advertises PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, DSN, ETRN, CHUNKING."""
+        """
+        EHLO advertises PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, DSN,
+        SMTPUTF8, ETRN, CHUNKING, BINARYMIME.
+        """
         self.server(messages={"max_message_size": 1000})
         client = await connect(self, self.port)
         reply = await client.command(b"EHLO client.example\r\n")
@@ -64,8 +67,10 @@ class GreetingTests(SessionTestsMixin, unittest.TestCase):
                 "250-8BITMIME",
                 "250-ENHANCEDSTATUSCODES",
                 "250-DSN",
+                "250-SMTPUTF8",
                 "250-ETRN",
-                "250 CHUNKING",
+                "250-CHUNKING",
+                "250 BINARYMIME",
             ],
         )
 

@@ -95,6 +95,28 @@ class SchedulerTests(QueueManagerMixin, unittest.TestCase):
         self.assertEqual(counting.reads, ids[:3])
 
 
+    def test_ages_by_state(self) -> None:
+        """
+        The queue's shape by age counts each entry in its state's column for
+        the first bound not below its age, from the arrival read at start or
+        stored since; a held entry moves state, a deleted one is gone.
+        """
+        old = self.store_waiting(2, 3600)
+        self.clock.advance(1000)
+        self.qmgr = self.make_qmgr()
+        self.qmgr.startService()
+        self.addCleanup(self.stop)
+        fresh = self.store(["bob@remote.example"], state="held")
+        self.clock.advance(200)
+        self.assertEqual(self.qmgr.ages((600.0, 1200.0)),
+                         {"queued": [0, 0, 0], "deferred": [0, 2, 0], "held": [1, 0, 0]})
+        self.assertEqual(self.qmgr.ages((1199.0,)),
+                         {"queued": [0, 0], "deferred": [0, 2], "held": [1, 0]})
+        self.successResultOf(self.qmgr.hold(old[0]))
+        self.successResultOf(self.qmgr.delete(fresh))
+        self.assertEqual(self.qmgr.ages((600.0,)),
+                         {"queued": [0, 0], "deferred": [0, 1], "held": [0, 1]})
+
 class NotifierSubmitTests(QueueManagerMixin, unittest.TestCase):
     """The notifier's reports go to the injected submit."""
 

@@ -26,6 +26,16 @@ class OwnershipTests(unittest.TestCase):
         """The same user at an alias domain of the login's domain is owned."""
         self.assertTrue(owns(self.config, "bob@localhost", "bob@alias.test"))
 
+    def test_international_address(self):
+        """
+        A UTF-8 login owns its address in NFD, another case, and with the
+        domain in either IDNA spelling.
+        """
+        login = "ren\u00e9@b\u00fccher.example"
+        for sender in ("RENE\u0301@B\u00dcCHER.example", "ren\u00e9@xn--bcher-kva.example"):
+            self.assertTrue(owns(self.config, login, sender), sender)
+        self.assertFalse(owns(self.config, login, "rene@b\u00fccher.example"))
+
     def test_others(self):
         """Another user, another domain, or a domain merely named alike is not owned."""
         for sender in ["ann@localhost", "bob@example.com", "bob@drop.test", "bob"]:

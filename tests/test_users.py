@@ -142,9 +142,31 @@ class ChangeTests(UsersTestCase):
                     "a.@example.com", "a/b@example.com", "a b@example.com",
                     '"q"@example.com', "a:b@example.com", "x" * 65 + "@example.com",
                     "bob@-example.com", "bob@exa_mple.com", "bob@example..com",
-                    "bob@[127.0.0.1]", "b\u00f6b@example.com", "bob@example.com\n"):
+                    "bob@[127.0.0.1]", "b\u202eb@example.com", "b\u00f6b@b\u00fc_x.example",
+                    "bob@example.com\n"):
             self.assertRaises(UsersError, users.add, self.path, bad, b"pw", FAST)
         self.assertFalse(os.path.exists(self.path))
+
+    def test_utf8_accounts(self) -> None:
+        """
+        An internationalized account (RFC 6531) is stored in UTF-8, NFC and
+        lower case, and found by any spelling: another case, NFD, the
+        domain's A-label form; it cannot be added twice in another spelling.
+        """
+        stored = users.add(self.path, "REN\u00c9@B\u00fccher.Example", b"pw", FAST)
+        self.assertEqual(stored, "ren\u00e9@b\u00fccher.example")
+        self.assertIn("ren\u00e9@b\u00fccher.example:", self.read())
+        loaded = users.Users.load(self.path)
+        for spelling in ("ren\u00e9@xn--bcher-kva.example", "REN\u00c9@B\u00dcCHER.EXAMPLE",
+                         "rene\u0301@bu\u0308cher.example"):
+            self.assertIn(spelling, loaded)
+        self.assertNotIn("rene@bucher.example", loaded)
+        self.assertEqual(loaded.addresses(), ["ren\u00e9@b\u00fccher.example"])
+        self.assertTrue(loaded.check_password("rene\u0301@xn--bcher-kva.example", b"pw"))
+        self.assertRaises(UsersError, users.add, self.path, "ren\u00e9@xn--bcher-kva.example",
+                          b"pw", FAST)
+        users.remove(self.path, "RENE\u0301@xn--bcher-kva.example")
+        self.assertEqual(users.Users.load(self.path).addresses(), [])
 
     def test_add_good_addresses(self) -> None:
         """Dotted local parts and RFC 5321 atext characters are accepted."""

@@ -85,11 +85,17 @@ class MetricsTests(unittest.TestCase):
         self.assertEqual(moved("smtpd_delivery_latency_seconds_bucket", le="+Inf"), 1)
         self.assertEqual(after[("smtpd_deferred_domain_recipients",
                                 (("domain", "remote.test"),))], 1)
-        self.assertEqual(after[("smtpd_queue_messages", (("state", "deferred"),))], 1)
-        self.assertEqual(after[("smtpd_queue_messages", (("state", "queued"),))], 0)
+        # The deferred one is minutes old: the first age column, every other is empty.
+        queue = {labels: value for (name, labels), value in after.items()
+                 if name == "smtpd_queue_messages"}
+        self.assertEqual(len(queue), 3 * 10)
+        self.assertEqual(queue[(("age", "0-5m"), ("state", "deferred"))], 1)
+        self.assertEqual(sum(queue.values()), 1)
         self.assertEqual(moved("smtpd_auth_total", result="failure"), 0)
         self.assertIn(("smtpd_sessions_open", ()), after)
         self.assertIn(("smtpd_reactor_lag_seconds", ()), after)
+        self.assertGreaterEqual(after[("smtpd_reactor_lag_max_seconds", ())],
+                                after[("smtpd_reactor_lag_seconds", ())])
         self.assertGreater(after[("process_resident_memory_bytes", ())], 0)
         self.assertGreater(after[("process_open_fds", ())], 0)
         self.assertEqual(len(sink.messages), 1)
@@ -132,6 +138,100 @@ class MetricsTests(unittest.TestCase):
         self.assertEqual(after[("smtpd_auth_total", (("result", "failure"),))], 1)
         self.assertEqual(after[("smtpd_auth_total", (("result", "success"),))], 1)
         self.assertEqual(after[("smtpd_sessions_open", ())], 2)
+
+
+    async def test_throttled_connection(self):
+        """
+        A connection over [access] connection_rate (from an address outside
+        the relay networks) counts as refused by throttling.
+        """
+        root = short_root(self)
+        write_operators(root)
+        write_ini(root, web_ini(9).replace(
+            "listen = tcp:0:interface=127.0.0.1\n[delivery]",
+            "listen = tcp:0:interface=127.0.0.1\n"
+            "[access]\nrelay = 127.0.0.1\nconnection_rate = 1\n[delivery]"))
+        server = RunningServer(self, root)
+        url = base_url(server) + "/metrics"
+        before = samples((await Browser(self).get(url))[2].decode())
+        replies = []
+        for _ in range(2):
+            client = RawClient()
+            await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.smtp_port(),
+                                                     bindAddress=("127.0.0.3", 0)), client)
+            self.addCleanup(client.transport.loseConnection)
+            replies.append((await client.wait(1))[0])
+        self.assertTrue(replies[0].startswith("220"), replies)
+        self.assertTrue(replies[1].startswith("421 4.7.0"), replies)
+        after = samples((await Browser(self).get(url))[2].decode())
+        key = ("smtpd_connections_refused_total", (("reason", "throttle"),))
+        self.assertEqual(after[key] - before[key], 1)
+        for reason in ("limit", "deny", "shutdown"):
+            key = ("smtpd_connections_refused_total", (("reason", reason),))
+            self.assertEqual(after[key], 0)
+
+
+class DNSMetricsTests(unittest.TestCase):
+    """C{smtpd_dns_lookup_seconds} against the queries a real DNS server received."""
+
+    timeout = 30
+
+    async def test_lookups_by_type_and_outcome(self):
+        """
+        Relaying to a domain with an MX, to a name that does not exist and to
+        a domain whose server fails counts, per query type, exactly the
+        queries the DNS server received, with outcomes answer, nxdomain and
+        servfail.
+        """
+        sink = support.start_smtp_sink(self, "127.0.0.1")
+        server_dns = support.start_dns_server(self, {"remote.test": {
+            "remote.test": [support.mx(10, "mx.remote.test")],
+            "mx.remote.test": [support.a("127.0.0.1")],
+        }}, servfail=("broken.test",))
+        root = short_root(self)
+        write_operators(root)
+        write_ini(root, "[server]\nhostname = mx.local.test\nlisten = tcp:0:interface=127.0.0.1\n"
+                  f"[delivery]\ndns_servers = 127.0.0.1:{server_dns[1]}\n"
+                  f"remote_port = {sink.port}\noutbound_tls = none\nretry = 1h\n"
+                  "[domain:localhost]\ntype = local\n"
+                  "[http]\nlisten = tcp:0:interface=127.0.0.1\n")
+        server = RunningServer(self, root)
+        url = base_url(server) + "/metrics"
+        before = samples((await Browser(self).get(url))[2].decode())
+        self.assertEqual([k for k in before if k[0].startswith("smtpd_dns_")], [])
+        for rcpt in (b"ok@remote.test", b"who@missing.remote.test", b"x@broken.test"):
+            await send(self, server.smtp_port(), b"", rcpt)
+        admin = Admin(server.top.admin.server, "tester")
+
+        def settled():
+            status = admin.status()
+            return (status["delivered"], status["deferred"], status["bounced"]) == (1, 1, 1)
+
+        await eventually(settled)
+        after = samples((await Browser(self).get(url))[2].decode())
+
+        def count(qtype, outcome=None):
+            return sum(v for (name, labels), v in after.items()
+                       if name == "smtpd_dns_lookup_seconds_count"
+                       and dict(labels)["type"] == qtype
+                       and outcome in (None, dict(labels)["outcome"]))
+
+        received = [t for _, t in server_dns.queries]
+        for qtype in set(received) | {"MX", "A"}:
+            self.assertEqual(count(qtype), received.count(qtype), qtype)
+        mx_queries = [name for name, t in server_dns.queries if t == "MX"]
+        self.assertEqual(count("MX", "nxdomain"), mx_queries.count("missing.remote.test"))
+        self.assertEqual(count("MX", "servfail"), mx_queries.count("broken.test"))
+        self.assertEqual(count("MX", "answer"), mx_queries.count("remote.test"))
+        self.assertGreaterEqual(count("MX", "servfail"), 1)
+        total = sum(v for (name, _), v in after.items()
+                    if name == "smtpd_dns_lookup_seconds_count")
+        self.assertEqual(total, len(received))
+        # Every query took some time, none more than the test did.
+        seconds = sum(v for (name, _), v in after.items()
+                      if name == "smtpd_dns_lookup_seconds_sum")
+        self.assertGreater(seconds, 0)
+        self.assertLess(seconds, 30)
 
 
 class StatsTests(unittest.TestCase):

@@ -3,6 +3,7 @@
 C{smtpctl}: the administration command (SPEC 2), offline or against the
 running server.
 
+    smtpctl [--config PATH] [--http URL] [--user NAME] COMMAND ...
     smtpctl [--config PATH] check
     smtpctl [--config PATH] user add ADDR [--password-stdin]
     smtpctl [--config PATH] user del ADDR
@@ -16,8 +17,9 @@ running server.
     smtpctl [--config PATH] dkim keygen DOMAIN [--selector S] [--algorithm A]
 
 The commands about the running server go through its control socket
-(L{smtpd.admin.remote}). Every failure is one or more lines on stderr and exit status 1, never a
-traceback; usage errors exit 2.
+(L{smtpd.admin.remote}); those that read may go through the JSON API of
+C{[http]} instead (L{smtpd.admin.webclient}). Every failure is one or more
+lines on stderr and exit status 1, never a traceback; usage errors exit 2.
 """
 
 from __future__ import annotations
@@ -56,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Administer an smtpd deployment, offline or through the running server.")
     parser.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH",
                         help=f"the configuration file (default: {DEFAULT_CONFIG})")
+    parser.add_argument("--http", metavar="URL",
+                        help="read through the server's JSON API at URL (status, queue list, "
+                        "queue show, sessions) instead of the control socket; without it "
+                        "the first [http] listen is used when the control socket cannot be "
+                        "reached")
+    parser.add_argument("--user", metavar="NAME",
+                        help="the operator ([manhole] users) logging in to the JSON API "
+                        "(default: $SMTPCTL_USER); the password is $SMTPCTL_PASSWORD, or "
+                        "asked at the terminal")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("check", help="validate the configuration and the accounts file")
     user = commands.add_parser("user", help="manage the accounts in [auth] users")

@@ -112,15 +112,22 @@ class OperatorChecker:
     """
     Checks a manhole login against the operators file, read at each login
     (so C{smtpctl manhole-user add} needs no restart); bcrypt runs in a thread.
+    A failed login is logged; a successful one too, unless C{log_success} is
+    false (the web logs its form logins itself, and HTTP basic credentials
+    come with every scrape).
 
     @param run_blocking: C{run_blocking(f, *args)}: a Deferred of C{f(*args)}.
+    @param kind: what is logged in to, in the log lines (C{manhole}, C{web}).
     """
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, path: str, run_blocking: Callable[..., Deferred]):
+    def __init__(self, path: str, run_blocking: Callable[..., Deferred],
+                 kind: str = "manhole", log_success: bool = True):
         self.path = path
         self.run_blocking = run_blocking
+        self.kind = kind
+        self.log_success = log_success
 
     def requestAvatarId(self, credentials) -> Deferred[str]:
         """The operator's name when the password matches; else UnauthorizedLogin."""
@@ -140,7 +147,7 @@ class OperatorChecker:
         try:
             secret = read_operators(self.path).get(name)
         except OperatorsError as e:
-            log.error("manhole login refused: {why}", why=str(e))
+            log.error("{kind} login refused: {why}", kind=self.kind, why=str(e))
             return False
         if secret is None:
             return False
@@ -150,9 +157,10 @@ class OperatorChecker:
 
     def _result(self, ok: bool, name: str) -> str:
         if not ok:
-            log.warn("manhole login failed for {name!r}", name=name)
+            log.warn("{kind} login failed for {name!r}", kind=self.kind, name=name)
             raise UnauthorizedLogin(name)
-        log.info("manhole login: {name}", name=name)
+        if self.log_success:
+            log.info("{kind} login: {name}", kind=self.kind, name=name)
         return name
 
 

@@ -27,7 +27,7 @@ log = Logger(namespace="smtpd.admin")
 AT_RESTART = frozenset({
     "server.listen", "server.submission", "server.smtps", "server.mailroot",
     "manhole.telnet", "manhole.ssh", "manhole.users", "manhole.ssh_key_dir",
-    "http.listen", "http.login",
+    "http.listen", "http.login", "http.access_log",
     "logging.path", "logging.format", "logging.rotate", "logging.rotate_size",
 })
 
@@ -69,13 +69,14 @@ class Reloader:
     @param mx: the relay's L{MXResolver}: it gets a new resolver for
         C{[delivery] dns_servers} (or C{/etc/resolv.conf}) as they are now.
     @param reactor: for that resolver.
+    @param dns_lookups: the L{DNSLookups} that resolver reports its queries to.
     @param directory: the L{DirectorySwitch} of the [directory], or None: a
         changed section gets a new directory (new connection, empty cache);
         an unchanged one has its cache flushed.
     """
 
     def __init__(self, config: Config, *, inbound, qmgr, relay, activity, server_tls=None,
-                 configured=(), mx=None, reactor=None, directory=None):
+                 configured=(), mx=None, reactor=None, directory=None, dns_lookups=None):
         self.config = config
         self.inbound = inbound
         self.qmgr = qmgr
@@ -86,6 +87,7 @@ class Reloader:
         self.mx = mx
         self.reactor = reactor
         self.directory = directory
+        self.dns_lookups = dns_lookups
 
     def reload(self) -> dict:
         """
@@ -194,6 +196,7 @@ class Reloader:
             if hasattr(part, "users"):
                 part.users = users
         if self.mx is not None:
-            self.mx.use_resolver(make_resolver(new.delivery.dns_servers, self.reactor))
+            self.mx.use_resolver(make_resolver(new.delivery.dns_servers, self.reactor,
+                                             lookups=self.dns_lookups))
         if options is not None:
             self.server_tls.options = options

@@ -3,12 +3,16 @@
 The C{smtpctl} commands that act on the running server through its control
 socket: status, queue list/show/retry/hold/release/delete, sessions, reload.
 With the server stopped, the read-only ones read the mailroot; the others
-say the server is not running (exit status 1).
+say the server is not running (exit status 1). The reading ones also go
+through the JSON API of C{[http]} (L{smtpd.admin.webclient}): with
+C{--http URL}, or when the control socket cannot be reached and C{[http]
+listen} is set.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -16,6 +20,8 @@ import time
 
 from smtpd.admin import listing, tables
 from smtpd.admin.control import ControlClient, NotRunning, Refused, socket_path
+from smtpd.admin.webclient import PASSWORD_VARIABLE, READS, Unreachable, WebAPI, WebError
+from smtpd.admin.webclient import endpoint_url
 from smtpd.config import Config
 from smtpd.mail.envelope import DEFERRED, HELD, QUEUED
 from smtpd.queue.store import Queue, parse_envelope
@@ -34,20 +40,88 @@ def client(config: Config) -> ControlClient:
     return ControlClient(socket_path(config.server.mailroot))
 
 
-def call(config: Config, action: str, **arguments):
-    """C{admin.<action>} on the running server; L{NotRunning} when it is not."""
+def call(config: Config, action: str, options: argparse.Namespace | None = None,
+         **arguments):
+    """
+    C{admin.<action>} on the running server; L{NotRunning} when it is not.
+    Through the JSON API with C{options.http}, or when the control socket
+    cannot be reached and C{[http] listen} gives a URL (a reading action).
+    """
+    if getattr(options, "http", None):
+        return over_http(web_api(config, options, options.http), action, arguments)
     try:
         return client(config).call(action, **arguments)
     except Refused as e:
         raise CommandError(f"smtpctl: {e}") from None
+    except NotRunning:
+        api = fallback_api(config, options, action)
+        if api is None:
+            raise
+        try:
+            return api.call(action, **arguments)
+        except Unreachable:
+            raise NotRunning(f"no server answers on {socket_path(config.server.mailroot)} "
+                             f"or at {api.url}") from None
+        except WebError as e:
+            raise CommandError(f"smtpctl: {e}") from None
     except OSError as e:
-        raise CommandError(f"smtpctl: cannot reach the server: {e.strerror or e}") from None
+        api = fallback_api(config, options, action)
+        if api is None:
+            raise CommandError(f"smtpctl: cannot reach the server: {e.strerror or e}") from None
+        return over_http(api, action, arguments)
 
 
-def change(config: Config, action: str, **arguments):
+def over_http(api: WebAPI, action: str, arguments: dict):
+    """C{action} through the JSON API; its failures as L{CommandError}."""
+    try:
+        return api.call(action, **arguments)
+    except WebError as e:
+        raise CommandError(f"smtpctl: {e}") from None
+
+
+def fallback_api(config: Config, options, action: str) -> WebAPI | None:
+    """The JSON API of the first C{[http] listen} with a URL, for a reading action; or None."""
+    if options is None or action not in READS:
+        return None
+    for description in config.http.listen:
+        url = endpoint_url(description)
+        if url is not None:
+            return web_api(config, options, url)
+    return None
+
+
+def web_api(config: Config, options, url: str) -> WebAPI:
+    """
+    The JSON API at C{url} as the operator of C{--user} (or C{SMTPCTL_USER}),
+    with the password of C{SMTPCTL_PASSWORD} or asked at the terminal; an
+    https site is trusted when it presents the C{[tls]} certificate.
+    """
+    user = getattr(options, "user", None) or os.environ.get("SMTPCTL_USER") or None
+    password = None
+    if user is not None:
+        password = os.environ.get(PASSWORD_VARIABLE)
+        if password is None and sys.stdin.isatty():
+            password = getpass.getpass(f"password of {user} at {url}: ")
+        if password is None:
+            raise CommandError(f"smtpctl: no password for {user}: set {PASSWORD_VARIABLE} "
+                               "or run smtpctl at a terminal")
+    return WebAPI(url, user, password, server_certificate(config))
+
+
+def server_certificate(config: Config) -> bytes | None:
+    """The PEM of C{[tls] certificate}, or None when it cannot be read."""
+    try:
+        with open(config.tls.certificate, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def change(config: Config, action: str, options: argparse.Namespace | None = None,
+           **arguments):
     """Like L{call}, for actions that need the server: not running is an error."""
     try:
-        return call(config, action, **arguments)
+        return call(config, action, options, **arguments)
     except NotRunning:
         raise CommandError(
             "smtpctl: the server is not running (no control socket at "
@@ -78,7 +152,7 @@ def _offline_queue(config: Config) -> list[dict]:
 def queue_list(config: Config, options: argparse.Namespace) -> None:
     """Every queue entry, from the server or (stopped) from the mailroot."""
     try:
-        entries = call(config, "queue")
+        entries = call(config, "queue", options)
     except NotRunning:
         entries = _offline_queue(config)
     if options.json:
@@ -89,7 +163,7 @@ def queue_list(config: Config, options: argparse.Namespace) -> None:
 def queue_show(config: Config, options: argparse.Namespace) -> None:
     """One entry with its envelope, recipients and header fields."""
     try:
-        entry = call(config, "show", id=options.id)
+        entry = call(config, "show", options, id=options.id)
     except NotRunning:
         entry = _offline_show(config, options.id)
     if options.json:
@@ -110,33 +184,33 @@ def _offline_show(config: Config, queue_id: str) -> dict:
 
 def queue_retry(config: Config, options: argparse.Namespace) -> None:
     """Attempt one entry (or all) now."""
-    result = change(config, "retry", id=options.id)
+    result = change(config, "retry", options, id=options.id)
     emit([f"{result['retried']} message{'s' if result['retried'] != 1 else ''} to be "
           "attempted now"])
 
 
 def queue_hold(config: Config, options: argparse.Namespace) -> None:
     """Hold one entry."""
-    change(config, "hold", id=options.id)
+    change(config, "hold", options, id=options.id)
     emit([f"{options.id}: held"])
 
 
 def queue_release(config: Config, options: argparse.Namespace) -> None:
     """Release one held entry."""
-    change(config, "release", id=options.id)
+    change(config, "release", options, id=options.id)
     emit([f"{options.id}: released"])
 
 
 def queue_delete(config: Config, options: argparse.Namespace) -> None:
     """Delete one entry, with an NDR first when asked."""
-    change(config, "delete", id=options.id, bounce=options.bounce)
+    change(config, "delete", options, id=options.id, bounce=options.bounce)
     emit([f"{options.id}: deleted" + (" (the sender gets an NDR)" if options.bounce else "")])
 
 
 def status(config: Config, options: argparse.Namespace) -> None:
     """The server's counters, or that it is not running and what is queued."""
     try:
-        result = call(config, "status")
+        result = call(config, "status", options)
     except NotRunning:
         entries = _offline_queue(config)
         counts = {QUEUED: 0, DEFERRED: 0, HELD: 0}
@@ -158,7 +232,7 @@ def status(config: Config, options: argparse.Namespace) -> None:
 def sessions(config: Config, options: argparse.Namespace) -> None:
     """The inbound sessions open now."""
     try:
-        result = call(config, "sessions")
+        result = call(config, "sessions", options)
     except NotRunning:
         raise CommandError("smtpctl: the server is not running: no sessions") from None
     if options.json:
@@ -168,13 +242,13 @@ def sessions(config: Config, options: argparse.Namespace) -> None:
 
 def sessions_kill(config: Config, options: argparse.Namespace) -> None:
     """Close one session with 421 4.3.2."""
-    change(config, "terminate", id=options.id)
+    change(config, "terminate", options, id=options.id)
     emit([f"session {options.id}: closed"])
 
 
 def reload(config: Config, options: argparse.Namespace) -> None:
     """Ask the server to re-read its configuration and accounts."""
-    report = change(config, "reload")
+    report = change(config, "reload", options)
     emit(tables.reload_lines(report))
     if not report.get("ok"):
         raise CommandError()

@@ -11,6 +11,11 @@ chunks of any size (the data as the client meant it: dot-unstuffed):
 * hops: C{Received:} fields in the header section beyond C{max_hop_count}
   (RFC 5321 6.3; C{554 5.4.6}).
 
+A C{BODY=BINARYMIME} message (RFC 3030 3, only by BDAT) is binary data: the
+line length and bare CR/LF rules do not apply to it and nothing in it is
+converted (a NUL, a bare CR or LF is kept as it came); size and hops still
+count.
+
 Only counters and a few octets of state are kept, whatever the message size.
 """
 
@@ -34,10 +39,13 @@ class MessageRules:
     @param room: what the session may still send, L{None} for no limit.
     @param normalize: make bare CR and LF into CRLF instead of refusing.
     @param max_hops: the most C{Received:} fields allowed.
+    @param binary: BINARYMIME data: no line rules, nothing converted.
     """
 
-    def __init__(self, max_size: int, room: int | None, normalize: bool, max_hops: int):
+    def __init__(self, max_size: int, room: int | None, normalize: bool, max_hops: int,
+                 binary: bool = False):
         self.size = 0
+        self._binary = binary
         self._max_size = max_size
         self._room = room
         self._normalize = normalize
@@ -64,6 +72,11 @@ class MessageRules:
 
     def feed(self, chunk: bytes) -> bytes:
         """Check C{chunk}; returns the octets to keep (normalised when asked)."""
+        if self._binary:
+            self.size += len(chunk)
+            if self._in_header and chunk:
+                self._count_hops(chunk)
+            return chunk
         if self._normalize:
             chunk = self._normalized(chunk)
         elif chunk:

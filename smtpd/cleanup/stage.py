@@ -62,7 +62,7 @@ class Cleanup:
     def begin(self, sender: str, recipients: list[Recipient], *,
               client: ClientInfo | None, ret: str = "", envid: str = "", body: str = "",
               room: int | None = None, normalize: bool | None = None, messages=None,
-              requiretls: bool = False) -> IncomingMessage:
+              smtputf8: bool = False, requiretls: bool = False) -> IncomingMessage:
         """
         Start a message from C{client} (L{None}: the pickup folder).
 
@@ -71,16 +71,20 @@ class Cleanup:
             C{[messages] bare_newlines}).
         @param messages: the C{[messages]} limits to apply (default: the
             current config's).
+        @param smtputf8: the client gave the SMTPUTF8 parameter (RFC 6531).
         @param requiretls: MAIL had REQUIRETLS (RFC 8689): kept in the envelope.
         """
         messages = messages if messages is not None else self.config.messages
         if normalize is None:
             normalize = messages.bare_newlines == "normalize"
-        rules = MessageRules(messages.max_message_size, room, normalize, messages.max_hop_count)
+        binary = body.upper() == "BINARYMIME"
+        rules = MessageRules(messages.max_message_size, room, normalize and not binary,
+                             messages.max_hop_count, binary=binary)
         now = self.clock.seconds()
         envelope = Envelope(
             id=self.queue.new_id(), sender=sender, recipients=recipients, arrival=now,
-            next_attempt=now, ret=ret, envid=envid, body=body, requiretls=requiretls,
+            next_attempt=now, ret=ret, envid=envid, body=body, smtputf8=smtputf8,
+            requiretls=requiretls,
             client=PICKUP_CLIENT if client is None else f"{client.helo} [{client.ip}]",
         )
         spool = Spool(self.queue.directory, self.run_blocking, self.threshold)

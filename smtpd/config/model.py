@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from smtpd.config.ldap import PRESETS
+from smtpd.mail.intl import domain_key
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -253,6 +254,7 @@ class HTTPConfig:
     listen: tuple[str, ...] = ()
     login: bool = False
     min_free_space: int = 100 * 1024 * 1024
+    access_log: str = ""
 
 
 @dataclass(frozen=True)
@@ -290,16 +292,20 @@ class Config:
 
     def domain(self, name: str) -> DomainConfig | None:
         """
-        The section that governs domain C{name}: an exact match first, then the
+        The section that governs domain C{name} (compared in A-label form, so
+        C{bücher.example} finds C{[domain:xn--bcher-kva.example]} and the
+        other way round): an exact match first, then the
         longest matching wildcard (C{*.example.com} matches C{a.example.com} and
         C{b.a.example.com}, not C{example.com}).
         """
-        name = name.lower().rstrip(".")
+        # A-label and U-label spellings of a name are the same domain.
+        name = domain_key(name)
         best = None
         for d in self.domains:
-            if d.name == name:
+            pattern = domain_key(d.name)
+            if pattern == name:
                 return d
-            if d.name.startswith("*.") and name.endswith(d.name[1:]):
+            if pattern.startswith("*.") and name.endswith(pattern[1:]):
                 if best is None or len(d.name) > len(best.name):
                     best = d
         return best

@@ -34,6 +34,10 @@ def preflight(config: Config) -> list[str]:
         problem = _file_problem(config.logging.path)
         if problem:
             problems.append(f"{where}: [logging] path = {config.logging.path}: {problem}")
+    if config.http.access_log:
+        problem = _file_problem(config.http.access_log)
+        if problem:
+            problems.append(f"{where}: [http] access_log = {config.http.access_log}: {problem}")
     problems.extend(_tls_problems(config))
     return problems
 

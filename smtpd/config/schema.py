@@ -385,6 +385,10 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
             "login": _key(parse_bool, _BOOL_TEXT),
             "min_free_space": _key(parse_size, "a size such as 0 (no check), 104857600 (bytes), "
                                    "2048K or 100M"),
+            "access_log": Key(
+                lambda t, root: parse_path(t, root) if t.strip() else "",
+                "empty (no access log) or a file path",
+            ),
         },
     ),
     "logging": (

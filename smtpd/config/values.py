@@ -14,6 +14,7 @@ from collections.abc import Callable
 from OpenSSL import SSL
 
 from smtpd.config.model import Network, SmartHost
+from smtpd.mail import intl
 from smtpd.mail.address import ip_literal
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)", re.IGNORECASE | re.ASCII)
@@ -123,9 +124,23 @@ def _domain_problem(name: str) -> str | None:
 
 
 def parse_domain_name(text: str) -> str:
-    """A domain name, lower-cased, without a trailing dot."""
+    """
+    A domain name, lower-cased, without a trailing dot. An internationalized
+    name may be written with U-labels (C{bücher.example}, kept so) or
+    A-labels (C{xn--bcher-kva.example}); mail to either form finds it.
+    """
     name = text.strip().lower()
     name = name[:-1] if name.endswith(".") else name
+    if not name.isascii():
+        try:
+            unicode_name = intl.u_label_domain(name)
+        except intl.IDNAError:
+            raise ValueError(f"{name!r} is not a valid internationalized domain name "
+                             "(IDNA 2008)") from None
+        problem = _domain_problem(intl.a_label_domain(unicode_name))
+        if problem is not None:
+            raise ValueError(problem)
+        return unicode_name
     problem = _domain_problem(name)
     if problem is not None:
         raise ValueError(problem)
@@ -146,7 +161,13 @@ def parse_domain_pattern(text: str) -> str:
 
 
 def parse_hostname(text: str) -> str:
-    """This server's fully qualified name, as written, without a trailing dot."""
+    """
+    This server's fully qualified name, as written, without a trailing dot;
+    ASCII (it goes in the greeting and EHLO: RFC 6531 3.7.1).
+    """
+    if not text.isascii():
+        raise ValueError("the host name must be ASCII: write an international "
+                         "name in its xn-- form")
     parse_domain_name(text)
     name = text.strip()
     return name[:-1] if name.endswith(".") else name

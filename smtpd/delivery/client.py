@@ -372,14 +372,15 @@ class RelayClient(LineReceiver, TimeoutMixin):
             self.transport.write(stuffer.finish())
         return await final
 
-    async def stream_chunks(self, source: IMessageSource) -> Reply:
+    async def stream_chunks(self, source: IMessageSource, binary: bool = False) -> Reply:
         """
         Send the message as BDAT chunks (RFC 3030), one per piece read from
         C{source} as the host takes them, pipelined without waiting for their
         replies, the last with C{LAST}. The reply that decides: the first
-        refusal of a chunk, else the reply to the last one.
+        refusal of a chunk, else the reply to the last one. C{binary}
+        (BINARYMIME): the octets go as they are, line ends untouched.
         """
-        chunker = BdatChunker()
+        chunker = BdatChunker(binary)
         replies: list[Deferred[Reply]] = []
 
         def chunk(data: bytes) -> bytes:

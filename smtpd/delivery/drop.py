@@ -97,16 +97,20 @@ class DropDelivery:
             name = f"{envelope.id}.{digest.hexdigest()[:12].upper()}.eml"
         else:
             name = f"message.{int(self._clock.seconds()):X}{secrets.token_hex(4).upper()}.eml"
-        return self._run(self._drop_blocking, name, b"".join(lines), message)
+        binary = envelope.body.upper() == "BINARYMIME"
+        return self._run(self._drop_blocking, name, b"".join(lines), message, binary)
 
-    def _drop_blocking(self, name: str, header: bytes, message: IMessageSource) -> None:
+    def _drop_blocking(self, name: str, header: bytes, message: IMessageSource,
+                       binary: bool = False) -> None:
         make_folder(self.folder)
         if not self._cleaned:
             self._cleaned = True
             remove_stale_temporaries(self.folder, self._started)
         path = os.path.join(self.folder, name)
         tmp = temp_name(path)
-        body = convert_chunks(read_chunks(message), b"\r\n")
+        # BINARYMIME data is copied byte for byte (a bare CR or LF is content).
+        chunks = read_chunks(message)
+        body = chunks if binary else convert_chunks(chunks, b"\r\n")
         write_chunks(tmp, itertools.chain([header], body))
         try:
             os.rename(tmp, path)

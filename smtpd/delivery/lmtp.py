@@ -43,6 +43,7 @@ from smtpd.delivery.wire import (
 )
 from smtpd.delivery.interfaces import IDeliveryAgent
 from smtpd.mail.envelope import DeliveryStatus, Envelope, Recipient
+from smtpd.mail.intl import needs_smtputf8
 
 log = Logger()
 
@@ -255,18 +256,31 @@ class LMTPClient(LineReceiver, TimeoutMixin):
 
     async def _envelope(self, envelope: Envelope, recipients: Sequence[tuple[str, Recipient]],
                         source: Any) -> list[Reply]:
-        """MAIL and the RCPTs, pipelined when the store offers it; the RCPT replies."""
-        if not safe_address(envelope.sender):
+        """
+        MAIL and the RCPTs, pipelined when the store offers it; the RCPT
+        replies. A BINARYMIME message is refused (5.6.3: this client sends
+        DATA, which cannot carry it), and addresses with UTF-8 local parts go
+        only to a store that offers SMTPUTF8 (5.6.7).
+        """
+        if envelope.body.upper() == "BINARYMIME":
+            raise LMTPError(554, "554 5.6.3 Conversion required but not supported: "
+                                 "BINARYMIME is not delivered by LMTP")
+        addresses = [envelope.sender, *(address for address, _ in recipients)]
+        smtputf8 = any(needs_smtputf8(a) for a in addresses)
+        if smtputf8 and "SMTPUTF8" not in self.extensions:
+            raise LMTPError(550, "550 5.6.7 Non-ASCII addresses need SMTPUTF8, "
+                                 "which the mail store does not offer")
+        if not safe_address(envelope.sender, smtputf8):
             raise LMTPError(553, "553 5.1.7 bad sender address syntax")
-        if not all(safe_address(address) for address, _ in recipients):
+        if not all(safe_address(address, smtputf8) for address, _ in recipients):
             raise LMTPError(553, "553 5.1.3 bad recipient address syntax")
         message = OutboundMessage(
             envelope.sender, tuple(r for _, r in recipients), source, envelope.ret,
-            envelope.envid, envelope.body == "8BITMIME",
+            envelope.envid, envelope.body == "8BITMIME", smtputf8=smtputf8,
         )
-        mail = mail_command(message, source.size, self.extensions).decode("ascii")
-        rcpts = [rcpt_command(dataclasses.replace(r, address=address), self.extensions)
-                 .decode("ascii") for address, r in recipients]
+        mail = mail_command(message, source.size, self.extensions).decode("utf-8")
+        rcpts = [rcpt_command(dataclasses.replace(r, address=address), self.extensions, smtputf8)
+                 .decode("utf-8") for address, r in recipients]
         if "PIPELINING" in self.extensions:
             pending = [self.command(mail)] + [self.command(line) for line in rcpts]
             outcomes = await DeferredList(pending, consumeErrors=True)

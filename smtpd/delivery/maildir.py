@@ -27,6 +27,7 @@ from zope.interface import implementer
 from smtpd.delivery.interfaces import IMailboxAgent
 from smtpd.delivery.outcome import disk_error
 from smtpd.mail.envelope import DeliveryStatus, Envelope, valid_queue_id
+from smtpd.mail.intl import is_utf8_char_ok, normalize_local
 from smtpd.mail.lineends import convert_chunks
 from smtpd.mail.source import IMessageSource, read_chunks
 from smtpd.util import faults
@@ -43,7 +44,7 @@ log = Logger()
 # Maildir: a file left in tmp/ this long is a failed delivery's, to remove.
 TMP_MAX_AGE = 36 * 3600.0
 # Messages up to this size delivered to several Maildirs in one batch are
-# converted to LF line endings once for all their copies.
+# read (and converted to LF line endings) once for all their copies.
 SHARED_BODY_MAX = 1024 * 1024
 
 
@@ -52,21 +53,28 @@ class MailboxError(Exception):
 
 
 def _check_name_part(value: str, what: str, mailbox: str) -> None:
-    # Path traversal and hidden-folder tricks: "..", "a/b", ".x", NUL.
+    # Path traversal and hidden-folder tricks: "..", "a/b", ".x", NUL; in a
+    # UTF-8 name also controls, separators and bidi overrides (a name that
+    # displays as another).
     if not value or value in (".", "..") or value.startswith("."):
         raise MailboxError(f"unsafe {what} in mailbox {mailbox!r}")
     if "/" in value or "\\" in value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise MailboxError(f"unsafe {what} in mailbox {mailbox!r}")
+    if not all(c.isascii() or is_utf8_char_ok(c) for c in value):
         raise MailboxError(f"unsafe {what} in mailbox {mailbox!r}")
 
 
 def split_mailbox(mailbox: str) -> tuple[str, str]:
     """
     Split C{localpart@domain} into its lower-cased parts, refusing anything
-    that is not safe as two folder names.
+    that is not safe as two folder names. A UTF-8 local part is its folder
+    name in Unicode NFC (RFC 6530 10.1), UTF-8 encoded on disk, as Dovecot's
+    C{%n} gives it; the domain is the local domain as configured.
 
     @raise MailboxError: when it is not.
     """
     localpart, at, domain = mailbox.lower().rpartition("@")
+    localpart = normalize_local(localpart)
     if not at:
         raise MailboxError(f"mailbox {mailbox!r} has no domain")
     _check_name_part(localpart, "local part", mailbox)
@@ -213,12 +221,14 @@ class MaildirDelivery:
         Deferred per mailbox, in order.
         """
         writes: list[Deferred[str]] = []
+        binary = envelope.body.upper() == "BINARYMIME"
+        eol = b"\r\n" if binary else b"\n"
         for mailbox in mailboxes:
             try:
                 localpart, domain = split_mailbox(mailbox)
                 header = (b"Return-Path: <" + header_value(envelope.sender, "sender")
-                          + b">\nDelivered-To: " + header_value(mailbox.lower(), "mailbox")
-                          + b"\n")
+                          + b">" + eol + b"Delivered-To: "
+                          + header_value(mailbox.lower(), "mailbox") + eol)
                 # Named after the queue id: a delivery replayed after a crash
                 # replaces its own copy instead of adding a second one.
                 name = self.message_name(envelope, mailbox)
@@ -226,7 +236,7 @@ class MaildirDelivery:
                 writes.append(self._run(raise_error, e))
                 continue
             done: Deferred[str] = Deferred()
-            self._waiting.append(((domain, localpart, name, header, message), done))
+            self._waiting.append(((domain, localpart, name, header, message, binary), done))
             writes.append(done)
         self._write_waiting()
         return writes
@@ -298,21 +308,20 @@ class MaildirDelivery:
         """
         results: list[tuple[bool, Any]] = []
         placed: dict[FolderSync, list[int]] = {}
-        # The copies of one message (its recipients' Maildirs) share the body
-        # converted to LF once, when it is small enough to hold.
+        # The copies of one message (its recipients' Maildirs) share its body
+        # as written (LF line ends unless binary), made once when small enough.
         shared: dict[int, tuple[list[bytes], int]] = {}
         counts: dict[int, int] = {}
         for job in jobs:
-            counts[id(job[-1])] = counts.get(id(job[-1]), 0) + 1
-        for job in jobs:
-            *place, message = job
+            counts[id(job[4])] = counts.get(id(job[4]), 0) + 1
+        for domain, localpart, name, header, message, binary in jobs:
             try:
                 if counts[id(message)] > 1 and getattr(message, "size", None) is not None \
                         and message.size <= SHARED_BODY_MAX:
                     if id(message) not in shared:
-                        shared[id(message)] = _lf_body(message)
+                        shared[id(message)] = _body(message, binary)
                     message = shared[id(message)]
-                new, path = self._place(*place, message)
+                new, path = self._place(domain, localpart, name, header, message, binary)
             except Exception:
                 results.append((False, Failure()))
             else:
@@ -330,18 +339,19 @@ class MaildirDelivery:
         return results
 
     def _place(self, domain: str, localpart: str, name: str, header: bytes,
-               message: IMessageSource | tuple[list[bytes], int]) -> tuple[FolderSync, str]:
+               message: IMessageSource | tuple[list[bytes], int],
+               binary: bool) -> tuple[FolderSync, str]:
         """Write one message into C{new/} of its Maildir (not yet fsync'd there)."""
         folder = os.path.join(self.root, domain, localpart)
         new = self._checked.get(folder)
         if new is not None:
             try:
-                return new, _write_into(folder, name, header, message)
+                return new, _write_into(folder, name, header, message, binary)
             except FileNotFoundError:
                 # The Maildir was removed after its check: check it again.
                 self._checked.pop(folder, None)
         new = self._check(domain, localpart)
-        return new, _write_into(folder, name, header, message)
+        return new, _write_into(folder, name, header, message, binary)
 
     def _check(self, domain: str, localpart: str) -> FolderSync:
         """
@@ -377,36 +387,47 @@ class MaildirDelivery:
             fsync_directory(os.path.dirname(path))
 
 
-def _lf_body(message: IMessageSource) -> tuple[list[bytes], int]:
-    """The data of C{message} with LF line endings, and its number of lines."""
+def _body(message: IMessageSource, binary: bool) -> tuple[list[bytes], int]:
+    """
+    The data of C{message} as a Maildir file holds it (LF line endings,
+    unless C{binary}), and the number of line ends it gained (0 when binary).
+    """
+    if binary:
+        return list(read_chunks(message)), 0
     chunks = list(convert_chunks(read_chunks(message), b"\n"))
     return chunks, sum(chunk.count(b"\n") for chunk in chunks)
 
 
 def _write_into(folder: str, name: str, header: bytes,
-                message: IMessageSource | tuple[list[bytes], int]) -> str:
+                message: IMessageSource | tuple[list[bytes], int],
+                binary: bool = False) -> str:
     """
-    Write C{header} and C{message} (with LF line endings; or the body
-    already converted, with its line count) to Maildir C{folder} as
-    C{tmp/name}, a chunk at a time, fsync it, rename it into C{new/}; its
-    path there. Nothing stays behind on failure.
+    Write C{header} and C{message} (with LF line endings; or the body as
+    L{_body} made it, with its count) to Maildir C{folder} as C{tmp/name},
+    a chunk at a time, fsync it, rename it into C{new/}; its path there.
+    Nothing stays behind on failure.
+
+    A BINARYMIME message (C{binary}) is written byte for byte as it was
+    received, CRLF line ends and all (C{header} has CRLF too): turning its
+    CRLFs into LF would change binary content that happens to hold them.
+    Dovecot and mutt read a Maildir file with CRLF line ends.
     """
     tmp = os.path.join(folder, "tmp", name)
     if isinstance(message, tuple):
         body, lines = message
-        pieces = [header, *body]
-        lines += header.count(b"\n")
-        size = _write_new(tmp, pieces)
+        lines += 0 if binary else header.count(b"\n")
+        size = _write_new(tmp, [header, *body])
     else:
         lines = 0
 
         def counted(chunks: Iterable[bytes]) -> Iterator[bytes]:
             nonlocal lines
             for chunk in chunks:
-                lines += chunk.count(b"\n")
+                lines += 0 if binary else chunk.count(b"\n")
                 yield chunk
 
-        body_chunks = convert_chunks(read_chunks(message), b"\n")
+        body_chunks = (read_chunks(message) if binary
+                       else convert_chunks(read_chunks(message), b"\n"))
         size = _write_new(tmp, counted(itertools.chain([header], body_chunks)))
     # S= the size on disk, W= the size with CRLF line ends (Dovecot's fields):
     # POP3 (smtpd's and Dovecot's) lists sizes without reading every message.

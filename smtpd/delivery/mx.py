@@ -19,6 +19,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.names import client, dns, error, resolve
 
+from smtpd.delivery.dnstiming import DNSLookups, TimedResolver
 from smtpd.delivery.hostsfile import HostsFile
 from smtpd.delivery.quietudp import QuietDatagramReactor
 from smtpd.mail.address import ip_literal
@@ -377,15 +378,19 @@ def resolv_conf_servers(path: str = "/etc/resolv.conf") -> list[tuple[str, int]]
 
 def make_resolver(dns_servers: tuple[tuple[str, int], ...] | list, reactor: Any,
                   hosts_file: str = "/etc/hosts",
-                  resolv_conf: str = "/etc/resolv.conf") -> Any:
+                  resolv_conf: str = "/etc/resolv.conf",
+                  lookups: DNSLookups | None = None) -> Any:
     """
     The resolver for outbound mail: the hosts file for addresses (kept
     parsed, read again only when it changes), then DNS through
     C{dns_servers} (C{(ip, port)} pairs) or, when there are none, those of
     C{resolv_conf} as they are now (read again on reload or restart; no timer
     re-reads it in the background, and no line is logged per re-read).
+    With C{lookups}, every DNS query is timed and reported to it.
     """
     servers = list(dns_servers) or resolv_conf_servers(resolv_conf)
     # One UDP port per query (a random source port), without four log lines each.
     theResolver = client.Resolver(servers=servers, reactor=QuietDatagramReactor(reactor))
+    if lookups is not None:
+        theResolver = TimedResolver(theResolver, reactor, lookups)
     return resolve.ResolverChain([HostsFile(hosts_file), theResolver])

@@ -40,6 +40,7 @@ from smtpd.delivery.tlsoutcome import POLICY_STS, TLSOutcome, TLSOutcomes
 from smtpd.delivery.tlspolicy import HostPolicy, TLSPolicies, sts_strings
 from smtpd.delivery.wire import OutboundMessage, SessionError
 from smtpd.mail.envelope import DeliveryStatus, Envelope, Recipient
+from smtpd.mail.intl import needs_smtputf8
 from smtpd.mail.source import IMessageSource, read_chunks, read_head
 
 __all__ = ["RelayManager", "LocalAddresses", "bindable", "has_8bit", "tls_not_required"]
@@ -61,6 +62,11 @@ def tls_not_required(message: IMessageSource) -> bool:
 def has_8bit(message: IMessageSource) -> bool:
     """Whether the data of C{message} has an octet outside 7-bit ASCII (read in chunks)."""
     return not all(chunk.isascii() for chunk in read_chunks(message))
+
+
+def utf8_header(message: IMessageSource) -> bool:
+    """Whether the header section of C{message} has UTF-8 (RFC 6532) in it."""
+    return not read_head(message).isascii()
 
 
 @implementer(IDeliveryAgent)
@@ -178,9 +184,15 @@ class RelayManager:
             except DNSError as e:
                 statuses[i] = route_status(recipient, e, "")
         sender = masquerade(self._config, envelope.sender)
+        binary = envelope.body.upper() == "BINARYMIME"
         eight_bit = envelope.body.upper() == "8BITMIME"
-        if groups and not eight_bit:
+        if groups and not (eight_bit or binary):
             eight_bit = await self._run(has_8bit, message)
+        # RFC 6531 3.4: SMTPUTF8 only when the envelope or the header needs
+        # it; then only toward hosts that offer it (no downgrade).
+        utf8_header_fields = False
+        if groups and envelope.smtputf8:
+            utf8_header_fields = await self._run(utf8_header, message)
         jobs = []
         for route, indexes in groups.items():
             outbound = OutboundMessage(
@@ -190,6 +202,10 @@ class RelayManager:
                 ret=envelope.ret,
                 envid=envelope.envid,
                 eight_bit=eight_bit,
+                binary=binary,
+                smtputf8=utf8_header_fields or any(
+                    needs_smtputf8(a) for a in
+                    [sender, *(recipients[i].address for i in indexes)]),
                 requiretls=envelope.requiretls,
             )
             jobs.append(Deferred.fromCoroutine(self._deliverGroup(envelope.id, route, outbound)))

@@ -14,6 +14,7 @@ from smtpd.delivery.mx import DNSError, PermanentDNSError
 from smtpd.delivery.wire import SessionError
 from smtpd.mail.address import ip_literal, split_address
 from smtpd.mail.envelope import DeliveryStatus, Recipient
+from smtpd.mail.intl import a_label_domain
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ def route_for(config: Config, address: str) -> Route:
     never route.
     """
     _, domain = split_address(address)
-    domain = domain.lower().rstrip(".")
+    # DNS and the routes see the A-label form of an internationalized domain.
+    domain = a_label_domain(domain)
     if not domain:
         raise PermanentDNSError("5.1.3", f"recipient {address!r} has no domain")
     delivery = config.delivery

@@ -21,6 +21,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from smtpd.config import Config
+from smtpd.delivery.dnstiming import DNSLookups, TimedTLSALookup
 from smtpd.delivery.tlsoutcome import NO_POLICY, POLICY_STS, POLICY_TLSA, TLSA_INVALID
 from smtpd.delivery.wire import SessionError
 from smtpd.mailauth.dane import TLSALookup, TLSARecord, chain_matches, peer_chain
@@ -181,7 +182,8 @@ def dane_check(policy: HostPolicy, host: str, clock: Any) -> Callable[[Any], Non
 
 def tls_policies(config: Config, resolver: Any, reactor: Any,
                  run_blocking: Callable[..., Any], trust_root: Any = None,
-                 https_port: int | None = None) -> TLSPolicies:
+                 https_port: int | None = None,
+                 dns_lookups: DNSLookups | None = None) -> TLSPolicies:
     """
     The policies as the server uses them: MTA-STS through C{resolver} (the
     C{dns_servers}), fetched over HTTPS verified against C{trust_root}
@@ -191,9 +193,13 @@ def tls_policies(config: Config, resolver: Any, reactor: Any,
 
     @param run_blocking: runs blocking work (cache files, TLSA queries) in a thread.
     @param https_port: fetch policies from this port instead of 443 (tests).
+    @param dns_lookups: where the TLSA lookups are reported (timed), or None.
     """
     lookup = DNSLookup(resolver)
     agent = https_agent(reactor, lookup, trust_root, https_port)
     cache = PolicyCache(os.path.join(config.server.mailroot, "mta-sts"), run_blocking)
     sts = MTASTS(lookup, agent, cache, reactor, reactor)
-    return TLSPolicies(sts, TLSALookup(config.delivery.dns_servers, run_blocking), reactor)
+    tlsa: Any = TLSALookup(config.delivery.dns_servers, run_blocking)
+    if dns_lookups is not None:
+        tlsa = TimedTLSALookup(tlsa, reactor, dns_lookups)
+    return TLSPolicies(sts, tlsa, reactor)

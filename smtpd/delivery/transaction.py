@@ -39,12 +39,13 @@ async def run_transaction(client: Any, message: OutboundMessage,
     results: dict[int, DeliveryStatus] = {}
     safe = []
     for i, recipient in enumerate(message.recipients):
-        if safe_address(recipient.address):
+        if safe_address(recipient.address, message.smtputf8):
             safe.append(i)
         else:
             results[i] = client.status(recipient.address, 553, "553 5.1.3 bad address syntax")
     commands = [mail_command(message, message.source.size, client.extensions)]
-    commands += [rcpt_command(message.recipients[i], client.extensions) for i in safe]
+    commands += [rcpt_command(message.recipients[i], client.extensions, message.smtputf8)
+                 for i in safe]
     pipelined = "PIPELINING" in client.extensions
     chunking = "CHUNKING" in client.extensions
     if pipelined and safe and not chunking:
@@ -90,13 +91,27 @@ async def _rset_replied(client: Any, pending: Deferred) -> None:
 
 
 def _check(client: Any, message: OutboundMessage) -> None:
-    """What we can refuse before MAIL: too big for the host, a sender unfit for the wire."""
+    """
+    What we can refuse before MAIL: a host without the extensions the
+    message needs (never a silent downgrade), too big for the host, a sender
+    unfit for the wire. A missing extension is a permanent failure for this
+    host only: another MX host may offer it.
+    """
+    extensions = client.extensions
+    if message.binary and not ("BINARYMIME" in extensions and "CHUNKING" in extensions):
+        # RFC 3030 3: BINARYMIME data cannot be converted here.
+        raise SessionError(554, "5.6.3", "554 5.6.3 Conversion required but not supported: "
+                           "the host does not offer BINARYMIME and CHUNKING")
+    if message.smtputf8 and "SMTPUTF8" not in extensions:
+        # RFC 6531 3.2: no downgrade of an internationalized message.
+        raise SessionError(550, "5.6.7", "550 5.6.7 Non-ASCII addresses or header fields "
+                           "need SMTPUTF8, which the host does not offer")
     limit = client.extensions.get("SIZE", "")
     size = message.source.size
     if limit.isdigit() and 0 < int(limit) < size:
         raise SessionError(552, "5.3.4", f"552 5.3.4 message size {size} exceeds "
                            f"the size limit {int(limit)} of the host")
-    if not safe_address(message.sender):
+    if not safe_address(message.sender, message.smtputf8):
         raise SessionError(553, "5.1.7", "553 5.1.7 bad sender address syntax", final=True)
     if message.requiretls and not (client.secure and "REQUIRETLS" in client.extensions):
         # RFC 8689 4.2.1: only to a host that offers REQUIRETLS (another MX may).
@@ -127,7 +142,8 @@ async def _recipients(client: Any, message: OutboundMessage, safe: list[int],
     for n, i in enumerate(safe):
         recipient = message.recipients[i]
         if replies is None:
-            reply = await client.command(rcpt_command(recipient, client.extensions))
+            reply = await client.command(rcpt_command(recipient, client.extensions,
+                                                      message.smtputf8))
         else:
             reply = await replies[n]
         if reply.code == 421:
@@ -162,7 +178,7 @@ async def _bdat(client: Any, message: OutboundMessage, accepted: list[int],
     """The message as BDAT chunks (RFC 3030), and the reply for the accepted recipients."""
     if not accepted:
         return
-    reply = await client.stream_chunks(message.source)
+    reply = await client.stream_chunks(message.source, message.binary)
     if reply.code == 421:
         client.fail(refusal(reply.code, reply.text))
     for i in accepted:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from smtpd.mail.address import is_mailbox
+from smtpd.mail.address import is_mailbox, is_utf8_mailbox
 from smtpd.mail.envelope import Recipient
+from smtpd.mail.intl import addr_xtext, ascii_address, unitext
 from smtpd.mail.lineends import LineEnds
 from smtpd.mail.source import IMessageSource
 
@@ -80,6 +81,10 @@ class OutboundMessage:
     @ivar ret: RFC 3461 RET or "".
     @ivar envid: RFC 3461 ENVID (decoded) or "".
     @ivar eight_bit: whether the message needs BODY=8BITMIME.
+    @ivar binary: a BODY=BINARYMIME message (RFC 3030): it goes only by BDAT,
+        byte for byte, to a host that offers BINARYMIME and CHUNKING.
+    @ivar smtputf8: the envelope or the header needs SMTPUTF8 (RFC 6531): it
+        goes only to a host that offers it, with the parameter.
     @ivar requiretls: RFC 8689 REQUIRETLS: only over verified TLS, to hosts
         that offer REQUIRETLS (the parameter is passed on).
     @ivar tls_optional: RFC 8689 5 C{TLS-Required: No}: recipient-side TLS
@@ -92,6 +97,8 @@ class OutboundMessage:
     ret: str = ""
     envid: str = ""
     eight_bit: bool = False
+    binary: bool = False
+    smtputf8: bool = False
     requiretls: bool = False
     tls_optional: bool = False
 
@@ -133,15 +140,19 @@ class BdatChunker:
     piece, its line ends made CRLF as for DATA, after a C{BDAT <n>} command
     with its exact size; no dot-stuffing. The last chunk carries C{LAST}
     (C{BDAT 0 LAST} when nothing is left), after a final CRLF when the message
-    lacks one.
+    lacks one. With C{binary} (BINARYMIME) every octet goes as it is: no line
+    end is touched or added, and the last chunk is C{BDAT 0 LAST}.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, binary: bool = False) -> None:
         self._line_ends = LineEnds(b"\r\n")
         self._line_start = True
+        self._binary = binary
 
     def feed(self, chunk: bytes) -> bytes:
         """The BDAT command and chunk for the next piece (b"" when nothing to send yet)."""
+        if self._binary:
+            return b"BDAT %d\r\n" % len(chunk) + chunk if chunk else b""
         text = self._line_ends.feed(chunk)
         if not text:
             return b""
@@ -150,6 +161,8 @@ class BdatChunker:
 
     def finish(self) -> bytes:
         """The last chunk: C{BDAT <n> LAST} and what the message still needs."""
+        if self._binary:
+            return b"BDAT 0 LAST\r\n"
         held = self._line_ends.finish()
         tail = b"\r\n" if held or not self._line_start else b""
         self._line_start = True
@@ -198,15 +211,32 @@ def enhanced_status(code: int, reply: str) -> str:
     return "4.0.0"
 
 
-def safe_address(address: str) -> bool:
+def safe_address(address: str, smtputf8: bool = False) -> bool:
     """
-    Whether C{address} can go on a command line as it is: printable ASCII
-    without spaces, or a mailbox whose quoted local part holds them
-    (C{"john smith"@example.org}, legal and sent as received).
+    Whether C{address} can go on a command line: printable ASCII without
+    spaces, or a mailbox whose quoted local part holds them
+    (C{"john smith"@example.org}, legal and sent as received); with
+    C{smtputf8} a UTF-8 mailbox too (RFC 6531 3.3); without it one whose
+    only non-ASCII part is the domain (sent as A-labels).
     """
-    if not (address.isascii() and address.isprintable()):
+    if not address.isascii():
+        if smtputf8:
+            return is_utf8_mailbox(address)
+        address = ascii_address(address) or ""
+        if not address:
+            return False
+    if not address.isprintable():
         return False
     return " " not in address or is_mailbox(address)
+
+
+def wire_address(address: str, smtputf8: bool) -> str:
+    """
+    C{address} as it goes in MAIL or RCPT: as it is with SMTPUTF8, else its
+    internationalized domain in A-labels (RFC 6531 3.7: U-labels only when
+    SMTPUTF8 is used).
+    """
+    return address if smtputf8 else (ascii_address(address) or address)
 
 
 def mail_command(message: OutboundMessage, size: int, extensions: dict[str, str]) -> bytes:
@@ -214,8 +244,12 @@ def mail_command(message: OutboundMessage, size: int, extensions: dict[str, str]
     params = []
     if "SIZE" in extensions:
         params.append(f"SIZE={size}")
-    if message.eight_bit and "8BITMIME" in extensions:
+    if message.binary:
+        params.append("BODY=BINARYMIME")
+    elif message.eight_bit and "8BITMIME" in extensions:
         params.append("BODY=8BITMIME")
+    if message.smtputf8:
+        params.append("SMTPUTF8")
     if "DSN" in extensions:
         if message.ret:
             params.append(f"RET={message.ret.upper()}")
@@ -223,20 +257,26 @@ def mail_command(message: OutboundMessage, size: int, extensions: dict[str, str]
             params.append(f"ENVID={xtext(message.envid)}")
     if message.requiretls and "REQUIRETLS" in extensions:
         params.append("REQUIRETLS")
-    return " ".join([f"MAIL FROM:<{message.sender}>"] + params).encode("ascii")
+    sender = wire_address(message.sender, message.smtputf8)
+    return " ".join([f"MAIL FROM:<{sender}>"] + params).encode("utf-8")
 
 
-def rcpt_command(recipient: Recipient, extensions: dict[str, str]) -> bytes:
+def rcpt_command(recipient: Recipient, extensions: dict[str, str],
+                 smtputf8: bool = False) -> bytes:
     """The RCPT command for C{recipient}, with DSN parameters when the host offers DSN."""
     params = []
     if "DSN" in extensions:
         if recipient.notify:
             params.append("NOTIFY=" + ",".join(n.upper() for n in recipient.notify))
         kind, semi, original = recipient.orcpt.partition(";")
-        if semi and _ADDR_TYPE.match(kind):
+        if semi and kind.lower() == "utf-8":
+            # RFC 6533 3: unitext with SMTPUTF8, else its 7-bit form.
+            params.append(f"ORCPT=utf-8;{unitext(original) if smtputf8 else addr_xtext(original)}")
+        elif semi and _ADDR_TYPE.match(kind):
             # RFC 3461 4.2: the address is xtext on the wire.
             params.append(f"ORCPT={kind};{xtext(original)}")
-    return " ".join([f"RCPT TO:<{recipient.address}>"] + params).encode("ascii")
+    address = wire_address(recipient.address, smtputf8)
+    return " ".join([f"RCPT TO:<{address}>"] + params).encode("utf-8")
 
 
 def parse_extensions(lines: list[bytes]) -> dict[str, str]:

@@ -2,7 +2,9 @@
 """
 The accounts file C{etc/users} (SPEC 3, [auth] users): one C{address:bcrypt-hash}
 per line, blank lines and C{#} comments allowed. Each address is both a local
-mailbox and an AUTH login.
+mailbox and an AUTH login. Addresses may be internationalized (RFC 6531): a
+UTF-8 local part (kept in NFC) and a domain in U-labels or A-labels; two
+spellings of one domain are one account (L{smtpd.mail.intl.address_key}).
 
 L{Users} is the parsed, read-only view; L{add} and L{remove} rewrite the file
 atomically (temporary file, fsync, rename, mode 0600).
@@ -19,6 +21,8 @@ from collections.abc import Iterable
 
 import bcrypt
 
+from smtpd.mail.intl import address_key, is_utf8_char_ok, normalize_local, u_label_domain
+from smtpd.mail.intl import IDNAError
 from smtpd.util.durable import fsync_directory, replace_file
 
 # RFC 5321 atext without "/" (a local part is also a Maildir folder name).
@@ -48,25 +52,48 @@ def address_problem(address: str) -> str | None:
         return f"{address!r} is not local@domain"
     if len(localpart.encode("utf-8")) > 64:
         return f"{address!r}: local part longer than 64 octets"
-    if not all(_ATEXT.match(atom) for atom in localpart.split(".")):
-        return (f"{address!r}: the local part must be letters, digits, dots (not leading, "
-                f"trailing or doubled) and !#$%&'*+-=?^_`{{|}}~")
+    if not all(_atom_ok(atom) for atom in localpart.split(".")):
+        return (f"{address!r}: the local part must be letters (UTF-8 too), digits, dots "
+                f"(not leading, trailing or doubled) and !#$%&'*+-=?^_`{{|}}~")
+    if not domain.isascii():
+        try:
+            domain = u_label_domain(domain)
+        except IDNAError:
+            return f"{address!r}: {domain!r} is not an internationalized domain name"
+        return None
     labels = domain.lower().split(".")
     if len(domain) > 253 or not all(_LABEL.match(label) for label in labels):
         return f"{address!r}: {domain!r} is not a DNS domain name"
     return None
 
 
+def _atom_ok(atom: str) -> bool:
+    """An atom of an account's local part: atext without "/", or UTF-8 letters."""
+    if atom.isascii():
+        return _ATEXT.match(atom) is not None
+    return bool(atom) and all(
+        (_ATEXT.match(c) is not None) if c.isascii() else is_utf8_char_ok(c) for c in atom)
+
+
 def normalize_address(address: str) -> str:
     """
-    The stored (lower-case) form of account C{address}.
+    The stored form of account C{address}: lower case, the local part in
+    Unicode NFC, an internationalized domain in U-labels as written.
 
     @raise UsersError: when it is not acceptable.
     """
     problem = address_problem(address)
     if problem is not None:
         raise UsersError(problem)
-    return address.lower()
+    return _stored(address)
+
+
+def _stored(address: str) -> str:
+    """The written form of a valid account address (see L{normalize_address})."""
+    localpart, _, domain = address.rpartition("@")
+    if not domain.isascii():
+        domain = u_label_domain(domain)
+    return f"{normalize_local(localpart).lower()}@{domain.lower()}"
 
 
 @functools.lru_cache(maxsize=8)
@@ -76,11 +103,15 @@ def _dummy_hash(rounds: int) -> bytes:
 
 class Users:
     """
-    The accounts: lower-case address to bcrypt hash.
+    The accounts: address to bcrypt hash. Looked up by
+    L{smtpd.mail.intl.address_key}: case, Unicode normalization and the
+    A-label or U-label spelling of the domain do not matter.
     """
 
     def __init__(self, hashes: dict[str, bytes] | None = None):
-        self._hashes = dict(hashes or {})
+        hashes = dict(hashes or {})
+        self._names = {address_key(a): a for a in hashes}
+        self._hashes = {address_key(a): h for a, h in hashes.items()}
 
     @classmethod
     def load(cls, path: str) -> Users:
@@ -102,14 +133,14 @@ class Users:
         return cls(hashes)
 
     def __contains__(self, address: object) -> bool:
-        return isinstance(address, str) and address.lower() in self._hashes
+        return isinstance(address, str) and address_key(address) in self._hashes
 
     def __len__(self) -> int:
         return len(self._hashes)
 
     def addresses(self) -> list[str]:
-        """Every account address, lower case, sorted."""
-        return sorted(self._hashes)
+        """Every account address as written (lower case), sorted."""
+        return sorted(self._names.values())
 
     def check_password(self, address: str, password: bytes) -> bool:
         """
@@ -117,7 +148,7 @@ class Users:
         (bcrypt); takes about as long for an unknown address as for a known
         one, so timing does not reveal which accounts exist.
         """
-        stored = self._hashes.get(address.lower())
+        stored = self._hashes.get(address_key(address))
         known = stored is not None
         if stored is None:
             stored = _dummy_hash(self._rounds())
@@ -136,6 +167,7 @@ class Users:
 
 def _parse(path: str, raw: bytes) -> tuple[dict[str, bytes], list[str]]:
     hashes: dict[str, bytes] = {}
+    seen: set[str] = set()
     problems = []
     for number, line in enumerate(raw.split(b"\n"), 1):
         where = f"{path}:{number}"
@@ -151,12 +183,13 @@ def _parse(path: str, raw: bytes) -> tuple[dict[str, bytes], list[str]]:
         problem = address_problem(address) if colon else "expected address:bcrypt-hash"
         if problem is None and not _BCRYPT.match(stored):
             problem = f"the password of {address} is not a bcrypt hash"
-        if problem is None and address.lower() in hashes:
+        if problem is None and address_key(address) in seen:
             problem = f"{address} appears twice"
         if problem is not None:
             problems.append(f"{where}: {problem}")
             continue
-        hashes[address.lower()] = stored.encode("ascii")
+        seen.add(address_key(address))
+        hashes[_stored(address)] = stored.encode("ascii")
     return hashes, problems
 
 
@@ -192,11 +225,11 @@ def add(path: str, address: str, password: bytes | str, rounds: int = DEFAULT_RO
         hashes, problems = _parse(path, raw)
         if problems:
             raise UsersError(problems)
-        if address in hashes:
+        if address in Users(hashes):
             raise UsersError(f"{address} already exists")
         if raw and not raw.endswith(b"\n"):
             raw += b"\n"
-        _rewrite(path, raw + address.encode("ascii") + b":" + stored + b"\n")
+        _rewrite(path, raw + address.encode("utf-8") + b":" + stored + b"\n")
     return address
 
 
@@ -207,16 +240,16 @@ def remove(path: str, address: str) -> None:
 
     @raise UsersError: when there is no such account or the file is malformed.
     """
-    address = address.lower()
+    key = address_key(address)
     with _locked(path):
         raw = _read_existing(path)
         hashes, problems = _parse(path, raw)
         if problems:
             raise UsersError(problems)
-        if address not in hashes:
-            raise UsersError(f"{address} does not exist")
+        if address not in Users(hashes):
+            raise UsersError(f"{address.lower()} does not exist")
         kept = [line for line in raw.split(b"\n")
-                if line.partition(b":")[0].strip().lower() != address.encode("ascii")]
+                if address_key(line.partition(b":")[0].strip().decode("utf-8")) != key]
         _rewrite(path, b"\n".join(kept))
 
 

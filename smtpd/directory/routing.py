@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from smtpd.config import Config, DomainConfig
 from smtpd.mail.address import split_address
+from smtpd.mail.intl import normalize_local
 
 LOCAL = "local"
 DROP = "drop"
@@ -64,7 +65,9 @@ def route(config: Config, users, address: str) -> Destination | None:
     if section.type == DROP:
         return Destination(DROP, domain, "", section)
     target = section.alias_of if section.type == "alias" else section.name
-    mailbox = f"{local.lower()}@{target}"
+    # The configured spelling of the domain (U-labels or A-labels), the
+    # local part in NFC: the account's folder whatever form the mail used.
+    mailbox = f"{normalize_local(local).lower()}@{target}"
     if mailbox in users or local.lower() == "postmaster":
         kind = LMTP if section.type == LMTP else LOCAL
         return Destination(kind, domain, mailbox, section)

@@ -11,8 +11,9 @@ stage as DATA: one way for message data into the queue.
 * The cleanup rules apply as for DATA, while the chunks arrive: the size
   limits (C{552 5.3.4}), lines of at most 998 octets (C{500 5.5.2}), bare CR
   or LF refused or made CRLF per C{[messages] bare_newlines} (C{550 5.6.0}).
-  A CRLF may be split between chunks. BINARYMIME is not offered, so
-  C{BODY=BINARYMIME} is refused at MAIL and these rules always hold.
+  A CRLF may be split between chunks. For C{BODY=BINARYMIME} (RFC 3030 3,
+  offered with CHUNKING) the data is binary: no line rules, nothing
+  converted, stored byte for byte; DATA after it gets C{503 5.5.1}.
 * A chunk that fails ends the transaction: it and every chunk pipelined
   behind it are still read to their last octet and discarded, so the command
   stream stays in sync; those later chunks get C{503 5.5.1} (no transaction).
@@ -50,7 +51,7 @@ class Chunking:
     _chunk: Chunk | None = None
 
     def _extensions(self) -> list[str]:
-        return [*super()._extensions(), "CHUNKING"]
+        return [*super()._extensions(), "CHUNKING", "BINARYMIME"]
 
     def _reset(self) -> None:
         super()._reset()
@@ -87,12 +88,7 @@ class Chunking:
         return None
 
     def _begin_chunks(self) -> None:
-        params = self._mail_params
-        self._message = self.inbound.cleanup.begin(
-            self._sender or "", self._rcpts, client=self.client_info(), ret=params.ret,
-            envid=params.envid, body=params.body, room=self._session_room(),
-            messages=self.inbound.config.messages, requiretls=params.requiretls,
-        )
+        self._message = self.begin_message()
         self._chunked = True
         self.in_transfer = True
 

@@ -46,6 +46,7 @@ class Commands:
             "8BITMIME",
             "ENHANCEDSTATUSCODES",
             "DSN",
+            "SMTPUTF8",
         ]
         if self._can_starttls():
             ext.append("STARTTLS")

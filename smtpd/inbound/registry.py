@@ -40,7 +40,8 @@ class Inbound:
     @ivar sessions: the live sessions by id (for the admin API).
     @ivar per_ip: live sessions per client address.
     @ivar received: messages accepted since start.
-    @ivar events: since start: C{refused_limit}, C{refused_shutdown} and
+    @ivar events: since start: C{refused_limit}, C{refused_shutdown},
+        C{refused_throttle} (connection rate, blocked AUTH guesser) and
         C{refused_deny} (connections refused), C{auth_success},
         C{auth_failure}, C{messages_tls} and C{messages_plain} (accepted
         messages by whether the session was encrypted).
@@ -106,6 +107,7 @@ class Inbound:
             return "4.7.0 Error: too many connections from your address"
         refusal = self.throttle.connect(session.peer_ip)
         if refusal is not None:
+            self.events["refused_throttle"] += 1
             return refusal
         self._next_id += 1
         session.session_id = self._next_id

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_protocol -*-
 """
 The inbound ESMTP session (RFC 5321, 1869, 1870, 1985, 2034, 2920, 3030, 3207,
-3461, 4954, 6152), assembled from its parts: the core (connection, buffer,
+3461, 4954, 6152, 6531), assembled from its parts: the core (connection, buffer,
 pipelining, replies), the session commands, the mail transaction, BDAT, ETRN,
 AUTH and the access rules (reverse DNS, MAIL rules, deadlines).
 

@@ -8,25 +8,30 @@ it owns, and the null sender, which only bounces use, is refused there.
 from __future__ import annotations
 
 from smtpd.config import Config
+from smtpd.mail.intl import domain_key, normalize_local
 
 
 def canonical_domain(config: Config, domain: str) -> str:
-    """C{domain} in lower case, an alias domain replaced by the domain it aliases."""
+    """
+    C{domain} in lower-case A-label form, an alias domain replaced by the
+    domain it aliases.
+    """
     domain = domain.lower().rstrip(".")
     section = config.domain(domain)
     if section is not None and section.type == "alias" and section.alias_of:
-        return section.alias_of
-    return domain
+        return domain_key(section.alias_of)
+    return domain_key(domain)
 
 
 def owns(config: Config, login: str, sender: str) -> bool:
     """
     Whether account C{login} owns C{sender}: the same local part (accounts
-    are case-insensitive) at the same domain or one of its alias domains.
+    are case-insensitive, UTF-8 ones compared in NFC) at the same domain
+    (either spelling of an internationalized one) or one of its alias domains.
     """
     local, at, domain = sender.rpartition("@")
     login_local, _, login_domain = login.rpartition("@")
-    if not at or local.lower() != login_local.lower():
+    if not at or normalize_local(local).lower() != normalize_local(login_local).lower():
         return False
     return canonical_domain(config, domain) == canonical_domain(config, login_domain)
 

@@ -21,7 +21,7 @@ from smtpd.directory.routing import LMTP, LOCAL, route
 from smtpd.inbound import policy
 from smtpd.inbound.core import COMMAND, DATA, SUBMISSION
 from smtpd.inbound.dotstream import DotDecoder
-from smtpd.mail import address
+from smtpd.mail import address, intl
 from smtpd.mail.envelope import Envelope, Recipient
 
 log = Logger()
@@ -60,6 +60,10 @@ class Transaction:
         if parsed is None:
             return None
         sender, params = parsed
+        if not (params.smtputf8 or sender.isascii()):
+            # RFC 6531 3.5: a MAIL that needs SMTPUTF8 and did not say so.
+            return self._reply(550, "5.6.7",
+                               "Non-ASCII addresses not permitted for that sender")
         if params.requiretls and not self._tls:
             # RFC 8689 4.1: REQUIRETLS only over a TLS session (RFC 3207's 530).
             return self._reply(530, "5.7.10", "REQUIRETLS needs a TLS session")
@@ -116,6 +120,9 @@ class Transaction:
         if parsed is None:
             return None
         rcpt, params = parsed
+        if not (self._mail_params.smtputf8 or rcpt.isascii()):
+            return self._reply(553, "5.6.7",
+                               "Non-ASCII addresses not permitted for that recipient")
         if len(self._rcpts) >= config.messages.max_recipients > 0:
             return self._reply(452, "4.5.3", "Error: too many recipients")
         resolver = self.inbound.recipients
@@ -179,14 +186,12 @@ class Transaction:
             return self._reply(501, "5.5.4", "Syntax: DATA")
         if self._sender is None:
             return self._reply(503, "5.5.1", "Error: need MAIL command")
+        if self._mail_params.body == "BINARYMIME":
+            # RFC 3030 3: BINARYMIME data only by BDAT.
+            return self._reply(503, "5.5.1", "Error: BODY=BINARYMIME requires BDAT")
         if not self._rcpts:
             return self._reply(554, "5.5.1", "Error: no valid recipients")
-        params = self._mail_params
-        self._message = self.inbound.cleanup.begin(
-            self._sender or "", self._rcpts, client=self.client_info(), ret=params.ret,
-            envid=params.envid, body=params.body, room=self._session_room(),
-            messages=self.inbound.config.messages, requiretls=params.requiretls,
-        )
+        self._message = self.begin_message()
         self._send("354 End data with <CR><LF>.<CR><LF>\r\n")
         self._log(354)
         self._command = ("DATA", "")
@@ -195,9 +200,25 @@ class Transaction:
         self._decoder = DotDecoder()
         self.deadlines.data_started()
 
+    def begin_message(self):
+        """Open the message of this transaction in cleanup (for DATA and BDAT)."""
+        params = self._mail_params
+        return self.inbound.cleanup.begin(
+            self._sender or "", self._rcpts, client=self.client_info(), ret=params.ret,
+            envid=params.envid, body=params.body, room=self._session_room(),
+            messages=self.inbound.config.messages, smtputf8=params.smtputf8,
+            requiretls=params.requiretls,
+        )
+
     def client_info(self) -> ClientInfo:
-        """Who this session's client is, for the trace header and the filters."""
+        """
+        Who this session's client is, for the trace header and the filters;
+        the RFC 3848 protocol keyword, C{UTF8SMTP...} for a transaction with
+        SMTPUTF8 (RFC 6531 3.7.3).
+        """
         proto = "ESMTP" if self._esmtp else "SMTP"
+        if self._esmtp and self._mail_params.smtputf8:
+            proto = "UTF8SMTP"
         if self._esmtp and self._tls:
             proto += "S"
         if self._esmtp and self._user is not None:
@@ -281,10 +302,11 @@ class Transaction:
 def _same_recipient_key(rcpt: str, local: bool) -> str:
     """
     What makes two RCPT addresses the same recipient: the domain is
-    case-insensitive, and so is the local part of our own accounts; a remote
+    case-insensitive (and its A-label and U-label forms the same), and so is
+    the local part of our own accounts (NFC); a remote
     host decides about its own local parts (C{Bob@x} and C{bob@x} may differ).
     """
     local_part, domain = address.split_address(rcpt)
     if local or not domain:
-        return rcpt.lower()
-    return f"{local_part}@{domain.lower()}"
+        return intl.address_key(rcpt)
+    return f"{local_part}@{intl.domain_key(domain)}"

@@ -13,6 +13,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from smtpd.mail.intl import IDNAError, decode_embedded, is_utf8_char_ok, u_label_domain
+
 MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
 MAX_PATH = 256  # RFC 5321 4.5.3.1.3, angle brackets included
 MAX_DOMAIN = 255  # RFC 5321 4.5.3.1.2
@@ -21,6 +23,11 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _DOT_STRING = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*\Z")
 # qtextSMTP (%d32-33 / %d35-91 / %d93-126) or quoted-pairSMTP (backslash %d32-126).
 _QUOTED_STRING = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"\Z')
+# RFC 6531 3.3: atext and qtextSMTP extended with UTF8-non-ascii.
+_UATEXT = r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])"
+_UDOT_STRING = re.compile(rf"{_UATEXT}+(?:\.{_UATEXT}+)*\Z")
+_UQUOTED_STRING = re.compile(
+    r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|[^\x00-\x7f]|\\[\x20-\x7e])*"\Z')
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?\Z")
 _ADDRESS_LITERAL = re.compile(r"\[(?:[0-9.]+|IPv6:[0-9A-Fa-f:.]+)\]\Z")
@@ -75,11 +82,35 @@ def _check_mailbox(mailbox: str) -> str:
         raise AddressError("address has no domain")
     if len(local.encode()) > MAX_LOCAL_PART:
         raise AddressError("local part longer than 64 octets")
-    if not (_DOT_STRING.match(local) or _QUOTED_STRING.match(local)):
+    if local.isascii():
+        if not (_DOT_STRING.match(local) or _QUOTED_STRING.match(local)):
+            raise AddressError("bad local part")
+    elif not ((_UDOT_STRING.match(local) or _UQUOTED_STRING.match(local))
+              and all(c.isascii() or is_utf8_char_ok(c) for c in local)):
         raise AddressError("bad local part")
-    if not is_domain(domain):
+    return f"{local}@{_check_domain(domain)}"
+
+
+def _check_domain(domain: str) -> str:
+    """C{domain} valid (LDH labels, A-labels, or U-labels per IDNA 2008), lower case."""
+    if domain.isascii():
+        if not is_domain(domain):
+            raise AddressError("bad domain")
+        domain = domain.rstrip(".").lower()
+        if "xn--" in domain:
+            # An A-label must decode to a valid U-label (RFC 5890 2.3.2.1).
+            try:
+                u_label_domain(domain)
+            except IDNAError:
+                raise AddressError("bad A-label in domain") from None
+        return domain
+    try:
+        domain = u_label_domain(domain.removesuffix("."))
+    except IDNAError:
+        raise AddressError("bad internationalized domain") from None
+    if len(domain.encode()) > MAX_DOMAIN:
         raise AddressError("bad domain")
-    return f"{local}@{domain.rstrip('.').lower()}"
+    return domain
 
 
 def is_mailbox(address: str) -> bool:
@@ -95,12 +126,23 @@ def is_mailbox(address: str) -> bool:
     return address.isascii() and address.isprintable()
 
 
+def is_utf8_mailbox(address: str) -> bool:
+    """Whether C{address} is a mailbox by RFC 6531 3.3 (UTF-8 allowed)."""
+    try:
+        _check_mailbox(address)
+    except AddressError:
+        return False
+    return address.isprintable()
+
+
 def parse_path(text: str, null_ok: bool) -> tuple[str, str]:
     """
     Parse the start of a MAIL/RCPT argument: C{<path> params...}.
 
     Source routes (C{<@a,@b:user@c>}) are accepted and ignored (RFC 5321 4.1.2).
-    The domain is lower-cased and a trailing dot dropped.
+    The domain is lower-cased and a trailing dot dropped. UTF-8 local parts
+    and U-label domains (RFC 6531 3.3) pass here; whether the transaction
+    may carry them (the SMTPUTF8 parameter) is the caller's to decide.
 
     @return: the mailbox ("" for C{<>}) and the rest of the line (parameters).
     @raise AddressError: on anything else.
@@ -111,10 +153,10 @@ def parse_path(text: str, null_ok: bool) -> tuple[str, str]:
     path, rest = text[1:end], text[end + 1 :]
     if rest and not rest.startswith(" "):
         raise AddressError("junk after address")
-    if end + 1 > MAX_PATH:
+    if len(text[: end + 1].encode()) > MAX_PATH:
         raise AddressError("path longer than 256 octets")
-    if not path.isascii() or not path.isprintable():
-        raise AddressError("address contains control or non-ASCII characters")
+    if not path.isprintable():
+        raise AddressError("address contains control characters")
     if path == "":
         if not null_ok:
             raise AddressError("null address not allowed here")
@@ -179,6 +221,7 @@ class MailParams:
     body: str = ""
     ret: str = ""
     envid: str = ""
+    smtputf8: bool = False
     requiretls: bool = False
 
 
@@ -192,9 +235,10 @@ class RcptParams:
 
 def mail_params(text: str) -> MailParams:
     """
-    Validate the parameters of MAIL: SIZE (RFC 1870), BODY (RFC 6152), RET and
-    ENVID (RFC 3461), REQUIRETLS (RFC 8689, no value), AUTH (RFC 4954,
-    accepted and ignored).
+    Validate the parameters of MAIL: SIZE (RFC 1870), BODY (RFC 6152, RFC
+    3030 BINARYMIME), RET and ENVID (RFC 3461), SMTPUTF8 (RFC 6531, no
+    value), REQUIRETLS (RFC 8689, no value), AUTH (RFC 4954, accepted and
+    ignored).
 
     @raise ParameterError: with C{unknown=True} for a parameter we do not know.
     """
@@ -205,8 +249,11 @@ def mail_params(text: str) -> MailParams:
             raise ParameterError("bad SIZE value")
         size = int(params.pop("SIZE"))
     body = params.pop("BODY", "").upper()
-    if body not in ("", "7BIT", "8BITMIME"):
+    if body not in ("", "7BIT", "8BITMIME", "BINARYMIME"):
         raise ParameterError("bad BODY value")
+    smtputf8 = "SMTPUTF8" in params
+    if params.pop("SMTPUTF8", ""):
+        raise ParameterError("SMTPUTF8 takes no value")
     ret = params.pop("RET", "").upper()
     if ret not in ("", "FULL", "HDRS"):
         raise ParameterError("bad RET value")
@@ -219,7 +266,8 @@ def mail_params(text: str) -> MailParams:
     params.pop("AUTH", None)
     if params:
         raise ParameterError(f"unknown parameter {next(iter(params))}", unknown=True)
-    return MailParams(size=size, body=body, ret=ret, envid=envid, requiretls=requiretls)
+    return MailParams(size=size, body=body, ret=ret, envid=envid, smtputf8=smtputf8,
+                      requiretls=requiretls)
 
 
 _NOTIFY = {"NEVER", "SUCCESS", "FAILURE", "DELAY"}
@@ -242,9 +290,24 @@ def rcpt_params(text: str) -> RcptParams:
         kind, semi, value = orcpt.partition(";")
         if not semi or not _KEYWORD.match(kind):
             raise ParameterError("bad ORCPT value")
-        orcpt = f"{kind.lower()};{xtext_decode(value)}"
+        orcpt = f"{kind.lower()};{_orcpt_decode(kind, value)}"
         if not orcpt.isprintable():
             raise ParameterError("bad ORCPT value")
     if params:
         raise ParameterError(f"unknown parameter {next(iter(params))}", unknown=True)
     return RcptParams(notify=notify, orcpt=orcpt)
+
+
+def _orcpt_decode(kind: str, value: str) -> str:
+    """
+    The address of an ORCPT: xtext, or for the C{utf-8} type (RFC 6533 3)
+    utf-8-addr-xtext or -unitext (C{\\x{HH}} escapes, UTF-8 as it is).
+    """
+    if kind.lower() != "utf-8":
+        return xtext_decode(value)
+    if any(c in value for c in "+=") or not value.isprintable():
+        raise ParameterError("bad ORCPT value")
+    try:
+        return decode_embedded(value)
+    except ValueError:
+        raise ParameterError("bad ORCPT value") from None

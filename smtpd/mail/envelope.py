@@ -70,7 +70,10 @@ class Envelope:
     @ivar envid: RFC 3461 ENVID (xtext-decoded) or "".
     @ivar size: the size of the message data in octets.
     @ivar client: who handed us the message: C{"helo [ip]"}, or "pickup"/"local".
-    @ivar body: C{"7BIT"}, C{"8BITMIME"} (the MAIL BODY= parameter).
+    @ivar body: C{"7BIT"}, C{"8BITMIME"}, C{"BINARYMIME"} (the MAIL BODY=
+        parameter; BINARYMIME data is kept byte for byte, RFC 3030).
+    @ivar smtputf8: the message came with the SMTPUTF8 parameter (RFC 6531):
+        its addresses and header fields may be UTF-8.
     @ivar requiretls: the MAIL REQUIRETLS parameter (RFC 8689) was given.
     """
 
@@ -86,6 +89,7 @@ class Envelope:
     size: int = 0
     client: str = ""
     body: str = ""
+    smtputf8: bool = False
     requiretls: bool = False
 
     def pending(self) -> list[Recipient]:

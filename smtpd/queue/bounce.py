@@ -8,6 +8,12 @@ to be queued from C{<>} to the envelope sender. The output is assembled by hand,
 with CRLF line endings and no header folding other than our own, so that what is
 queued is exactly what is meant; every value taken from the envelope or a remote
 reply is reduced to printable ASCII first (no header injection through a reply).
+
+For an internationalized message (SMTPUTF8, RFC 6531) the report is the RFC
+6533 kind: C{report-type=global-delivery-status}, its status part
+C{message/global-delivery-status} with C{utf-8} address types, the original
+returned as C{message/global} or its header as C{message/global-headers};
+values then keep their printable UTF-8 (controls still become C{?}).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from datetime import datetime, timezone
 from email.utils import format_datetime
 
 from smtpd.mail.envelope import Envelope, Recipient
+from smtpd.mail.intl import addr_xtext, unitext
 
 FAILED = "failed"
 DELAYED = "delayed"
@@ -66,12 +73,15 @@ receive no further notifications. Otherwise you may still receive
 notifications of mail delivery errors from other systems."""
 
 
-def clean(text: str) -> str:
+def clean(text: str, utf8: bool = False) -> str:
     """
-    C{text} as one line of printable ASCII: line breaks and tabs become
-    spaces, other control and non-ASCII characters become C{?}.
+    C{text} as one line of printable ASCII (with C{utf8}: printable UTF-8):
+    line breaks and tabs become spaces, other control and (without C{utf8})
+    non-ASCII characters become C{?}.
     """
     text = " ".join(text.replace("\t", " ").splitlines())
+    if utf8:
+        return "".join(c if c.isprintable() else "?" for c in text).strip()
     return _UNPRINTABLE.sub("?", text).strip()
 
 
@@ -95,12 +105,12 @@ def has_8bit(data: bytes) -> bool:
     return not data.isascii()
 
 
-def _field(name: str, value: str) -> str:
+def _field(name: str, value: str, utf8: bool = False) -> str:
     """
     One header-style field C{name: value}, folded at spaces to about 78
     columns with CRLF + space (RFC 5322 2.2.3), the value capped in length.
     """
-    words = clean(value)[:_FIELD_LIMIT].split(" ")
+    words = clean(value, utf8)[:_FIELD_LIMIT].split(" ")
     lines = [f"{name}: {words[0]}"]
     for word in words[1:]:
         if len(lines[-1]) + 1 + len(word) > _WIDTH and lines[-1].strip():
@@ -153,12 +163,26 @@ def _remote_host(recipient: Recipient) -> str:
     return parts[0] if parts else ""
 
 
-def _orcpt(value: str) -> str:
+def _orcpt(value: str, utf8: bool) -> str:
     """An ORCPT value as an Original-Recipient field value: C{type; address}."""
+    kind, sep, address = value.partition(";")
+    if sep and kind.lower() == "utf-8":
+        return "utf-8; " + (unitext(address) if utf8 else addr_xtext(address))
     kind, sep, address = clean(value).partition(";")
     if not sep:
         return f"rfc822; {kind.strip()}"
     return f"{kind.strip()}; {address.strip()}"
+
+
+def _address_field(address: str, utf8: bool) -> str:
+    """
+    A recipient as a Final-Recipient value: C{rfc822} for ASCII, else
+    the C{utf-8} type of RFC 6533 3 (unitext in a global report, its 7-bit
+    xtext form in a plain one).
+    """
+    if address.isascii():
+        return f"rfc822; {address}"
+    return "utf-8; " + (unitext(address) if utf8 else addr_xtext(address))
 
 
 class BounceBuilder:
@@ -180,6 +204,7 @@ class BounceBuilder:
         original: bytes,
         *,
         retry_until: float | None = None,
+        utf8: bool = False,
     ) -> bytes:
         """
         A complete DSN message (CRLF line endings) about C{recipients} of
@@ -192,19 +217,23 @@ class BounceBuilder:
             returns its headers only (RFC 3461 4.3).
         @param retry_until: for C{"delayed"}: when delivery attempts end
             (the C{Will-Retry-Until} field).
+        @param utf8: about an internationalized message: an RFC 6533
+            global report.
         @raise ValueError: for an unknown C{action}.
         """
         if action not in ACTIONS:
             raise ValueError(f"unknown DSN action {action!r}")
         now = self.clock.seconds()
-        full = action == FAILED and envelope.ret.upper() == "FULL"
+        # A BINARYMIME original cannot travel in a report: its header only.
+        full = (action == FAILED and envelope.ret.upper() == "FULL"
+                and envelope.body.upper() != "BINARYMIME")
         returned = _crlf(original) if full else split_headers(original)
         if returned and not returned.endswith(b"\r\n"):
             returned += b"\r\n"
         parts = [
-            self._notification(envelope, recipients, action, full, retry_until, now),
-            self._report(envelope, recipients, action, retry_until),
-            self._returned(returned, full, action),
+            self._notification(envelope, recipients, action, full, retry_until, now, utf8),
+            self._report(envelope, recipients, action, retry_until, utf8),
+            self._returned(returned, full, action, utf8),
         ]
         boundary = self._boundary(envelope, now, parts)
         eight = has_8bit(returned)
@@ -212,28 +241,30 @@ class BounceBuilder:
         for part in parts:
             body.append(b"\r\n--" + boundary.encode("ascii") + b"\r\n" + part)
         body.append(b"\r\n--" + boundary.encode("ascii") + b"--\r\n")
-        headers = self._headers(envelope, action, boundary, eight, now)
+        headers = self._headers(envelope, action, boundary, eight, now, utf8)
         return headers + b"\r\n" + b"".join(body)
 
     def _headers(
-        self, envelope: Envelope, action: str, boundary: str, eight: bool, now: float
+        self, envelope: Envelope, action: str, boundary: str, eight: bool, now: float,
+        utf8: bool,
     ) -> bytes:
         """The top-level header section, CRLF-terminated lines."""
         stamp = datetime.fromtimestamp(int(now), timezone.utc).strftime("%Y%m%d%H%M%S")
         message_id = f"<{stamp}.{clean(envelope.id)}.{secrets.token_hex(4)}@{self.hostname}>"
         lines = [
             f"From: Mail Delivery System <MAILER-DAEMON@{self.hostname}>",
-            _field("To", envelope.sender),
+            _field("To", envelope.sender, utf8),
             f"Subject: {_SUBJECTS[action]}",
             f"Date: {rfc5322_date(now)}",
             f"Message-ID: {message_id}",
             "MIME-Version: 1.0",
             "Auto-Submitted: auto-replied",  # RFC 3834 5: never answered automatically
-            "Content-Type: multipart/report; report-type=delivery-status;",
+            "Content-Type: multipart/report; "
+            f"report-type={'global-delivery-status' if utf8 else 'delivery-status'};",
             f' boundary="{boundary}"',
-            f"Content-Transfer-Encoding: {'8bit' if eight else '7bit'}",
+            f"Content-Transfer-Encoding: {'8bit' if eight or utf8 else '7bit'}",
         ]
-        return "".join(line + "\r\n" for line in lines).encode("ascii")
+        return "".join(line + "\r\n" for line in lines).encode("utf-8")
 
     def _boundary(self, envelope: Envelope, now: float, parts: list[bytes]) -> str:
         """A MIME boundary (RFC 2046 5.1.1) that occurs in none of C{parts}."""
@@ -251,6 +282,7 @@ class BounceBuilder:
         full: bool,
         retry_until: float | None,
         now: float,
+        utf8: bool,
     ) -> bytes:
         """Part 1: the text/plain explanation for people."""
         if action == FAILED:
@@ -268,15 +300,19 @@ class BounceBuilder:
         lines += ["", "                   The mail system"]
         for recipient in recipients:
             lines.append("")
-            lines += _wrap(self._explain(envelope, recipient, action, now))
+            lines += _wrap(self._explain(envelope, recipient, action, now, utf8))
         text = "\r\n".join(lines)
-        head = "Content-Description: Notification\r\nContent-Type: text/plain; charset=us-ascii\r\n"
-        return (head + "\r\n" + text + "\r\n").encode("ascii")
+        head = ("Content-Description: Notification\r\nContent-Type: text/plain; "
+                f"charset={'utf-8' if utf8 else 'us-ascii'}\r\n")
+        if utf8:
+            head += "Content-Transfer-Encoding: 8bit\r\n"
+        return (head + "\r\n" + text + "\r\n").encode("utf-8")
 
-    def _explain(self, envelope: Envelope, recipient: Recipient, action: str, now: float) -> str:
+    def _explain(self, envelope: Envelope, recipient: Recipient, action: str, now: float,
+                 utf8: bool = False) -> str:
         """One recipient's line of the human-readable part."""
-        who = f"<{clean(recipient.address)[:_FIELD_LIMIT]}>:"
-        reply = clean(recipient.last_reply)[:_FIELD_LIMIT]
+        who = f"<{clean(recipient.address, utf8)[:_FIELD_LIMIT]}>:"
+        reply = clean(recipient.last_reply, utf8)[:_FIELD_LIMIT]
         host = clean(recipient.remote_mta)[:_FIELD_LIMIT]
         if action in (DELIVERED, RELAYED):
             where = f"relayed to {host}" if host else "delivered to mailbox"
@@ -295,16 +331,23 @@ class BounceBuilder:
         recipients: list[Recipient],
         action: str,
         retry_until: float | None,
+        utf8: bool,
     ) -> bytes:
-        """Part 2: the machine-readable message/delivery-status (RFC 3464 2)."""
+        """
+        Part 2: the machine-readable message/delivery-status (RFC 3464 2),
+        message/global-delivery-status for an internationalized message
+        (RFC 6533 6.2: UTF-8 in its fields, sent 8bit).
+        """
         blocks = [self._per_message(envelope)]
         for recipient in recipients:
-            blocks.append(self._per_recipient(recipient, action, retry_until))
-        head = (
-            "Content-Description: Delivery report\r\n"
-            "Content-Type: message/delivery-status\r\n"
-        )
-        return (head + "\r\n" + "\r\n\r\n".join(blocks) + "\r\n").encode("ascii")
+            blocks.append(self._per_recipient(recipient, action, retry_until, utf8))
+        head = "Content-Description: Delivery report\r\n"
+        if utf8:
+            head += ("Content-Type: message/global-delivery-status\r\n"
+                     "Content-Transfer-Encoding: 8bit\r\n")
+        else:
+            head += "Content-Type: message/delivery-status\r\n"
+        return (head + "\r\n" + "\r\n\r\n".join(blocks) + "\r\n").encode("utf-8")
 
     def _per_message(self, envelope: Envelope) -> str:
         """The per-message fields (RFC 3464 2.2)."""
@@ -314,32 +357,37 @@ class BounceBuilder:
         fields.append(_field("Arrival-Date", rfc5322_date(envelope.arrival)))
         return "\r\n".join(fields)
 
-    def _per_recipient(self, recipient: Recipient, action: str, retry_until: float | None) -> str:
-        """The per-recipient fields (RFC 3464 2.3)."""
+    def _per_recipient(self, recipient: Recipient, action: str, retry_until: float | None,
+                       utf8: bool = False) -> str:
+        """The per-recipient fields (RFC 3464 2.3, RFC 6533 3 for UTF-8 addresses)."""
         fields = []
         if recipient.orcpt:
-            fields.append(_field("Original-Recipient", _orcpt(recipient.orcpt)))
-        fields.append(_field("Final-Recipient", f"rfc822; {recipient.address}"))
+            fields.append(_field("Original-Recipient", _orcpt(recipient.orcpt, utf8), utf8))
+        fields.append(_field("Final-Recipient", _address_field(recipient.address, utf8), utf8))
         fields.append(f"Action: {action}")
         fields.append(f"Status: {_status(recipient, action)}")
         host = _remote_host(recipient)
         if host:
             fields.append(_field("Remote-MTA", f"dns; {host}"))
         if clean(recipient.last_reply):
-            fields.append(_field("Diagnostic-Code", f"smtp; {recipient.last_reply}"))
+            fields.append(_field("Diagnostic-Code", f"smtp; {recipient.last_reply}", utf8))
         if action == DELAYED and retry_until is not None:
             fields.append(_field("Will-Retry-Until", rfc5322_date(retry_until)))
         return "\r\n".join(fields)
 
-    def _returned(self, returned: bytes, full: bool, action: str) -> bytes:
-        """Part 3: the original message (C{message/rfc822}) or its headers."""
+    def _returned(self, returned: bytes, full: bool, action: str, utf8: bool = False) -> bytes:
+        """
+        Part 3: the original message (C{message/rfc822}) or its headers
+        (C{text/rfc822-headers}); C{message/global} and
+        C{message/global-headers} for an internationalized message (RFC 6532 3.7,
+        RFC 6533 6.3).
+        """
         what = "Undelivered Message" if action == FAILED else "Message"
         if full:
-            head = f"Content-Description: {what}\r\nContent-Type: message/rfc822\r\n"
+            kind = "message/global" if utf8 else "message/rfc822"
+            head = f"Content-Description: {what}\r\nContent-Type: {kind}\r\n"
         else:
-            head = (
-                f"Content-Description: {what} Headers\r\n"
-                "Content-Type: text/rfc822-headers\r\n"
-            )
+            kind = "message/global-headers" if utf8 else "text/rfc822-headers"
+            head = f"Content-Description: {what} Headers\r\nContent-Type: {kind}\r\n"
         head += f"Content-Transfer-Encoding: {'8bit' if has_8bit(returned) else '7bit'}\r\n"
         return head.encode("ascii") + b"\r\n" + returned

@@ -192,6 +192,13 @@ class QueueManager(Service):
         """How many entries are queued, deferred and held."""
         return self.operations.summary()
 
+    def ages(self, bounds: tuple[float, ...]) -> dict[str, list[int]]:
+        """
+        The entries of each state by age now (L{Scheduler.ages}): one count
+        per upper bound of C{bounds} (seconds) and one for older.
+        """
+        return self.scheduler.ages(self.clock.seconds(), bounds)
+
     def list(self, offset: int = 0, limit: int = 100) -> Deferred[list[EntrySummary]]:
         """One page of entry summaries read from disk (L{Operations.list})."""
         return Deferred.fromCoroutine(self.operations.list(offset, limit))

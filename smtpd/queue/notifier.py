@@ -42,6 +42,15 @@ def report_id(envelope: Envelope, action: str) -> str:
     return envelope.id[:8] + digest[:16].upper()
 
 
+def international(envelope: Envelope) -> bool:
+    """
+    Whether reports on C{envelope} are RFC 6533 global ones: it came with
+    SMTPUTF8, or an address in it is not ASCII.
+    """
+    return envelope.smtputf8 or not all(
+        a.isascii() for a in [envelope.sender, *(r.address for r in envelope.recipients)])
+
+
 class Notifier:
     """
     Sends the reports an attempt calls for, and disposes of finished entries.
@@ -153,7 +162,8 @@ class Notifier:
         if envelope.requiretls:
             envelope = replace(envelope, ret="HDRS")
         try:
-            report = await self._build(envelope, recipients, action, message)
+            utf8 = international(envelope)
+            report = await self._build(envelope, recipients, action, message, utf8)
             now = self.clock.seconds()
             addresses = [envelope.sender]
             addresses += [a for a in extra if a.lower() != envelope.sender.lower()]
@@ -162,6 +172,7 @@ class Notifier:
                 recipients=[Recipient(a) for a in addresses],
                 arrival=now, next_attempt=now, size=len(report),
                 client=LOCAL_CLIENT, body="8BITMIME" if has_8bit(report) else "",
+                smtputf8=utf8,
                 requiretls=envelope.requiretls,
             )
             await self._submit(dsn, BytesSource(report))
@@ -176,16 +187,20 @@ class Notifier:
         return True
 
     async def _build(self, envelope: Envelope, recipients: list[Recipient], action: str,
-                     message: IMessageSource) -> bytes:
+                     message: IMessageSource, utf8: bool) -> bytes:
         """
         The report: it returns the whole original only for a failure with
         C{RET=FULL}, else just its header section (RFC 3461 4.3), so only
-        that much is read.
+        that much is read. A BINARYMIME original is never returned whole:
+        its binary body could not travel inside a report (only its header
+        section is returned).
         """
-        full = action == FAILED and envelope.ret.upper() == "FULL"
+        full = (action == FAILED and envelope.ret.upper() == "FULL"
+                and envelope.body.upper() != "BINARYMIME")
         original = await self._run(read_all if full else read_head, message)
         until = envelope.arrival + self.config.delivery.expiration
-        return self.bounces.build(envelope, recipients, action, original, retry_until=until)
+        return self.bounces.build(envelope, recipients, action, original, retry_until=until,
+                                  utf8=utf8)
 
     async def finish(self, envelope: Envelope) -> None:
         """

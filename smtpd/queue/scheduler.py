@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_scheduler -*-
 """
 What is due: the schedule of the queue (Postfix's qmgr "active queue" in
-miniature). Per entry only its state and next attempt time are kept in
+miniature). Per entry only its state, arrival and next attempt time are kept in
 memory, in one heap served by one timer on the injected clock; envelopes are
 read from disk only when an entry is due. At most C{max_in_flight} attempts
 run at once, and one operation per entry at a time.
@@ -53,6 +53,8 @@ class Scheduler:
         self.max_in_flight = max_in_flight
         self._errors = errors
         self._states: dict[str, str] = {}
+        # Arrival times, for the queue's shape by age (the metrics).
+        self._arrivals: dict[str, float] = {}
         self._due: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
         self._timer: Any = None
@@ -96,13 +98,14 @@ class Scheduler:
             self.add(entries)
             self.pump()
 
-    def add(self, entries: Iterable[tuple[float, str, str]]) -> None:
-        """Add C{(next_attempt, queue_id, state)} triples of entries not known yet."""
-        for when, queue_id, state in entries:
+    def add(self, entries: Iterable[tuple[float, str, str, float]]) -> None:
+        """Add C{(next_attempt, queue_id, state, arrival)} of entries not known yet."""
+        for when, queue_id, state, arrival in entries:
             if queue_id in self._states:
                 continue
             state = state if state in (QUEUED, DEFERRED, HELD) else QUEUED
             self._states[queue_id] = state
+            self._arrivals[queue_id] = arrival
             if state != HELD:
                 self._due[queue_id] = when
                 heapq.heappush(self._heap, (when, queue_id))
@@ -119,13 +122,15 @@ class Scheduler:
         """Whether attempts are being started."""
         return self._attempt is not None
 
-    def load(self, entries: Iterable[tuple[float, str, str]]) -> None:
-        """Replace the schedule with C{(next_attempt, queue_id, state)} triples."""
+    def load(self, entries: Iterable[tuple[float, str, str, float]]) -> None:
+        """Replace the schedule with C{(next_attempt, queue_id, state, arrival)} of entries."""
         self._states = {}
+        self._arrivals = {}
         self._due = {}
-        for when, queue_id, state in entries:
+        for when, queue_id, state, arrival in entries:
             state = state if state in (QUEUED, DEFERRED, HELD) else QUEUED
             self._states[queue_id] = state
+            self._arrivals[queue_id] = arrival
             if state != HELD:
                 self._due[queue_id] = when
         self._heap = [(when, queue_id) for queue_id, when in self._due.items()]
@@ -141,6 +146,7 @@ class Scheduler:
         """
         if not self.running:
             return
+        self._arrivals[envelope.id] = envelope.arrival
         if envelope.state == HELD:
             self._states[envelope.id] = HELD
             return
@@ -166,6 +172,7 @@ class Scheduler:
     def forget(self, queue_id: str) -> None:
         """The entry left the queue."""
         self._states.pop(queue_id, None)
+        self._arrivals.pop(queue_id, None)
         self._due.pop(queue_id, None)
         self._fresh.pop(queue_id, None)
 
@@ -201,6 +208,19 @@ class Scheduler:
         for state in self._states.values():
             counts[state] = counts.get(state, 0) + 1
         return counts
+
+    def ages(self, now: float, bounds: tuple[float, ...]) -> dict[str, list[int]]:
+        """
+        How many entries of each state arrived how long before C{now}: per
+        state one count per upper bound of C{bounds} (seconds, ascending; an
+        age equal to a bound counts in its column) and one more for older.
+        """
+        shape = {state: [0] * (len(bounds) + 1) for state in (QUEUED, DEFERRED, HELD)}
+        for queue_id, state in self._states.items():
+            age = now - self._arrivals.get(queue_id, now)
+            column = next((i for i, b in enumerate(bounds) if age <= b), len(bounds))
+            shape.setdefault(state, [0] * (len(bounds) + 1))[column] += 1
+        return shape
 
     def attempting(self, queue_id: str) -> bool:
         """Whether an attempt on C{queue_id} is under way."""

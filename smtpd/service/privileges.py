@@ -48,6 +48,8 @@ def deployment_files(config: Config) -> list[str]:
     files = [config.tls.certificate, config.tls.key, config.auth.users]
     if config.logging.path != "-":
         files.append(config.logging.path)
+    if config.http.access_log:
+        files.append(config.http.access_log)
     return files
 
 

@@ -1,21 +1,36 @@
 # -*- test-case-name: tests.test_web_metrics -*-
 """
 C{/metrics}: a Prometheus collector that reads, at scrape time, the same
-objects the admin API reads (the queue manager's counters and statistics, the
-inbound sessions registry), plus reactor lag and the process's own figures.
+objects the admin API reads (the queue manager's counters, statistics and
+schedule, the inbound sessions registry), plus reactor lag and the process's
+own figures; and the DNS lookup latency, observed as each query ends (the
+resolver reports to L{smtpd.delivery.dnstiming.DNSLookups}, which this
+subscribes to).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from twisted.internet.task import LoopingCall
+
+from smtpd.web.views import AGE_BUCKETS
 
 # Per-destination-domain deferred counts: at most this many label values.
 TOP_DOMAINS = 20
 
 # How often the reactor's lag is sampled (seconds).
 LAG_INTERVAL = 1.0
+
+# Upper bounds (seconds) of the DNS lookup latency buckets.
+DNS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+               30.0, 60.0)
+
+
+def age_labels(bounds_minutes: tuple[int, ...] = AGE_BUCKETS) -> list[str]:
+    """The C{age} label values of the queue gauge: C{0-5m}, C{5-10m}, ..., C{1280m+}."""
+    lows = (0, *bounds_minutes)
+    return [f"{lo}-{hi}m" for lo, hi in zip(lows, bounds_minutes)] + [f"{lows[-1]}m+"]
 
 
 class ReactorLag:
@@ -76,6 +91,10 @@ class SMTPDCollector:
                                     "How late the last periodic reactor timer fired.")
             lag.add_metric([], self.lag.last)
             yield lag
+            worst = GaugeMetricFamily("smtpd_reactor_lag_max_seconds",
+                                      "The latest a periodic reactor timer fired since start.")
+            worst.add_metric([], self.lag.worst)
+            yield worst
 
     def _stats(self):
         return self.server.qmgr.results.stats
@@ -128,7 +147,7 @@ class SMTPDCollector:
         yield sessions
         refused = CounterMetricFamily("smtpd_connections_refused", "Inbound connections "
                                       "refused, by reason.", labels=["reason"])
-        for reason in ("limit", "deny", "shutdown"):
+        for reason in ("limit", "deny", "throttle", "shutdown"):
             refused.add_metric([reason], events[f"refused_{reason}"])
         yield refused
         auth = CounterMetricFamily("smtpd_auth", "AUTH attempts, by result.",
@@ -143,11 +162,32 @@ class SMTPDCollector:
         yield tls
 
     def _queue(self):
-        depth = GaugeMetricFamily("smtpd_queue_messages", "Queue entries now, by state.",
-                                  labels=["state"])
-        for state, count in sorted(self.server.qmgr.summary().items()):
-            depth.add_metric([state], count)
+        depth = GaugeMetricFamily(
+            "smtpd_queue_messages", "Queue entries now, by state and time since arrival "
+            "(the qshape age columns; sum by state for the totals).", labels=["state", "age"])
+        labels = age_labels()
+        shape = self.server.qmgr.ages(tuple(60.0 * m for m in AGE_BUCKETS))
+        for state, counts in sorted(shape.items()):
+            for age, count in zip(labels, counts):
+                depth.add_metric([state, age], count)
         yield depth
+
+
+class DNSLatency:
+    """
+    C{smtpd_dns_lookup_seconds}: a histogram of DNS query durations by query
+    type and outcome, fed by L{observe} (a L{DNSLookups} subscriber).
+    """
+
+    def __init__(self, registry: CollectorRegistry):
+        self.histogram = Histogram(
+            "smtpd_dns_lookup_seconds", "Seconds each DNS query took, by query type and "
+            "outcome (answer, nxdomain, servfail, refused, timeout, error).",
+            labelnames=["type", "outcome"], buckets=DNS_BUCKETS, registry=registry)
+
+    def observe(self, qtype: str, outcome: str, seconds: float) -> None:
+        """Count one query of type C{qtype} that ended with C{outcome} after C{seconds}."""
+        self.histogram.labels(qtype, outcome).observe(max(0.0, seconds))
 
 
 def _bound(bound: float) -> str:

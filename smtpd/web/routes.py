@@ -96,14 +96,19 @@ class Handler:
         """The operator reading (session, HTTP basic, or loopback); else 401."""
         session = self.shared.sessions.find(self.request)
         if session is not None:
-            return session.operator
+            return self.who(session.operator)
         if not self.need_login:
-            return LOOPBACK_OPERATOR
+            return self.who(LOOPBACK_OPERATOR)
         name = await self.shared.sessions.basic(self.request)
         if name is None:
             self.request.setHeader("www-authenticate", 'Basic realm="smtpd"')
             raise Refused(http.UNAUTHORIZED, "login required")
-        return name
+        return self.who(name)
+
+    def who(self, operator: str) -> str:
+        """C{operator} makes this request (for the access log); returns it."""
+        self.shared.identify(self.request, operator)
+        return operator
 
     def page_session(self) -> WebSession | None:
         """The browser's session; on a loopback site without login, a new one."""
@@ -111,6 +116,8 @@ class Handler:
         if session is None and not self.need_login:
             token, session = self.shared.sessions.start(LOOPBACK_OPERATOR)
             set_cookie(self.request, token)
+        if session is not None:
+            self.who(session.operator)
         return session
 
     # -- routes
@@ -202,6 +209,7 @@ class Handler:
         session = self.shared.sessions.find(self.request)
         if session is None:
             raise Refused(http.FORBIDDEN, "login required")
+        self.who(session.operator)
         if not csrf_ok(session, self.arg("csrf")):
             log.warn("web: {operator} posted {path} without the right CSRF token",
                      operator=session.operator, path=self.path)
@@ -232,11 +240,12 @@ class Handler:
         try:
             operator = await self.shared.sessions.check(name, password)
         except UnauthorizedLogin:
-            log.warn("web login failed for {name!r}", name=name)
+            # The checker logged it ("web login failed for ...").
             return self.send(http.FORBIDDEN, "text/html; charset=utf-8",
                              page.login_form("Wrong name or password."))
         token, _session = self.shared.sessions.start(operator)
         set_cookie(self.request, token)
+        self.who(operator)
         log.info("web login: {operator}", operator=operator)
         self.redirect("/")
 

@@ -26,9 +26,10 @@ from twisted.web import resource, server as web_server
 from smtpd.admin.api import Admin
 from smtpd.admin.operators import OperatorChecker, OperatorsError, is_loopback
 from smtpd.admin.operators import read_operators
+from smtpd.web.access import AccessLog, QuietSite
 from smtpd.web.history import History
 from smtpd.web.login import WebSessions
-from smtpd.web.metrics import ReactorLag, registry
+from smtpd.web.metrics import DNSLatency, ReactorLag, registry
 from smtpd.web.routes import Handler
 
 
@@ -61,47 +62,79 @@ class WebService(service.Service):
     The [http] part of the service tree: samples the reactor's lag and the
     charts' history while the server runs. Its listeners (L{listening}) are bound with the others.
 
+    @param dns_lookups: the L{smtpd.delivery.dnstiming.DNSLookups} of the
+        server's resolver: the DNS latency histogram subscribes to it while
+        the service runs (None: no DNS metrics).
     @ivar listening: C{(endpoint, factory)} pairs, one per C{[http] listen}.
     @raise WebError: see L{check}.
     """
 
-    def __init__(self, config, server, clock, run_blocking, tls_options, listeners):
+    def __init__(self, config, server, clock, run_blocking, tls_options, listeners,
+                 dns_lookups=None):
         problems = check(config)
         if problems:
             raise WebError("\n".join(problems))
+        self.access = None
+        if config.http.access_log:
+            self.access = AccessLog(config.http.access_log, clock, config.logging.rotate,
+                                    config.logging.rotate_size)
         self.lag = ReactorLag(clock)
         self.history = History(clock, Admin(server, "web").status)
+        metrics = registry(server, self.lag)
+        self.dns_latency = DNSLatency(metrics)
+        self.dns_lookups = dns_lookups
         shared = Shared(config, server, clock, run_blocking, listeners,
-                        WebSessions(OperatorChecker(config.manhole.users, run_blocking), clock),
-                        registry(server, self.lag), self.history)
+                        WebSessions(OperatorChecker(config.manhole.users, run_blocking,
+                                                    kind="web", log_success=False), clock),
+                        metrics, self.history, self.access)
         self.shared = shared
         self.listening = []
         for description in config.http.listen:
             loopback = is_loopback(description)
-            site = web_server.Site(Root(shared, need_login=config.http.login or not loopback))
+            site = QuietSite(Root(shared, need_login=config.http.login or not loopback),
+                             self.access)
             site.displayTracebacks = False
             factory = site if loopback else TLSMemoryBIOFactory(tls_options, False, site)
             self.listening.append((description, factory))
 
     def startService(self):
-        """Start sampling the reactor's lag and the charts (only when there is a listener)."""
+        """
+        Start sampling the reactor's lag and the charts, and observing DNS
+        lookups (only when there is a listener).
+        """
         service.Service.startService(self)
+        if self.listening and self.access is not None:
+            self.access.open()
+        if self.listening and self.dns_lookups is not None:
+            self.dns_lookups.subscribe(self.dns_latency.observe)
         if self.listening:
             self.lag.start()
             self.history.start()
 
+    def reopen(self) -> None:
+        """Go on in a new access log file (SIGUSR1, after logrotate renamed it)."""
+        if self.access is not None and self.running:
+            self.access.reopen()
+
     def stopService(self):
         """Stop sampling."""
         service.Service.stopService(self)
+        if self.dns_lookups is not None:
+            self.dns_lookups.unsubscribe(self.dns_latency.observe)
         self.lag.stop()
         self.history.stop()
+        if self.access is not None:
+            self.access.close()
 
 
 class Shared:
-    """What every [http] site reads: the admin server, sessions, metrics, readiness inputs."""
+    """
+    What every [http] site reads: the admin server, sessions, metrics,
+    readiness inputs, and the access log (or None).
+    """
 
     def __init__(self, config, server, clock, run_blocking, listeners, sessions, metrics,
-                 history):
+                 history, access=None):
         self.config = config
         self.server = server
         self.clock = clock
@@ -110,6 +143,12 @@ class Shared:
         self.sessions = sessions
         self.metrics = metrics
         self.history = history
+        self.access = access
+
+    def identify(self, request, operator: str) -> None:
+        """C{request} is made by C{operator}: its access log line says so."""
+        if self.access is not None:
+            self.access.identify(request, operator)
 
 
 class Root(resource.Resource):
