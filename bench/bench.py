@@ -7,7 +7,8 @@
 
 For every load (bench/runner.py LOADS: inbound to Maildir 4 KiB and 100 KiB,
 1 and 10 recipients, many messages per connection; relay end to end into
-smtp-sink, 1 and 10 recipients) and every server (a private Postfix instance,
+smtp-sink, 1 and 10 recipients; on request the same relay loads into an
+smtp-sink without PIPELINING, the -nopipe loads) and every server (a private Postfix instance,
 aiosmtpd with an fsync'ing Maildir handler, smtpd with default settings), on a
 fresh instance each time: Postfix's smtp-source sends --messages messages over
 20 sessions, and the run ends when every recipient has landed (Maildir files,
@@ -49,9 +50,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=2000, help="per run (default 2000)")
     parser.add_argument("--reps", type=int, default=3, help="runs per load and server")
-    parser.add_argument("--loads", default=",".join(load.key for load in LOADS),
+    parser.add_argument("--loads", default=",".join(load.key for load in LOADS if load.default),
                         help="comma-separated subset of: "
-                        + ", ".join(load.key for load in LOADS))
+                        + ", ".join(load.key for load in LOADS)
+                        + " (the -nopipe ones only when named)")
     parser.add_argument("--servers", default=",".join(SERVERS),
                         help="comma-separated subset of: " + ", ".join(SERVERS))
     parser.add_argument("--idle-sessions", type=int, default=10_000,

@@ -33,17 +33,18 @@ BIN = os.path.dirname(os.path.abspath(sys.executable))
 DATA = b"From: <a@client.test>\r\nTo: <r@remote.test>\r\nSubject: queued\r\n\r\n" + b"x" * 900 + b"\r\n"
 
 
-def write_queue(queue: str, entries: int, due: int) -> None:
-    """C{entries} deferred entries, C{due} of them due now."""
+def write_queue(queue: str, entries: int, due: int, recipients: int = 1) -> None:
+    """C{entries} deferred entries of C{recipients} each, C{due} of them due now."""
     os.makedirs(queue, 0o700)
     now = time.time()
     for n in range(entries):
         queue_id = f"{int(now) - 3600:08X}{secrets.randbits(64):016X}"
         envelope = {
             "id": queue_id, "sender": "a@client.test",
-            "recipients": [{"address": f"r{n}@remote.test", "notify": [], "orcpt": "",
+            "recipients": [{"address": f"r{n}-{k}@remote.test", "notify": [], "orcpt": "",
                             "state": "pending", "last_reply": "421 4.3.2 try later",
-                            "status": "4.3.2", "remote_mta": "", "notified_delay": False}],
+                            "status": "4.3.2", "remote_mta": "", "notified_delay": False}
+                           for k in range(recipients)],
             "arrival": now - 3600, "next_attempt": now if n < due else now + 60 + n % 3600,
             "attempts": 1, "state": "deferred", "ret": "", "envid": "", "size": len(DATA),
             "client": "client.test [127.0.0.1]", "body": "",

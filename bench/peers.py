@@ -55,8 +55,10 @@ class Sink:
 
     PATTERN = b"\nX-Rcpt-Args: "
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, pipelining: bool = True):
+        """@param pipelining: whether the sink offers PIPELINING (else C{smtp-sink -p})."""
         self.folder = folder
+        self.pipelining = pipelining
         self.port = free_port()
         self.dump = os.path.join(folder, "dump")
         self.process: subprocess.Popen | None = None
@@ -69,7 +71,8 @@ class Sink:
         log = open(os.path.join(self.folder, "smtp-sink.log"), "wb")
         with log:
             self.process = subprocess.Popen(
-                [tool("smtp-sink"), "-u", "nobody", "-D", self.dump,
+                [tool("smtp-sink"), *([] if self.pipelining else ["-p"]),
+                 "-u", "nobody", "-D", self.dump,
                  f"127.0.0.1:{self.port}", "1024"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.folder)
         wait_banner(self.port, 10, lambda: self.process.poll() is None, log.name)
@@ -180,18 +183,22 @@ class Smtpd(Server):
     name = "smtpd"
 
     def __init__(self, folder, sink_port, accounts, venv_bin: str, users_file: str | None,
-                 server_lines: tuple[str, ...] = ()):
+                 server_lines: tuple[str, ...] = (), delivery_lines: tuple[str, ...] = ()):
         super().__init__(folder, sink_port, accounts)
         self.venv_bin = venv_bin
         self.users_file = users_file
         self.server_lines = list(server_lines)
+        self.delivery_lines = list(delivery_lines)
 
     def config(self) -> str:
         """The generated etc/smtpd.ini: defaults apart from port, domains, smart host."""
         lines = ["[server]", f"listen = tcp:{self.port}:interface=127.0.0.1",
                  *self.server_lines, ""]
-        if self.sink_port:
-            lines += ["[delivery]", f"smart_host = [127.0.0.1]:{self.sink_port}", ""]
+        if self.sink_port or self.delivery_lines:
+            lines += ["[delivery]", *self.delivery_lines]
+            if self.sink_port:
+                lines.append(f"smart_host = [127.0.0.1]:{self.sink_port}")
+            lines.append("")
         lines += [f"[domain:{DOMAIN}]", "type = local", "",
                   f"[domain:{REMOTE}]", "type = remote", ""]
         return "\n".join(lines)

@@ -32,6 +32,8 @@ class Load:
     rcpts: int
     relay: bool
     reuse: bool = False   # smtp-source -d: many messages per connection
+    pipelining: bool = True   # relay: smtp-sink offers PIPELINING (else smtp-sink -p)
+    default: bool = True      # part of a run without --loads
 
 
 LOADS = [
@@ -42,6 +44,12 @@ LOADS = [
          4096, 1, False, reuse=True),
     Load("relay-4k", "relay end to end into smtp-sink, 4 KiB, 1 rcpt", 4096, 1, True),
     Load("relay-4k-10", "relay end to end, 4 KiB, 10 rcpt (one domain)", 4096, 10, True),
+    # The effect of outbound PIPELINING: the same relay loads into an smtp-sink
+    # that does not offer it, so that the relay client waits for each reply.
+    Load("relay-4k-nopipe", "relay end to end, 4 KiB, 1 rcpt, smtp-sink without PIPELINING",
+         4096, 1, True, pipelining=False, default=False),
+    Load("relay-4k-10-nopipe", "relay end to end, 4 KiB, 10 rcpt, smtp-sink without "
+         "PIPELINING", 4096, 10, True, pipelining=False, default=False),
 ]
 
 SERVERS = ["Postfix", "aiosmtpd", "smtpd"]
@@ -129,7 +137,7 @@ def source_command(load: Load, messages: int, port: int) -> list[str]:
 def run_once(name: str, load: Load, rep: int, ctx: Context) -> Run:
     """Start C{name}, drive C{load} once, stop everything (also on failure)."""
     folder = ctx.folder(f"{name}-{load.key}-{rep}")
-    sink = Sink(os.path.join(folder, "sink")) if load.relay else None
+    sink = Sink(os.path.join(folder, "sink"), load.pipelining) if load.relay else None
     server = make_server(name, os.path.join(folder, "server"),
                          sink.port if sink else None, ctx, load.rcpts)
     try:

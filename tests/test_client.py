@@ -127,6 +127,16 @@ class ClientTests(unittest.TestCase):
             ],
         )
 
+    async def test_no_nagle_delay(self) -> None:
+        """
+        The session's socket has TCP_NODELAY: a pipelined flight or the final
+        dot is not held back by Nagle's algorithm waiting for the host's
+        delayed ACK (~40 ms a message on one connection).
+        """
+        sink = self.sink()
+        client = await self.connect(sink)
+        self.assertTrue(client.transport.getTcpNoDelay())
+
     async def test_dot_at_chunk_boundary(self) -> None:
         """A "." line that starts exactly where a chunk starts is still stuffed."""
         sink = self.sink()

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from service_identity import VerificationError
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender, LineReceiver
 from twisted.protocols.policies import TimeoutMixin
@@ -185,6 +186,12 @@ class RelayClient(LineReceiver, TimeoutMixin):
     def connectionMade(self) -> None:
         """Wait for the greeting, under the timeout, then set the session up."""
         self._connected = True
+        if ITCPTransport.providedBy(self.transport):
+            # A pipelined flight, BDAT LAST or the final dot is a small write
+            # after a larger one that waits for an answer: Nagle's algorithm
+            # against the peer's delayed ACK would hold it ~40 ms, for every
+            # message of the session.
+            self.transport.setTcpNoDelay(True)
         d = Deferred.fromCoroutine(self._setup())
         d.addErrback(self._setupFailed)
 
