@@ -226,6 +226,18 @@ class Smtpd(Server):
                  self.log, *extra, "smtpd", "--config", self.ini],
                 stdout=out, stderr=subprocess.STDOUT, cwd=self.folder)
         wait_banner(self.port, 60, lambda: self.process.poll() is None, self.log)
+        self.spy = None
+        spy = os.environ.get("BENCH_SMTPD_PYSPY")
+        if spy:
+            # BENCH_SMTPD_PYSPY=FILE: py-spy (a sampling profiler, pip install py-spy in
+            # the smtpd venv) records every thread of the instance until it stops, as
+            # collapsed stacks in FILE.<pid> (for bench/spy.py). Its own CPU is not the
+            # server's: it is not a child of twistd.
+            self.spy = subprocess.Popen(
+                [os.path.join(self.venv_bin, "py-spy"), "record", "--pid",
+                 str(self.process.pid), "--format", "raw", "--threads", "--nonblocking", "--rate", "250",
+                 "--output", f"{spy}.{self.process.pid}"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def root_pid(self) -> int:
         return self.process.pid
@@ -237,6 +249,8 @@ class Smtpd(Server):
         """SIGTERM (smtpd's graceful stop), then SIGKILL."""
         if getattr(self, "process", None) is not None:
             stop_popen(self.process, grace=30)
+        if getattr(self, "spy", None) is not None:
+            self.spy.wait(timeout=60)  # writes its file when the server has gone
 
 
 def make_users_file(folder: str, venv_bin: str, accounts: list[str]) -> str:

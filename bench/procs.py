@@ -110,3 +110,24 @@ def stop_popen(process: subprocess.Popen, grace: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             kill_tree(process.pid, grace=1.0)
             process.wait(5)
+
+
+def thread_times(pid: int) -> dict[str, tuple[float, float]]:
+    """(utime, stime) in seconds of each thread of C{pid}, by thread name (summed per name)."""
+    found: dict[str, tuple[float, float]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            fields = _stat_fields(f"{pid}/task/{tid}")
+        except OSError:
+            continue
+        # Pool threads share a name pattern: one line for all of them.
+        key = "pool" if name.startswith("PoolThread") or tid != str(pid) else "main"
+        u, s = found.get(key, (0.0, 0.0))
+        found[key] = (u + int(fields[11]) / CLOCK_TICKS, s + int(fields[12]) / CLOCK_TICKS)
+    return found

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 from peers import (DOMAIN, REMOTE, Aiosmtpd, BenchError, Postfix, Sink, Smtpd,
                    local_parts, tool)
-from procs import cpu_seconds, pss_bytes, stop_popen, tree
+from procs import cpu_seconds, pss_bytes, stop_popen, thread_times, tree
 
 SESSIONS = 20
 SETTLE = 20.0       # seconds without progress after smtp-source ended: give up
@@ -157,6 +157,7 @@ def measure(server, sink, load: Load, rep: int, ctx: Context, folder: str) -> Ru
     count = sink.delivered if sink else server.landed
     root = server.root_pid()
     cpu_before = cpu_seconds(tree(root))
+    threads_before = thread_times(root) if os.environ.get("BENCH_THREADS") else None
     peak = pss_bytes(tree(root))
     errors = open(os.path.join(folder, "smtp-source.err"), "w+")
     started_wall, started = time.time(), time.monotonic()
@@ -183,6 +184,13 @@ def measure(server, sink, load: Load, rep: int, ctx: Context, folder: str) -> Ru
             if now > deadline:
                 break
         cpu_after = cpu_seconds(tree(root))
+        if threads_before is not None:
+            # BENCH_THREADS=1: user and system CPU of the server's reactor thread and
+            # of its other threads during the run (where the process CPU goes).
+            after = thread_times(root)
+            print(" ".join(f"[{k}: user {u - threads_before.get(k, (0, 0))[0]:.2f} s, "
+                           f"system {s_ - threads_before.get(k, (0, 0))[1]:.2f} s]"
+                           for k, (u, s_) in sorted(after.items())), end=" ", flush=True)
         peak = max(peak, pss_bytes(tree(root)))
     finally:
         stop_popen(source, grace=2)

@@ -5,6 +5,8 @@ C{twistd smtpd}: command-line options and the service tree (assembly only).
     SMTPServer: binds the listeners, then locks the mailroot, then starts:
      +- ThreadPoolService (password checks)
      +- ThreadPoolService (mail authentication: SPF, DKIM, DMARC, ARC)
+     +- TLSReporter ([tlsrpt] enabled: the relay's TLS outcomes on disk,
+                    the daily RFC 8460 reports)
      +- QueueManager (scans the queue; local delivery, relay, bounces)
      +- RelayService (closes pooled connections and the resolver on stop)
      +- ClosingService (the LMTP agent's idle connections; the LDAP
@@ -51,17 +53,22 @@ from smtpd.service.signals import SignalService
 from smtpd.util.activity import ActivityLog
 from smtpd.delivery.dnstiming import DNSLookups
 from smtpd.delivery.mx import MXResolver, make_resolver
-from smtpd.cleanup.authfilters import mailauth_filters
+from smtpd.cleanup.authfilters import MailAuthFilters
 from smtpd.cleanup.stage import Cleanup
 from smtpd.inbound.policy import may_connect
 from smtpd.inbound.registry import Inbound
 from smtpd.inbound.sasl import DEFAULT_QUEUE
+from smtpd.mailauth.https import https_agent
+from smtpd.mailauth.lookup import DNSLookup
+from smtpd.mailauth.tlsrpt.reporter import TLSReporter
+from smtpd.mailauth.tlsrpt.store import OutcomeStore
 from smtpd.pickup.sender import PickupSender
 from smtpd.pickup.service import PickupService
 from smtpd.inbound.session import LISTEN, SMTPS, SUBMISSION
 from smtpd.queue.manager import QueueManager
 from smtpd.queue.store import Queue
 from smtpd.delivery.relay import RelayManager
+from smtpd.delivery.tlsreporting import TLSReportRecorder
 from smtpd.delivery.tlspolicy import tls_policies
 from smtpd.directory.accounts import Users, UsersError
 
@@ -251,8 +258,9 @@ def build(config: Config, reactor) -> service.MultiService:
     resolver = make_resolver(config.delivery.dns_servers, reactor, lookups=dns_lookups)
     mailauth_pool = ThreadPoolService(MAILAUTH_THREADS, "smtpd-mailauth")
     mailauth_pool.setServiceParent(top)
-    filters = mailauth_filters(config, resolver, reactor, mailauth_pool.runner(reactor))
-    cleanup = Cleanup(config, queue, reactor, run_blocking, filters=filters)
+    mailauth = MailAuthFilters(reactor, mailauth_pool.runner(reactor))
+    cleanup = Cleanup(config, queue, reactor, run_blocking,
+                      filters=mailauth.build(config, resolver))
     inbound = Inbound(
         config, users, cleanup, reactor, auth_pool.runner(reactor), tls_options, activity,
         resolver=resolver, auth_limit=AUTH_THREADS + AUTH_QUEUE,
@@ -273,6 +281,8 @@ def build(config: Config, reactor) -> service.MultiService:
                             dns_lookups=dns_lookups)
     relay = RelayManager(config, reactor, mx, local_endpoints=group.addresses,
                          run_blocking=run_blocking, policies=policies)
+    tlsrpt = add_tlsrpt(top, config, reactor, resolver, run_blocking, cleanup, relay)
+    reloaded = [cleanup, *tlsrpt]
     lmtp = lmtp_agent(config, reactor)
     qmgr = QueueManager(
         config,
@@ -302,8 +312,8 @@ def build(config: Config, reactor) -> service.MultiService:
     admin = AdministrationService(
         config, reactor, qmgr=qmgr, queue=queue, inbound=inbound, relay=relay,
         activity=activity, run_blocking=run_blocking, server_tls=tls_options,
-        configured=[cleanup, top.pop3], resolver=resolver, mx=mx, directory=directory_switch,
-        dns_lookups=dns_lookups,
+        configured=[*reloaded, top.pop3], resolver=resolver, mx=mx, cleanup=cleanup,
+        filters=mailauth, directory=directory_switch, dns_lookups=dns_lookups,
     )
     admin.setServiceParent(top)
     # The manhole's listeners are bound first with the others (bind or exit 1).
@@ -324,11 +334,33 @@ def build(config: Config, reactor) -> service.MultiService:
     add_directory(top, config, directory_switch)
     top.directory = directory_switch
     top.inbound = inbound
+    top.tlsrpt = tlsrpt[0] if tlsrpt else None
     top.qmgr = qmgr
     top.admin = admin
     top.web = web
     top.reload = admin.reload
     return top
+
+
+def add_tlsrpt(top, config: Config, reactor, resolver, run_blocking, cleanup: Cleanup,
+               relay: RelayManager) -> tuple:
+    """
+    With [tlsrpt] enabled: the store of TLS outcomes (C{mailroot/tlsrpt/})
+    subscribed to the relay's outcomes, and the daily reports, queued
+    through C{cleanup} and posted over verified HTTPS. Returns the
+    reporter and the recorder (both read the config: reload replaces it),
+    or nothing.
+    """
+    if not config.tlsrpt.enabled:
+        return ()
+    store = OutcomeStore(os.path.join(config.server.mailroot, "tlsrpt"), reactor, run_blocking)
+    lookup = DNSLookup(resolver)
+    reporter = TLSReporter(config, store, lookup, cleanup.submit, reactor,
+                           agent=https_agent(reactor, lookup), reactor=reactor)
+    recorder = TLSReportRecorder(store, config)
+    relay.tls_outcomes.subscribe(recorder)
+    reporter.setServiceParent(top)
+    return reporter, recorder
 
 
 def add_pop3(listeners: list[Listener], config: Config, reactor, users, check_passwords,

@@ -133,7 +133,8 @@ class ReloadTests(unittest.TestCase):
                   "[messages]\nmax_recipients = 7\n")
         report = admin.reload()
         self.assertEqual(report, {"ok": True, "changed": ["messages.max_recipients"],
-                                  "at_restart": ["server.listen"], "accounts": 1})
+                                  "at_restart": ["server.listen"], "accounts": 1,
+                                  "filters": ["auth-results"]})
         self.assertEqual(admin.config.messages.max_recipients, 7)
         self.assertEqual(await self.rcpt(port, b"new@localhost"), "250 2.1.5 Ok")
         self.assertEqual(config, admin.config.path)

@@ -42,8 +42,8 @@ from smtpd.config.values import (
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(REPOSITORY, "etc", "smtpd.ini")
-SECTIONS = ("server, tls, auth, access, messages, delivery, checks, directory, manhole, pop3, "
-            "http, logging, domain:NAME")
+SECTIONS = ("server, tls, auth, access, messages, delivery, checks, tlsrpt, directory, manhole, "
+            "pop3, http, logging, domain:NAME")
 
 
 class ConfigTestCase(unittest.TestCase):

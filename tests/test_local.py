@@ -115,6 +115,40 @@ class MaildirTests(DeliveryTestCase):
         self.assertEqual(len(os.listdir(carol)), 1)
         self.assertEqual(os.listdir(os.path.join(self.maildir, "tmp")), [])
 
+    def test_copies_in_one_batch(self) -> None:
+        """
+        One message for three mailboxes in one batch: each copy has its own
+        Delivered-To, the same LF body, and S= and W= that match the file as
+        a single delivery's do; a copy left half-written in tmp/ by a crash
+        is replaced.
+        """
+        single = MaildirDelivery(os.path.join(self.base, "single"), "mx.example.com",
+                                 self.clock, defer.maybeDeferred)
+        [alone] = self.successResultOf(defer.gatherResults(
+            single.write_many(self.envelope, ["bob@example.com"], SOURCE)))
+        mailboxes = ["bob@example.com", "carol@example.com", "dave@example.com"]
+        carol = os.path.join(self.mailroot, "mailbox", "example.com", "carol")
+        self.successResultOf(self.agent.write(Envelope(
+            "0ABE", "a@example.com", [Recipient("carol@example.com")], 1.0),
+            "carol@example.com", SOURCE))  # carol's Maildir exists now
+        stale = os.path.join(carol, "tmp", self.agent.message_name(self.envelope,
+                                                                   "carol@example.com"))
+        with open(stale, "wb") as f:
+            f.write(b"half a message")
+        paths = self.successResultOf(defer.gatherResults(
+            self.agent.write_many(self.envelope, mailboxes, SOURCE)))
+        with open(alone, "rb") as f:
+            expected = f.read()
+        for mailbox, path in zip(mailboxes, paths):
+            with open(path, "rb") as f:
+                content = f.read()
+            own = expected.replace(b"Delivered-To: bob@example.com\n",
+                                   f"Delivered-To: {mailbox}\n".encode())
+            self.assertEqual(content, own)
+            size = len(content)
+            self.assertTrue(path.endswith(f",S={size},W={size + content.count(b'\n')}"), path)
+        self.assertEqual(os.listdir(os.path.join(carol, "tmp")), [])
+
     def test_hostname_escaped(self) -> None:
         """'/' and ':' in the host name are escaped in file names (Maildir rule)."""
         agent = MaildirDelivery(self.mailroot, "a/b:c", self.clock, defer.maybeDeferred)

@@ -46,6 +46,15 @@ class ActivityLogTests(unittest.TestCase):
             ["192.0.2.7", "-", "mx.test", "-", "-", "4", "MAIL", "FROM:<a@b.test>+SIZE=10?", "250"],
         )
 
+    def test_w3c_fields(self):
+        """Each field: '-' when empty or None, numbers as text, spaces '+', controls '?'."""
+        from smtpd.util.activity import _w3c
+
+        cases = [("", "-"), (None, "-"), (0, "0"), (250, "250"), (False, "False"),
+                 (1.5, "1.5"), ("MAIL", "MAIL"), ("a b", "a+b"), ("a\tb c", "a?b+c"),
+                 ("caf\u00e9", "caf\u00e9"), ("\x00", "?"), (" ", "+")]
+        self.assertEqual([_w3c(value) for value, _ in cases], [want for _, want in cases])
+
     def test_header_once(self):
         """Reopening an existing file does not repeat the header."""
         for _ in range(2):
@@ -204,7 +213,7 @@ class LogFileTests(unittest.TestCase):
 
 
 class TwistdLogTests(unittest.TestCase):
-    """ActivityLog with path "-": lines go to twistd's log, gathered per reactor turn."""
+    """ActivityLog with path "-": lines go to twistd's log, gathered for BATCH_DELAY seconds."""
 
     def setUp(self):
         from twisted.logger import globalLogPublisher
@@ -227,31 +236,34 @@ class TwistdLogTests(unittest.TestCase):
 
         return [formatEvent(e) for e in self.events]
 
-    def test_one_event_per_turn(self):
-        """The lines of one reactor turn become one event, a line each, at the next turn."""
+    def test_one_event_per_batch(self):
+        """The lines of BATCH_DELAY seconds become one event, a line each, when it has passed."""
+        from smtpd.util.activity import BATCH_DELAY
+
         self.log.command(FakeSession(), "MAIL", "FROM:<a@b.test>", 250)
+        self.clock.advance(BATCH_DELAY / 2)
         self.log.delivery("ABC", "a@b.test", "local", 250, "2.0.0", 0.5)
         self.assertEqual(self.events, [])
-        self.clock.advance(0)
+        self.clock.advance(BATCH_DELAY * 0.6)
         [text] = self.texts()
         lines = text.split("\n")
         self.assertEqual(len(lines), 2)
         self.assertEqual(lines[0].split(" ")[8:], ["MAIL", "FROM:<a@b.test>", "250"])
         self.assertEqual(lines[1].split(" ")[2:4], ["local", "a@b.test"])
-        self.clock.advance(0)
+        self.clock.advance(BATCH_DELAY)
         self.assertEqual(len(self.events), 1)
 
     def test_full_batch_at_once(self):
-        """A full batch is emitted without waiting for the turn to end."""
-        from smtpd.util.activity import BATCH_LINES
+        """A full batch is emitted without waiting for its time to pass."""
+        from smtpd.util.activity import BATCH_DELAY, BATCH_LINES
 
         for i in range(BATCH_LINES + 1):
             self.log.command(FakeSession(), "RCPT", f"TO:<u{i}@b.test>", 250)
         self.assertEqual(len(self.events), 1)
         self.assertEqual(len(self.texts()[0].split("\n")), BATCH_LINES)
-        self.clock.advance(0)
+        self.clock.advance(BATCH_DELAY)
         self.assertEqual(len(self.events), 2)
-        self.assertIn("TO:<u64@b.test>", self.texts()[1])
+        self.assertIn(f"TO:<u{BATCH_LINES}@b.test>", self.texts()[1])
 
     def test_close_flushes(self):
         """Closing the log emits the lines still gathered, and cancels the pending turn."""

@@ -84,6 +84,48 @@ class OutputBufferTests(InboundMixin, unittest.TestCase):
         self.assertLess(pending_output(), 1_000_000)
 
 
+class ReplyOrderTests(InboundMixin, unittest.TestCase):
+    """Replies written straight into the socket and those Twisted buffers stay in order."""
+
+    async def test_order_kept_when_the_socket_fills(self):
+        """
+        A client pipelines thousands of alternating NOOP and HELP commands
+        and reads nothing until it has sent them all: the first replies go
+        straight into the socket, the rest wait in Twisted's buffer once it
+        is full; read back, every reply is there, in command order.
+        """
+        self.server()
+        pairs = 3000
+        pool = reactor.getThreadPool()
+
+        def connect_and_greet() -> socket.socket:
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            received = b""
+            while not received.endswith(b"\r\n"):
+                received += s.recv(4096)  # the banner
+            return s
+
+        def talk(s: socket.socket) -> list[bytes]:
+            with s:
+                s.sendall(b"NOOP\r\nHELP\r\n" * pairs + b"QUIT\r\n")
+                replies = b""
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    replies += chunk
+            return replies.split(b"\r\n")[:-1]
+
+        client = await deferToThreadPool(reactor, pool, connect_and_greet)
+        [session] = self.fixture.inbound.sessions.values()
+        # A small send buffer on the server's side: it fills soon.
+        session.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        lines = await deferToThreadPool(reactor, pool, talk, client)
+        codes = [line[:3] for line in lines]
+        self.assertEqual(codes, [b"250", b"214"] * pairs + [b"221"])
+
+
 class LogAfterDisconnectTests(unittest.TestCase):
     """SPEC 7 / common brief: no traceback, and every command gets its log line."""
 

@@ -241,6 +241,50 @@ class UpdateRemoveTests(QueueTestCase):
         self.assertEqual(self.listing(), [kept.id + ".eml", kept.id + ".json"])
 
 
+class RemoveBatchTests(QueueTestCase):
+    """Removals asked for while one is being written go together in the next batch."""
+
+    def test_removals_batched(self) -> None:
+        """
+        While a removal runs in the pool, the next ones wait and then go in one
+        thread job with one folder fsync; each fires only when its batch is done.
+        """
+        entries = [self.store() for _ in range(4)]
+        jobs: list[tuple[defer.Deferred, object, tuple]] = []
+
+        def run_later(f, *args):
+            d = defer.Deferred()
+            jobs.append((d, f, args))
+            return d
+
+        queue = Queue(self.folder, self.clock, run_later)
+        synced: list[str] = []
+        queue._folder_sync._fsync = synced.append
+        first = queue.remove(entries[0].id)
+        rest = [queue.remove(e.id) for e in entries[1:]]
+        self.assertEqual(len(jobs), 1)
+        d, f, args = jobs.pop()
+        d.callback(f(*args))
+        self.successResultOf(first)
+        self.assertEqual(len(jobs), 1)  # the other three, together
+        self.assertEqual(jobs[0][2], ([e.id for e in entries[1:]],))
+        self.assertNoResult(rest[0])
+        d, f, args = jobs.pop()
+        d.callback(f(*args))
+        for removal in rest:
+            self.successResultOf(removal)
+        self.assertEqual(synced, [queue.directory, queue.directory])
+        self.assertEqual(self.listing(), [])
+
+    def test_one_failure_in_batch(self) -> None:
+        """An entry that cannot be removed fails alone; the others of its batch are removed."""
+        e = self.store()
+        self.assertIsInstance(self.failureResultOf(self.queue.remove("../x")).value,
+                              ValueError)
+        self.successResultOf(self.queue.remove(e.id))
+        self.assertEqual(self.listing(), [])
+
+
 class ScanTests(QueueTestCase):
     """L{Queue.scan} after a crash or damage."""
 

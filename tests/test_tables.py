@@ -56,5 +56,9 @@ class TablesTests(unittest.TestCase):
                                               ["server.listen"], "accounts": 3}),
                          ["reloaded: nothing changed",
                           "changed but applied only at restart: server.listen", "accounts: 3"])
+        self.assertEqual(tables.reload_lines({"ok": True, "changed": ["checks.spf"],
+                                              "accounts": 0, "filters": ["auth-results"]}),
+                         ["reloaded: checks.spf", "accounts: 0",
+                          "mail authentication filters: auth-results"])
         self.assertEqual(tables.reload_lines({"ok": False, "errors": ["x: bad"]}),
                          ["reload refused, nothing changed:", "x: bad"])

@@ -16,6 +16,7 @@ import dataclasses
 from twisted.logger import Logger
 
 from smtpd.admin.directory import DirectoryError
+from smtpd.cleanup.authfilters import BUILD_ERRORS
 from smtpd.config import Config, ConfigError, load_config
 from smtpd.delivery.mx import make_resolver
 from smtpd.directory.accounts import Users, UsersError
@@ -29,6 +30,7 @@ AT_RESTART = frozenset({
     "manhole.telnet", "manhole.ssh", "manhole.users", "manhole.ssh_key_dir",
     "http.listen", "http.login", "http.access_log",
     "logging.path", "logging.format", "logging.rotate", "logging.rotate_size",
+    "tlsrpt.enabled",
 })
 
 
@@ -69,6 +71,9 @@ class Reloader:
     @param mx: the relay's L{MXResolver}: it gets a new resolver for
         C{[delivery] dns_servers} (or C{/etc/resolv.conf}) as they are now.
     @param reactor: for that resolver.
+    @param cleanup: the cleanup stage whose mail authentication filters
+        (DKIM signing, the C{[checks]}) are built anew by C{filters}, a
+        L{smtpd.cleanup.authfilters.MailAuthFilters}.
     @param dns_lookups: the L{DNSLookups} that resolver reports its queries to.
     @param directory: the L{DirectorySwitch} of the [directory], or None: a
         changed section gets a new directory (new connection, empty cache);
@@ -76,7 +81,8 @@ class Reloader:
     """
 
     def __init__(self, config: Config, *, inbound, qmgr, relay, activity, server_tls=None,
-                 configured=(), mx=None, reactor=None, directory=None, dns_lookups=None):
+                 configured=(), mx=None, reactor=None, cleanup=None, filters=None,
+                 directory=None, dns_lookups=None):
         self.config = config
         self.inbound = inbound
         self.qmgr = qmgr
@@ -86,17 +92,21 @@ class Reloader:
         self.configured = list(configured)
         self.mx = mx
         self.reactor = reactor
+        self.cleanup = cleanup
+        self.filters = filters if cleanup is not None else None
         self.directory = directory
         self.dns_lookups = dns_lookups
 
     def reload(self) -> dict:
         """
         Read and apply; the report is C{{"ok": True, "changed": [...],
-        "at_restart": [...], "accounts": n}} or C{{"ok": False, "errors":
-        [...]}} (nothing changed).
+        "at_restart": [...], "accounts": n, "filters": [...]}} (C{filters}:
+        the mail authentication filters now in force, built anew) or
+        C{{"ok": False, "errors": [...]}} (nothing changed, the old filters
+        stay).
         """
         try:
-            new, users, options = self._read()
+            new, users, options, resolver, filters = self._read()
             directory = self._new_directory(new)
         except (ConfigError, UsersError, DirectoryError) as e:
             for line in e.problems:
@@ -106,7 +116,7 @@ class Reloader:
             log.error("reload refused: {problem}", problem=str(e))
             return {"ok": False, "errors": [str(e)]}
         changed = differences(self.config, new)
-        self._apply(new, users, options)
+        self._apply(new, users, options, resolver, filters)
         self._switch_directory(directory, new)
         report = {
             "ok": True,
@@ -114,6 +124,8 @@ class Reloader:
             "at_restart": [c for c in changed if at_restart(c)],
             "accounts": len(users),
         }
+        if filters is not None:
+            report["filters"] = [f.name for f in filters]
         log.info("reloaded {path}: changed {changed}; needs a restart: {restart}; "
                  "{accounts} accounts", path=new.path,
                  changed=", ".join(report["changed"]) or "nothing",
@@ -171,15 +183,27 @@ class Reloader:
         log.info("directory: now {url}", url=new.directory.url or "off (the accounts file)")
 
     def _read(self):
-        """The new configuration, accounts and TLS options; raises on any problem."""
+        """
+        The new configuration, accounts, TLS options, resolver and mail
+        authentication filters; raises on any problem.
+        """
         new = load_config(self.config.path)
         users = Users.load(new.auth.users)
         options = None
         if self.server_tls is not None:
             options = tls.options_for(new.tls)
-        return new, users, options
+        resolver = filters = None
+        if self.mx is not None or self.filters is not None:
+            resolver = make_resolver(new.delivery.dns_servers, self.reactor,
+                                     lookups=self.dns_lookups)
+        if self.filters is not None:
+            try:
+                filters = self.filters.build(new, resolver)
+            except BUILD_ERRORS as e:
+                raise ConfigError([f"{new.path}: mail authentication: {e}"]) from None
+        return new, users, options, resolver, filters
 
-    def _apply(self, new: Config, users: Users, options) -> None:
+    def _apply(self, new: Config, users: Users, options, resolver, filters) -> None:
         """Hand the new configuration to every part that reads it per session or attempt."""
         self.config = new
         self.inbound.config = new
@@ -196,7 +220,8 @@ class Reloader:
             if hasattr(part, "users"):
                 part.users = users
         if self.mx is not None:
-            self.mx.use_resolver(make_resolver(new.delivery.dns_servers, self.reactor,
-                                             lookups=self.dns_lookups))
+            self.mx.use_resolver(resolver)
+        if filters is not None:
+            self.filters.install(self.cleanup, filters)
         if options is not None:
             self.server_tls.options = options

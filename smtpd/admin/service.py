@@ -30,12 +30,13 @@ class AdministrationService(service.MultiService):
 
     def __init__(self, config: Config, reactor, *, qmgr, queue, inbound, relay, activity,
                  run_blocking: Callable[..., Deferred], server_tls=None, configured=(),
-                 resolver=None, mx=None, directory=None, dns_lookups=None):
+                 resolver=None, mx=None, cleanup=None, filters=None, directory=None,
+                 dns_lookups=None):
         service.MultiService.__init__(self)
         reloader = Reloader(config, inbound=inbound, qmgr=qmgr, relay=relay,
                             activity=activity, server_tls=server_tls, configured=configured,
-                            mx=mx, reactor=reactor, directory=directory,
-                            dns_lookups=dns_lookups)
+                            mx=mx, reactor=reactor, cleanup=cleanup, filters=filters,
+                            directory=directory, dns_lookups=dns_lookups)
         self.server = Server(reactor, qmgr, queue, inbound, run_blocking, config, reloader,
                              resolver)
         ControlService(reactor, socket_path(config.server.mailroot),

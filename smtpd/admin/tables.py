@@ -183,4 +183,6 @@ def reload_lines(report: dict) -> list[str]:
     if report.get("at_restart"):
         lines.append(f"changed but applied only at restart: {', '.join(report['at_restart'])}")
     lines.append(f"accounts: {report.get('accounts', 0)}")
+    if "filters" in report:
+        lines.append(f"mail authentication filters: {', '.join(report['filters']) or 'none'}")
     return lines

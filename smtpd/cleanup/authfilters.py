@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from publicsuffixlist import PublicSuffixList
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
@@ -88,13 +89,15 @@ class AuthResultsFilter:
 
 
 def mailauth_filters(config: Any, resolver: Any, reactor: Any,
-                     run_blocking: Callable[..., Deferred]) -> list:
+                     run_blocking: Callable[..., Deferred],
+                     suffixes: PublicSuffixList | None = None) -> list:
     """
     The filters C{config} asks for: the checks when any is on, the signer when a
-    domain has keys. Reads the key files and the public suffix list: call at start.
+    domain has keys. Reads the key files and (unless C{suffixes} is given) the
+    public suffix list: call at start or on reload, not per message.
     """
     filters: list = []
-    checks = InboundChecks.from_config(config, resolver, reactor, run_blocking)
+    checks = InboundChecks.from_config(config, resolver, reactor, run_blocking, suffixes)
     if checks.enabled:
         filters.append(AuthResultsFilter(checks, ARCSealer.from_config(config, run_blocking),
                                          run_blocking))
@@ -102,3 +105,49 @@ def mailauth_filters(config: Any, resolver: Any, reactor: Any,
     if signer.keys:
         filters.append(DKIMSignFilter(signer, run_blocking))
     return filters
+
+
+# The errors a filter build can meet: an unreadable or invalid key file.
+BUILD_ERRORS = (OSError, ValueError)
+
+
+class MailAuthFilters:
+    """
+    Builds the mail authentication filters of a cleanup stage for a
+    configuration: at start, and again on reload, so that a new C{dkim} key
+    or C{[checks]} mode applies to the next message (the public suffix list
+    is read once).
+
+    @param reactor: for the checks' lookups.
+    @param run_blocking: the mail authentication threads.
+    """
+
+    def __init__(self, reactor: Any, run_blocking: Callable[..., Deferred]) -> None:
+        self.reactor = reactor
+        self.run_blocking = run_blocking
+        self._suffixes: PublicSuffixList | None = None
+
+    def build(self, config: Any, resolver: Any) -> list:
+        """
+        The filters for C{config}, asking C{resolver}; raises one of
+        L{BUILD_ERRORS} when a key cannot be used.
+        """
+        if self._suffixes is None:
+            self._suffixes = PublicSuffixList()
+        return mailauth_filters(config, resolver, self.reactor, self.run_blocking, self._suffixes)
+
+    @staticmethod
+    def install(cleanup: Any, filters: list) -> None:
+        """
+        Make C{filters} the mail authentication filters of C{cleanup}, in
+        the place of the old ones (other filters stay where they are).
+        """
+        pending = list(filters)
+        replaced: list = []
+        for old in cleanup.filters:
+            if not isinstance(old, (AuthResultsFilter, DKIMSignFilter)):
+                replaced.append(old)
+            elif pending:
+                replaced.extend(pending)
+                pending = []
+        cleanup.filters = replaced + pending

@@ -31,6 +31,7 @@ from smtpd.config.model import (
     ServerConfig,
     SmartHost,
     TLSConfig,
+    TLSRPTConfig,
 )
 
 __all__ = [
@@ -52,5 +53,6 @@ __all__ = [
     "ServerConfig",
     "SmartHost",
     "TLSConfig",
+    "TLSRPTConfig",
     "load_config",
 ]

@@ -189,6 +189,22 @@ class ChecksConfig:
 
 
 @dataclass(frozen=True)
+class TLSRPTConfig:
+    """
+    [tlsrpt]: SMTP TLS Reporting (RFC 8460): the relay counts the TLS
+    outcome of its connections per recipient domain, and a daily report goes
+    to each domain that asks for one in C{_smtp._tls}. Empty C{sender}:
+    C{noreply-smtp-tls-reporting@<[server] hostname>}; empty C{organization}:
+    the sender's domain; empty C{contact}: the sender.
+    """
+
+    enabled: bool = False
+    organization: str = ""
+    contact: str = ""
+    sender: str = ""
+
+
+@dataclass(frozen=True)
 class DirectoryConfig:
     """
     [directory]: an LDAP directory for recipients and AUTH; C{url} "" = off
@@ -284,6 +300,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     domains: tuple[DomainConfig, ...] = ()
     checks: ChecksConfig = field(default_factory=ChecksConfig)
+    tlsrpt: TLSRPTConfig = field(default_factory=TLSRPTConfig)
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     manhole: ManholeConfig = field(default_factory=ManholeConfig)
     pop3: POP3Config = field(default_factory=POP3Config)

@@ -39,6 +39,7 @@ from smtpd.config.model import (
     POP3Config,
     ServerConfig,
     TLSConfig,
+    TLSRPTConfig,
 )
 from smtpd.config.values import (
     choice,
@@ -323,6 +324,22 @@ SCHEMA: dict[str, tuple[type, dict[str, Key]]] = {
             "arc_domain": _key(
                 lambda t: parse_domain_name(t) if t.strip() else "",
                 "empty (the default domain) or a domain name such as example.com",
+            ),
+        },
+    ),
+    "tlsrpt": (
+        TLSRPTConfig,
+        {
+            "enabled": _key(parse_bool, _BOOL_TEXT),
+            "organization": _key(parse_text, "one line of text, such as Example Inc., or empty"),
+            "contact": _key(
+                parse_text,
+                "empty (the sender) or an address or URL such as tlsrpt@example.com",
+            ),
+            "sender": _key(
+                parse_address,
+                "empty (noreply-smtp-tls-reporting@ the [server] hostname) or one address "
+                "such as tlsrpt@example.com",
             ),
         },
     ),

@@ -328,7 +328,8 @@ class RelayClient(LineReceiver, TimeoutMixin):
         self.setTimeout(None)
         if self._error is None:
             handshake = self.secure and not self._established
-            self._error = lost_error(reason, handshake, self._phase)
+            expired = handshake and certificate_expired(self.transport, self._clock.seconds())
+            self._error = lost_error(reason, handshake, self._phase, expired)
             self._notify(self._error)
         waiters, self._closed_waiters = self._closed_waiters, []
         for d in waiters:
@@ -441,16 +442,36 @@ class RelayClient(LineReceiver, TimeoutMixin):
             file.close()
 
 
-def lost_error(reason: Failure | None, handshake: bool, phase: str) -> SessionError:
+def lost_error(reason: Failure | None, handshake: bool, phase: str,
+               expired: bool = False) -> SessionError:
     """
     The error for a connection lost unasked: during the TLS C{handshake} a
-    TLS failure (the host may work in plain text), else 4.4.2.
+    TLS failure (the host may work in plain text), else 4.4.2. C{expired}:
+    the host's certificate is out of its validity period (what failed its
+    verification, when it failed).
     """
     why = reason.getErrorMessage() if reason is not None else "connection lost"
     if handshake:
+        result = tls_failure_type(reason)
+        if expired and result == CERTIFICATE_NOT_TRUSTED:
+            result = CERTIFICATE_EXPIRED
         return SessionError(451, "4.7.5", f"451 4.7.5 TLS negotiation failed: {why}",
-                            tls_failure=True, tls_result=tls_failure_type(reason))
+                            tls_failure=True, tls_result=result)
     return SessionError(451, "4.4.2", f"451 4.4.2 lost connection while waiting for {phase}")
+
+
+def certificate_expired(transport: Any, now: float) -> bool:
+    """
+    Whether the certificate the host sent on C{transport}'s TLS connection
+    is outside its validity period at C{now} (OpenSSL's error says only
+    "certificate verify failed"); False when it sent none.
+    """
+    try:
+        leaf = transport.getHandle().get_peer_cert_chain()[0].to_cryptography()
+    except Exception:
+        return False
+    return not (leaf.not_valid_before_utc.timestamp() <= now
+                <= leaf.not_valid_after_utc.timestamp())
 
 
 def tls_failure_type(reason: Failure | None) -> str:

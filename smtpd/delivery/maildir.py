@@ -43,6 +43,9 @@ log = Logger()
 
 # Maildir: a file left in tmp/ this long is a failed delivery's, to remove.
 TMP_MAX_AGE = 36 * 3600.0
+# Messages up to this size delivered to several Maildirs in one batch are
+# read (and converted to LF line endings) once for all their copies.
+SHARED_BODY_MAX = 1024 * 1024
 
 
 class MailboxError(Exception):
@@ -305,9 +308,20 @@ class MaildirDelivery:
         """
         results: list[tuple[bool, Any]] = []
         placed: dict[FolderSync, list[int]] = {}
+        # The copies of one message (its recipients' Maildirs) share its body
+        # as written (LF line ends unless binary), made once when small enough.
+        shared: dict[int, tuple[list[bytes], int]] = {}
+        counts: dict[int, int] = {}
         for job in jobs:
+            counts[id(job[4])] = counts.get(id(job[4]), 0) + 1
+        for domain, localpart, name, header, message, binary in jobs:
             try:
-                new, path = self._place(*job)
+                if counts[id(message)] > 1 and getattr(message, "size", None) is not None \
+                        and message.size <= SHARED_BODY_MAX:
+                    if id(message) not in shared:
+                        shared[id(message)] = _body(message, binary)
+                    message = shared[id(message)]
+                new, path = self._place(domain, localpart, name, header, message, binary)
             except Exception:
                 results.append((False, Failure()))
             else:
@@ -325,7 +339,8 @@ class MaildirDelivery:
         return results
 
     def _place(self, domain: str, localpart: str, name: str, header: bytes,
-               message: IMessageSource, binary: bool) -> tuple[FolderSync, str]:
+               message: IMessageSource | tuple[list[bytes], int],
+               binary: bool) -> tuple[FolderSync, str]:
         """Write one message into C{new/} of its Maildir (not yet fsync'd there)."""
         folder = os.path.join(self.root, domain, localpart)
         new = self._checked.get(folder)
@@ -372,12 +387,25 @@ class MaildirDelivery:
             fsync_directory(os.path.dirname(path))
 
 
-def _write_into(folder: str, name: str, header: bytes, message: IMessageSource,
+def _body(message: IMessageSource, binary: bool) -> tuple[list[bytes], int]:
+    """
+    The data of C{message} as a Maildir file holds it (LF line endings,
+    unless C{binary}), and the number of line ends it gained (0 when binary).
+    """
+    if binary:
+        return list(read_chunks(message)), 0
+    chunks = list(convert_chunks(read_chunks(message), b"\n"))
+    return chunks, sum(chunk.count(b"\n") for chunk in chunks)
+
+
+def _write_into(folder: str, name: str, header: bytes,
+                message: IMessageSource | tuple[list[bytes], int],
                 binary: bool = False) -> str:
     """
-    Write C{header} and C{message} (with LF line endings) to Maildir
-    C{folder} as C{tmp/name}, a chunk at a time, fsync it, rename it into
-    C{new/}; its path there. Nothing stays behind on failure.
+    Write C{header} and C{message} (with LF line endings; or the body as
+    L{_body} made it, with its count) to Maildir C{folder} as C{tmp/name},
+    a chunk at a time, fsync it, rename it into C{new/}; its path there.
+    Nothing stays behind on failure.
 
     A BINARYMIME message (C{binary}) is written byte for byte as it was
     received, CRLF line ends and all (C{header} has CRLF too): turning its
@@ -385,17 +413,22 @@ def _write_into(folder: str, name: str, header: bytes, message: IMessageSource,
     Dovecot and mutt read a Maildir file with CRLF line ends.
     """
     tmp = os.path.join(folder, "tmp", name)
-    unlink_quietly(tmp)  # this copy's own, left by a crash mid-write
-    lines = 0
+    if isinstance(message, tuple):
+        body, lines = message
+        lines += 0 if binary else header.count(b"\n")
+        size = _write_new(tmp, [header, *body])
+    else:
+        lines = 0
 
-    def counted(chunks: Iterable[bytes]) -> Iterator[bytes]:
-        nonlocal lines
-        for chunk in chunks:
-            lines += 0 if binary else chunk.count(b"\n")
-            yield chunk
+        def counted(chunks: Iterable[bytes]) -> Iterator[bytes]:
+            nonlocal lines
+            for chunk in chunks:
+                lines += 0 if binary else chunk.count(b"\n")
+                yield chunk
 
-    body = read_chunks(message) if binary else convert_chunks(read_chunks(message), b"\n")
-    size = write_chunks(tmp, counted(itertools.chain([header], body)))
+        body_chunks = (read_chunks(message) if binary
+                       else convert_chunks(read_chunks(message), b"\n"))
+        size = _write_new(tmp, counted(itertools.chain([header], body_chunks)))
     # S= the size on disk, W= the size with CRLF line ends (Dovecot's fields):
     # POP3 (smtpd's and Dovecot's) lists sizes without reading every message.
     final = os.path.join(folder, "new", f"{name},S={size},W={size + lines}")
@@ -405,6 +438,19 @@ def _write_into(folder: str, name: str, header: bytes, message: IMessageSource,
         unlink_quietly(tmp)
         raise
     return final
+
+
+def _write_new(tmp: str, chunks: Iterable[bytes]) -> int:
+    """
+    L{write_chunks} to C{tmp}; a file already there is this copy's own, left
+    by a crash mid-write: it is replaced (nothing was taken from C{chunks}
+    when the name was found taken).
+    """
+    try:
+        return write_chunks(tmp, chunks)
+    except FileExistsError:
+        unlink_quietly(tmp)
+        return write_chunks(tmp, chunks)
 
 
 def _stamp(envelope: Envelope) -> int:

@@ -12,7 +12,7 @@ more is read from it, so replies always come in command order.
 
 from __future__ import annotations
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
@@ -50,6 +50,7 @@ class SessionCore(smtp.ESMTP):
     peer_ip = ""
     _read_paused = False
     _unsent = False
+    _direct = False
     _hostname = "localhost"
     _server_address: tuple[str, int | str] | None = None
     in_transfer = False
@@ -91,6 +92,9 @@ class SessionCore(smtp.ESMTP):
         self._server_address = (getattr(host, "host", ""), getattr(host, "port", ""))
         # Stop reading from a client that does not read its replies.
         self.transport.registerProducer(self, True)
+        # Plain TCP straight from the listener (not TLS, not a PROXY wrapper):
+        # replies may be written into the socket directly (L{_send}).
+        self._direct = type(self.transport) is tcp.Server
         config = self.inbound.config
         self._hostname = config.server.hostname
         refusal = self.inbound.register(self)
@@ -286,6 +290,23 @@ class SessionCore(smtp.ESMTP):
     def _send(self, text: str) -> None:
         data = text.encode("utf-8")
         self.bytes_out += len(data)
+        if self._direct and not (self._tls or self._closing):
+            # A reply goes straight into the socket when it fits (it nearly
+            # always does): Twisted's write would buffer it, ask epoll for
+            # writability, send on the next poll and ask again to stop (two
+            # epoll_ctl calls and a loop turn per reply). What does not fit,
+            # and everything after it, goes through the transport, in order.
+            try:
+                sent = self.transport.getHandle().send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = 0
+                self._direct = False
+            if sent == len(data):
+                return
+            self._direct = False
+            data = data[sent:]
         self.transport.write(data)
 
     def _reply(self, code: int, status: str, text: str) -> None:

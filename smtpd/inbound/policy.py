@@ -6,11 +6,20 @@ Who may do what: who may connect, who may relay (SPEC 5).
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
+
 from smtpd.config import Config, Network
 from smtpd.directory.routing import REMOTE, Destination
 
+
+@lru_cache(maxsize=4096)
 def in_networks(ip: str, networks: tuple[Network, ...]) -> bool:
-    """Whether the textual address C{ip} lies in any of C{networks}."""
+    """
+    Whether the textual address C{ip} lies in any of C{networks}. Asked
+    several times per session (connect, MAIL, RCPT, the trace header) for
+    few distinct clients and one config: the answers are kept (the config's
+    network tuples are immutable; a reload brings new tuples, new keys).
+    """
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:

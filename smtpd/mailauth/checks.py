@@ -113,12 +113,16 @@ class InboundChecks:
 
     @classmethod
     def from_config(
-        cls, config: Any, resolver: Any, reactor: Any, run_blocking: Callable[..., Deferred]
+        cls, config: Any, resolver: Any, reactor: Any, run_blocking: Callable[..., Deferred],
+        suffixes: PublicSuffixList | None = None,
     ) -> InboundChecks:
-        """The checks of C{config}'s [checks] section (reads the public suffix list: call at start)."""
+        """
+        The checks of C{config}'s [checks] section (reads the public suffix
+        list when C{suffixes} is not given: call at start).
+        """
         checks = config.checks
         modes = CheckModes(config.authserv_id, checks.spf, checks.dkim, checks.dmarc)
-        return cls(modes, resolver, reactor, run_blocking)
+        return cls(modes, resolver, reactor, run_blocking, suffixes)
 
     @property
     def enabled(self) -> bool:

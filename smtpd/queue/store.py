@@ -21,9 +21,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from smtpd.mail.envelope import Envelope, valid_queue_id
 from smtpd.mail.source import BytesSource, FileSource, IMessageSource, read_chunks
+from smtpd.queue.batch import DiskBatches
 from smtpd.queue.recovery import move_to_corrupt, remove_leftover
 from smtpd.queue.spool import Spool, place_blocking
 from smtpd.util import faults
@@ -129,6 +131,7 @@ class Queue:
         self._run = run_blocking
         self._observers: list[Callable[[Envelope], object]] = []
         self._folder_sync = FolderSync(self.directory)
+        self._removals = DiskBatches(run_blocking, self._remove_batch)
 
     # -- naming
 
@@ -223,16 +226,41 @@ class Queue:
         self._sync_directory()
 
     def remove(self, queue_id: str) -> Deferred[None]:
-        """Remove an entry: envelope first, then data. Missing files are fine."""
-        return self._run(self._remove_blocking, queue_id)
+        """
+        Remove an entry: envelope first, then data. Missing files are fine.
+        Fires once the removal is durable. Removals asked for while others are
+        being written go together in the next batch (one thread job, one
+        folder fsync).
+        """
+        return self._removals.submit(queue_id)
+
+    def _remove_batch(self, ids: list[str]) -> list[tuple[bool, Any]]:
+        """Remove the entries C{ids}, then fsync the folder once; an outcome per entry."""
+        outcomes: list[tuple[bool, Any]] = []
+        for queue_id in ids:
+            try:
+                self._unlink_entry(queue_id)
+            except Exception:
+                outcomes.append((False, Failure()))
+            else:
+                outcomes.append((True, None))
+        try:
+            self._sync_directory()
+        except Exception:
+            failure = Failure()
+            outcomes = [(False, failure) if ok else (ok, value) for ok, value in outcomes]
+        return outcomes
 
     def _remove_blocking(self, queue_id: str) -> None:
+        self._unlink_entry(queue_id)
+        self._sync_directory()
+
+    def _unlink_entry(self, queue_id: str) -> None:
         for path in (self.envelope_path(queue_id), self.data_path(queue_id)):
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-        self._sync_directory()
 
     def _ensure_directory(self) -> None:
         if not os.path.isdir(self.directory):

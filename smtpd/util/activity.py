@@ -25,13 +25,23 @@ _FIELDS = (
 
 _log = Logger(namespace="smtpd.activity")
 
-# Lines for twistd's log gathered before one event is emitted with all of them.
-BATCH_LINES = 64
+# Lines for twistd's log gathered before one event is emitted with all of them,
+# and how long (seconds) a line may wait for its batch.
+BATCH_LINES = 256
+BATCH_DELAY = 0.2
 
 
 def _w3c(value: object) -> str:
     """A W3C field: '-' when empty, spaces as '+', no control characters."""
-    text = str(value) if value not in (None, "") else "-"
+    if value.__class__ is str:
+        # The common case (a verb, an address, an id): nothing to change.
+        if value and " " not in value and value.isprintable():
+            return value
+        text = value or "-"
+    elif value.__class__ is int:
+        return str(value)
+    else:
+        text = str(value) if value is not None and value != "" else "-"
     if not text.isprintable():
         text = "".join(c if c.isprintable() else "?" for c in text)
     return text.replace(" ", "+")
@@ -74,9 +84,9 @@ class ActivityLog:
         # The W3C date and time of the current second.
         self._second: int | None = None
         self._stamp = ""
-        # Lines for twistd's log ("-") not yet emitted: one event per turn of
-        # the reactor carries them all (a twisted.logger event per line, with
-        # its own time formatting and write, costs more than the line).
+        # Lines for twistd's log ("-") not yet emitted: one event carries the
+        # lines of up to BATCH_DELAY seconds (a twisted.logger event per line,
+        # with its own time formatting and write, costs more than the line).
         self._batch: list[str] = []
         self._flush_call = None
         self.hostname = hostname
@@ -223,7 +233,7 @@ class ActivityLog:
         if len(self._batch) >= BATCH_LINES:
             self.flush()
         elif self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self.flush)
+            self._flush_call = self.clock.callLater(BATCH_DELAY, self.flush)
 
     def flush(self) -> None:
         """
