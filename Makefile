@@ -9,7 +9,7 @@ VENV_PY   := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 CONFIG    ?= etc/smtpd.ini
 
-.PHONY: run test check docs venv clean engines bench
+.PHONY: run test check docs venv clean engines bench soak
 
 run: $(STAMP)
 	$(VENV)/bin/twistd -n smtpd --config $(CONFIG)
@@ -39,6 +39,15 @@ engines:
 bench: $(STAMP) $(BENCH_VENV)/.installed
 	@sh tools/engines.sh
 	$(BENCH_VENV)/bin/python bench/bench.py --smtpd-venv $(VENV) $(BENCH_ARGS)
+
+# A bounded soak run (README: Benchmarks), never part of `make test`: minutes of
+# mixed traffic through one smtpd while RSS, descriptors, queue depth and reactor
+# lag are recorded once a second; writes bench/results/soak.{md,json,png}.
+# Example: make soak SOAK_ARGS="--minutes 10 --rate 100"
+SOAK_ARGS ?=
+soak: $(STAMP) $(BENCH_VENV)/.installed
+	@sh tools/engines.sh
+	$(BENCH_VENV)/bin/python bench/soak.py --smtpd-venv $(VENV) $(SOAK_ARGS)
 
 $(BENCH_VENV)/.installed: $(VENV_PY)
 	$(VENV_PY) -c 'import sys, venv; venv.main([sys.argv[1]])' $(BENCH_VENV)

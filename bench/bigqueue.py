@@ -7,7 +7,17 @@ then start `twistd -n smtpd` on it and measure, from the spawn:
   * accepting: the first 220 greeting on the listener;
   * first attempt: the first connection to the smart host (a bare TCP
     listener on 127.0.0.2 that answers 421, so every attempt is deferred);
-  * RSS (VmRSS) and VmHWM of the server once the first attempt is in.
+  * RSS (VmRSS) and VmHWM of the server once the first attempt is in;
+
+then, once the whole schedule is loaded, the listing of the queue while the
+server keeps answering SMTP:
+
+  * `smtpctl queue list --limit 100` (the first page) and `smtpctl queue list`
+    (every entry, streamed a page at a time), each a new process;
+  * `admin.queue()` (its default page of 100) and one page of 1,000 deep in
+    the queue, through the control socket;
+  * the banner latency of new SMTP connections (one every 50 ms) during the
+    full listing.
 
     .venv/bin/python bench/bigqueue.py [--entries 100000] [--due 100]
 
@@ -81,9 +91,9 @@ def first_connection(port: int, seen: list[float]) -> threading.Thread:
     return thread
 
 
-def greeting(port: int) -> bool:
+def greeting(port: int, timeout: float = 0.5) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             return s.recv(100).startswith(b"220")
     except OSError:
         return False
@@ -97,6 +107,85 @@ def memory(pid: int) -> dict[str, int]:
             if key in ("VmRSS", "VmHWM"):
                 found[key] = int(value.split()[0]) // 1024
     return found
+
+
+def loaded(control, entries: int, timeout: float = 120.0) -> float:
+    """Wait until the server's schedule holds every entry; the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if sum(control.call("status")["queue"].values()) >= entries:
+            break
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+class Banners:
+    """New SMTP connections every C{interval} s in a thread, timing each 220."""
+
+    def __init__(self, port: int, interval: float = 0.05):
+        self.port, self.interval = port, interval
+        self.times: list[float] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            began = time.monotonic()
+            if greeting(self.port, timeout=10):
+                self.times.append(time.monotonic() - began)
+            self.stopping.wait(self.interval)
+
+    def summary(self) -> str:
+        times = sorted(self.times)
+        if not times:
+            return "no banner"
+        p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+        return (f"{len(times)} banners, median {times[len(times) // 2] * 1000:.0f} ms, "
+                f"p99 {p99 * 1000:.0f} ms, max {times[-1] * 1000:.0f} ms")
+
+
+def timed(command: list[str]) -> tuple[float, int]:
+    """Seconds to run C{command} (stdout counted, not kept) and its output lines."""
+    began = time.monotonic()
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    if done.returncode:
+        raise SystemExit(f"{command}: {done.stderr.decode(errors='replace')}")
+    return time.monotonic() - began, done.stdout.count(b"\n")
+
+
+def listing(root: str, config: str, port: int, entries: int) -> None:
+    """The listing figures of a running server of C{entries} entries."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from smtpd.admin.control import ControlClient
+
+    control = ControlClient(os.path.join(root, "mailroot", "smtpd.sock"), timeout=300)
+    waited = loaded(control, entries)
+    print(f"schedule loaded {waited:.1f} s after the first attempt")
+    smtpctl = [os.path.join(BIN, "smtpctl"), "--config", config, "queue", "list"]
+    baseline, _ = timed(smtpctl[:-2] + ["status"])
+    first, _ = timed(smtpctl + ["--limit", "100"])
+    began = time.monotonic()
+    page = control.call("queue")
+    api_first = time.monotonic() - began
+    middle = control.call("queue", limit=1, offset=entries // 2)[0]["id"]
+    began = time.monotonic()
+    deep = control.call("queue", limit=1000, after=middle)
+    api_deep = time.monotonic() - began
+    with Banners(port) as banners:
+        full, lines = timed(smtpctl)
+    print(f"smtpctl status (process start-up and one call): {baseline:.2f} s; "
+          f"smtpctl queue list --limit 100: {first:.2f} s; full listing ({lines} lines): "
+          f"{full:.1f} s; admin.queue() ({len(page)} entries): {api_first * 1000:.0f} ms; "
+          f"a page of {len(deep)} from the middle: {api_deep * 1000:.0f} ms")
+    print(f"banner latency during the full listing: {banners.summary()}")
 
 
 def main() -> None:
@@ -133,6 +222,9 @@ def main() -> None:
             mem = memory(server.pid)
             print(f"entries {args.entries}: accepting after {accepting:.2f} s, first attempt "
                   f"after {attempt:.2f} s, RSS {mem['VmRSS']} MB (peak {mem['VmHWM']} MB)")
+            listing(root, config, port, args.entries)
+            mem = memory(server.pid)
+            print(f"RSS after the listings {mem['VmRSS']} MB (peak {mem['VmHWM']} MB)")
         finally:
             server.terminate()
             server.wait()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import datetime
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -259,6 +260,8 @@ class SinkMessage:
         dot line, so it ends with the CRLF that precedes that line.
     @ivar size: the octets of the DATA stream, final C{.CRLF} included.
     @ivar chunks: for BDAT, the size of each chunk in order.
+    @ivar received_at: C{time.monotonic()} when the end of the data came in,
+        just before the sink answered it.
     """
 
     helo: str
@@ -272,6 +275,7 @@ class SinkMessage:
     data: bytes = b""
     size: int = 0
     chunks: list[int] = field(default_factory=list)
+    received_at: float = 0.0
 
 
 def _path(argument: str) -> str:
@@ -536,6 +540,7 @@ class SinkSession(LineReceiver):
         """The end of a DATA stream of C{size} octets: record the message and answer."""
         message, self.current = self.current, None
         message.size = size
+        message.received_at = time.monotonic()
         self.sink.messages.append(message)
         if self.script.reset_after_data:
             self.transport.abortConnection()

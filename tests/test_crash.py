@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 import random
 import time
+from types import SimpleNamespace
 
 from twisted.python import log
 from twisted.trial import unittest
 
 from smtpd.util.faults import POINTS
-from tests.crash import World, sleep
+from tests.crash import REPEAT_BOUND, Tally, World, sleep
 
 SEED = int(os.environ.get("SMTPD_CRASH_SEED", "1201"))
 LONG = int(os.environ.get("SMTPD_CRASH_LONG", "0") or 0)
@@ -67,6 +68,7 @@ class CrashMatrixTests(unittest.TestCase):
         self.assertEqual(tally.duplicated, [])
         if point not in IN_ATTEMPT:
             self.assertEqual(tally.remote_duplicates, [])
+        self.assertEqual(tally.repeats_outside_window, [])
         self.assertEqual(tally.leftovers, [])
         self.assertGreaterEqual(tally.accepted, 2)
         return tally
@@ -102,6 +104,27 @@ class CrashMatrixTests(unittest.TestCase):
         """Every kill point the server knows has a test here."""
         names = {n[len("test_"):].replace("_", "-") for n in dir(self) if n.startswith("test_")}
         self.assertLessEqual(set(POINTS), names)
+
+
+class RepeatAuditTests(unittest.TestCase):
+    """The audit allows a repeat at the sink only right after a death."""
+
+    def test_repeat_needs_a_death_in_the_window(self):
+        """
+        A second copy is in the window when the server died within the bound
+        after the first copy's 250 and before the second; otherwise (no death,
+        or a death long after the 250) it is reported.
+        """
+        world = SimpleNamespace(deaths=[10.2, 50.0])
+        tally = Tally()
+        World._check_repeats(world, tally, "in", [10.0, 11.0])
+        self.assertEqual(tally.repeats_outside_window, [])
+        self.assertAlmostEqual(tally.repeat_gaps[0], 0.2)
+        World._check_repeats(world, tally, "none", [20.0, 21.0])
+        World._check_repeats(world, tally, "late", [40.0, 51.0])
+        self.assertEqual([r.split(":")[0] for r in tally.repeats_outside_window],
+                         ["none", "late"])
+        self.assertGreater(50.0 - 40.0, REPEAT_BOUND)
 
 
 class WindowTests(unittest.TestCase):
@@ -169,10 +192,14 @@ class LongCrashTests(unittest.TestCase):
         process, port = await world.start()
         await world.settle(60.0)
         tally = world.audit()
+        gaps = sorted(tally.repeat_gaps)
         log.msg(f"crash long mode seed {SEED}: kills {kills}, accepted {tally.accepted}, "
                 f"delivered {tally.delivered}, lost {len(tally.lost)}, duplicated "
-                f"{len(tally.duplicated)}, remote repeats {len(tally.remote_duplicates)}, "
+                f"{len(tally.duplicated)}, remote repeats {len(tally.remote_duplicates)} "
+                f"(death after the peer's 250: max {max(gaps, default=0) * 1000:.0f} ms), "
+                f"repeats outside the window {len(tally.repeats_outside_window)}, "
                 f"sent {len(world.sent)}, temporary files {len(tally.leftovers)}")
         self.assertEqual(tally.lost, [])
         self.assertEqual(tally.duplicated, [])
+        self.assertEqual(tally.repeats_outside_window, [])
         self.assertEqual(tally.leftovers, [])

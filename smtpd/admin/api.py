@@ -71,7 +71,8 @@ class Admin:
     Administration of the running server, acting as operator C{operator}.
 
         admin.status()                     counters, queue summary, uptime
-        admin.queue()                      every queue entry with its recipients
+        admin.queue(limit=100, offset=0, after=None)
+                                           a page of queue entries with their recipients
         admin.show(id)                     one entry with its DSN data and headers
         admin.retry(id=None)               attempt now (every entry when no id)
         admin.hold(id) / admin.release(id) stop / resume attempts of an entry
@@ -126,18 +127,35 @@ class Admin:
             "bounced": counters["bounced"],
         }
 
-    def queue(self) -> Deferred[list[dict]]:
+    def queue(self, limit: int | None = listing.DEFAULT_PAGE, offset: int = 0,
+              after: str | None = None) -> Deferred[list[dict]]:
         """
-        Every queue entry, oldest first: C{id}, C{sender}, C{state} (queued,
+        One page of the queue in queue id order (ids begin with the arrival
+        second, so oldest first): C{id}, C{sender}, C{state} (queued,
         deferred, held), C{attempts}, C{next_attempt} and C{arrival} (Unix
         times), C{size} and C{recipients} (C{address}, C{state},
-        C{last_reply}). A Deferred: the envelopes are read from disk.
+        C{last_reply}). At most C{limit} entries (L{None}: all of them; by
+        default 100), after skipping C{offset}, starting after the id
+        C{after} (give the last id of a page to get the next one: no entry is
+        missed or repeated while others come and go). A Deferred: the page's
+        envelopes are read from disk in a thread.
         """
+        limit, offset, after = _page_arguments(limit, offset, after)
+        return Deferred.fromCoroutine(self._page(limit, offset, after))
+
+    async def _page(self, limit: int | None, offset: int, after: str | None) -> list[dict]:
+        # The ids come from the scheduler's index (no disk, no scan); an entry
+        # gone before its envelope is read is replaced by the next one, so a
+        # page shorter than the limit is the last.
         s = self._server
-        d = s.run_blocking(s.queue.scan, False)
-        d.addCallback(lambda envelopes: [listing.entry(e)
-                                         for e in envelopes])
-        return d
+        found: list[dict] = []
+        while True:
+            wanted = None if limit is None else limit - len(found)
+            chosen = s.qmgr.page(wanted, offset, after)
+            found.extend(await s.run_blocking(listing.entries, s.queue, chosen))
+            if wanted is None or len(chosen) < wanted or len(found) >= limit:
+                return found
+            after, offset = chosen[-1][0], 0
 
     def show(self, id: str) -> Deferred[dict]:
         """
@@ -270,6 +288,17 @@ class Admin:
             raise AdminError("this server cannot reload")
         self._did("reload_accounts")
         return reloader.reload_accounts()
+
+
+def _page_arguments(limit, offset, after) -> tuple[int | None, int, str | None]:
+    """The arguments of L{Admin.queue}, checked; L{AdminError} says what is wrong."""
+    if limit is not None and (type(limit) is not int or limit < 0):
+        raise AdminError(f"limit: expected a number from 0 or None, not {limit!r}")
+    if type(offset) is not int or offset < 0:
+        raise AdminError(f"offset: expected a number from 0, not {offset!r}")
+    if after is not None and not isinstance(after, str):
+        raise AdminError(f"after: expected a queue id, not {after!r}")
+    return limit, offset, after
 
 
 # The reply sent to a session closed by the administrator.

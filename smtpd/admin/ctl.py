@@ -10,7 +10,7 @@ running server.
     smtpctl [--config PATH] user list
     smtpctl [--config PATH] manhole-user add NAME [--password-stdin]
     smtpctl [--config PATH] status [--json]
-    smtpctl [--config PATH] queue list [--json] | show ID [--json]
+    smtpctl [--config PATH] queue list [--json] [--limit N] | show ID [--json]
     smtpctl [--config PATH] queue retry [ID] | hold ID | release ID | delete ID [--bounce]
     smtpctl [--config PATH] sessions [--json] | sessions kill ID
     smtpctl [--config PATH] reload
@@ -110,7 +110,11 @@ def _json(parser: argparse.ArgumentParser) -> None:
 def _queue_parser(commands) -> None:
     queue = commands.add_parser("queue", help="inspect and control the queue")
     queue_commands = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
-    _json(queue_commands.add_parser("list", help="list the queued messages"))
+    queue_list = queue_commands.add_parser(
+        "list", help="list the queued messages, oldest first, a page at a time")
+    queue_list.add_argument("--limit", type=int, metavar="N",
+                            help="list at most the first N messages")
+    _json(queue_list)
     show = queue_commands.add_parser("show", help="one message: envelope, recipients, header")
     show.add_argument("id")
     _json(show)

@@ -6,6 +6,7 @@ the manhole, the control socket and C{smtpctl} with the server stopped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
@@ -13,6 +14,10 @@ from smtpd.mail.envelope import Envelope, valid_queue_id
 
 # How much of a message C{show} reads to find its header.
 HEADER_LIMIT = 64 * 1024
+
+# How many entries C{admin.queue()} gives when not told (a manhole screenful's
+# worth, read in a few milliseconds whatever the size of the queue).
+DEFAULT_PAGE = 100
 
 
 def entry(envelope: Envelope, state: str | None = None) -> dict:
@@ -33,6 +38,16 @@ def entry(envelope: Envelope, state: str | None = None) -> dict:
             for r in envelope.recipients
         ],
     }
+
+
+def entries(queue, chosen: Sequence[tuple[str, str | None]]) -> list[dict]:
+    """
+    The L{entry} of each C{(queue id, state known or None)} of C{chosen}, its
+    envelope read from C{queue}, in that order; an entry gone meanwhile is
+    left out. Blocking: run in a thread.
+    """
+    states = dict(chosen)
+    return [entry(e, states[e.id]) for e in queue.envelopes([i for i, _ in chosen])]
 
 
 def detail(envelope: Envelope, data_path: str, state: str | None = None) -> dict:

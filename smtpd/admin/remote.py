@@ -149,15 +149,81 @@ def _offline_queue(config: Config) -> list[dict]:
         raise CommandError(f"smtpctl: cannot read {queue.directory}: {e.strerror}") from e
 
 
+# How many entries C{queue list} asks for at a time.
+LIST_PAGE = 1000
+
+
 def queue_list(config: Config, options: argparse.Namespace) -> None:
-    """Every queue entry, from the server or (stopped) from the mailroot."""
-    try:
-        entries = call(config, "queue", options)
-    except NotRunning:
-        entries = _offline_queue(config)
+    """
+    The queue entries (at most C{--limit}), printed a page at a time as they
+    come from the server or (stopped) from the mailroot.
+    """
+    limit = options.limit
+    if limit is not None and limit < 0:
+        raise CommandError(f"smtpctl: --limit {limit}: expected a number from 0")
+    pages = _queue_pages(config, options, limit)
     if options.json:
-        return emit_json(entries)
-    emit(tables.queue_table(entries, time.time()))
+        return _emit_json_stream(pages)
+    table = tables.QueueTable(time.time())
+    for entries in pages:
+        if entries and not table.count:
+            emit([table.header()])
+        emit(table.lines(entries))
+    emit([table.total()])
+
+
+def _queue_pages(config: Config, options, limit: int | None):
+    """Pages of queue entries, from the server or (stopped) from the mailroot."""
+    try:
+        first = call(config, "queue", options, limit=_size(limit))
+    except NotRunning:
+        yield from _offline_pages(config, limit)
+        return
+    yield from _server_pages(config, options, first, limit)
+
+
+def _size(remaining: int | None) -> int:
+    return LIST_PAGE if remaining is None else min(LIST_PAGE, remaining)
+
+
+def _server_pages(config: Config, options, page: list[dict], limit: int | None):
+    """C{page} and the pages after it, each starting after the last id seen."""
+    remaining = limit
+    while True:
+        yield page
+        if remaining is not None:
+            remaining -= len(page)
+        if len(page) < LIST_PAGE or remaining == 0:
+            return
+        try:
+            page = call(config, "queue", options, limit=_size(remaining),
+                        after=page[-1]["id"])
+        except NotRunning:
+            raise CommandError("smtpctl: the server stopped during the listing") from None
+
+
+def _offline_pages(config: Config, limit: int | None):
+    """Pages of the entries read from the mailroot's queue folder."""
+    from twisted.internet import defer, reactor
+
+    queue = Queue(os.path.join(config.server.mailroot, "queue"), reactor, defer.maybeDeferred)
+    try:
+        ids = queue.entry_ids()[:limit]
+    except OSError as e:
+        raise CommandError(f"smtpctl: cannot read {queue.directory}: {e.strerror}") from e
+    for start in range(0, len(ids), LIST_PAGE):
+        yield [listing.entry(e) for e in queue.envelopes(ids[start:start + LIST_PAGE])]
+
+
+def _emit_json_stream(pages) -> None:
+    """Print the entries of C{pages} as one indented JSON array, a page at a time."""
+    opened = False
+    for entries in pages:
+        for e in entries:
+            text = json.dumps(e, indent=2).replace("\n", "\n  ")
+            print(("[\n  " if not opened else ",\n  ") + text, end="", file=sys.stdout)
+            opened = True
+    print("\n]" if opened else "[]", file=sys.stdout)
 
 
 def queue_show(config: Config, options: argparse.Namespace) -> None:

@@ -43,26 +43,61 @@ def columns(rows: Sequence[Sequence[str]]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
 
 
+# The columns of C{queue list} and their widths: fixed, so that pages printed
+# as they arrive line up (a longer cell pushes only its own row).
+QUEUE_COLUMNS = (("ID", 24), ("SIZE", 5), ("AGE", 4), ("STATE", 8), ("TRIES", 5),
+                 ("NEXT", 7), ("SENDER", 0))
+
+
+class QueueTable:
+    """
+    The lines of C{queue list}, a page at a time: L{header} before the first
+    row, L{lines} per page (each message, its recipients below it), L{total}
+    at the end.
+    """
+
+    def __init__(self, now: float):
+        self.now = now
+        self.count = 0
+        self.size = 0
+
+    def header(self) -> str:
+        """The column titles."""
+        return _fixed([title for title, _ in QUEUE_COLUMNS])
+
+    def lines(self, entries: Sequence[dict]) -> list[str]:
+        """The rows of C{entries}, counted for the total."""
+        out = []
+        for e in entries:
+            self.count += 1
+            self.size += e.get("size", 0)
+            out.append(_fixed([e["id"], human_size(e.get("size", 0)),
+                               human_age(self.now - e["arrival"]), e["state"],
+                               str(e["attempts"]), _next(e, self.now),
+                               printable(f"<{e['sender']}>")]))
+            for r in e["recipients"]:
+                reply = f"  ({r['last_reply']})" if r["last_reply"] else ""
+                out.append(printable(f"    {r['address']}  {r['state']}{reply}"))
+        return out
+
+    def total(self) -> str:
+        """The last line: how many messages of what size, or that there are none."""
+        if not self.count:
+            return "queue is empty"
+        return (f"-- {human_size(self.size)} in {self.count} "
+                f"message{'s' if self.count != 1 else ''}")
+
+
+def _fixed(cells: Sequence[str]) -> str:
+    return "  ".join(printable(c).ljust(w) for c, (_, w) in zip(cells, QUEUE_COLUMNS)).rstrip()
+
+
 def queue_table(entries: Sequence[dict], now: float) -> list[str]:
     """The lines of C{queue list}: one row per message, its recipients below it."""
     if not entries:
         return ["queue is empty"]
-    rows = [("ID", "SIZE", "AGE", "STATE", "TRIES", "NEXT", "SENDER")]
-    for e in entries:
-        rows.append((e["id"], human_size(e.get("size", 0)), human_age(now - e["arrival"]),
-                     e["state"], str(e["attempts"]), _next(e, now),
-                     printable(f"<{e['sender']}>")))
-    header, *lines = columns(rows)
-    out = [header]
-    for line, e in zip(lines, entries):
-        out.append(line)
-        for r in e["recipients"]:
-            reply = f"  ({r['last_reply']})" if r["last_reply"] else ""
-            out.append(printable(f"    {r['address']}  {r['state']}{reply}"))
-    total = sum(e.get("size", 0) for e in entries)
-    count = len(entries)
-    out.append(f"-- {human_size(total)} in {count} message{'s' if count != 1 else ''}")
-    return out
+    table = QueueTable(now)
+    return [table.header(), *table.lines(entries), table.total()]
 
 
 def _next(entry: dict, now: float) -> str:

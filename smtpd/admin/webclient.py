@@ -93,10 +93,21 @@ class WebAPI:
             raise NotReadable(f"{action} needs the control socket: over HTTP smtpctl "
                               "only reads (status, queue list, queue show, sessions)")
         if action == "queue":
-            return self.queue()
+            return self.queue_page(**arguments)
         if action == "show":
             return self.get("/api/message/" + urllib.parse.quote(arguments["id"], safe=""))
         return self.get(f"/api/{action}")
+
+    def queue_page(self, limit: int | None = None, offset: int = 0,
+                   after: str | None = None) -> list[dict]:
+        """
+        The page C{admin.queue(limit, offset, after)} gives, cut from the
+        whole listing (the JSON API pages by number, not after an id).
+        """
+        entries = self.queue()
+        if after is not None:
+            entries = [e for e in entries if e["id"] > after]
+        return entries[offset:] if limit is None else entries[offset:offset + limit]
 
     def queue(self) -> list[dict]:
         """Every queue entry, read a page at a time."""

@@ -192,6 +192,11 @@ class QueueManager(Service):
         """How many entries are queued, deferred and held."""
         return self.operations.summary()
 
+    def page(self, limit: int | None, offset: int = 0,
+             after: str | None = None) -> list[tuple[str, str | None]]:
+        """One page of entry ids in order, each with its state (L{Scheduler.page})."""
+        return self.scheduler.page(limit, offset, after)
+
     def ages(self, bounds: tuple[float, ...]) -> dict[str, list[int]]:
         """
         The entries of each state by age now (L{Scheduler.ages}): one count

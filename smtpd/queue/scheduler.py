@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 
 from smtpd.config import Config
 from smtpd.mail.envelope import DEFERRED, HELD, QUEUED, Envelope
+from smtpd.queue.index import QueueIndex
 from smtpd.queue.results import wants
 
 # Envelopes read per thread hand-off while the schedule is loaded at start.
@@ -66,6 +67,9 @@ class Scheduler:
         # Envelopes of entries just stored, as stored: the first attempt
         # needs no disk read (copies: the caller's object may change).
         self._fresh: dict[str, Envelope] = {}
+        # Every entry id in order, for listings (those found at start whose
+        # envelopes are still being read included).
+        self._index = QueueIndex()
 
     # -- start and stop
 
@@ -77,6 +81,7 @@ class Scheduler:
         self._attempt = attempt
         self.load([])
         ids = self.queue.recover()
+        self._index.reset(ids)
         self.loading = Deferred.fromCoroutine(self._load_batches(ids))
         self.pump()
 
@@ -88,14 +93,18 @@ class Scheduler:
         still being read.
         """
         for start in range(0, len(ids), LOAD_BATCH):
+            batch = ids[start:start + LOAD_BATCH]
             try:
-                entries = await self.queue.read_schedule(ids[start:start + LOAD_BATCH])
+                entries = await self.queue.read_schedule(batch)
             except Exception:
                 self._errors.failure("Cannot read the queue at start")
                 return
             if not self.running:
                 return
             self.add(entries)
+            for queue_id in batch:
+                if queue_id not in self._states:
+                    self._index.discard(queue_id)  # moved to corrupt/, or gone
             self.pump()
 
     def add(self, entries: Iterable[tuple[float, str, str, float]]) -> None:
@@ -105,6 +114,7 @@ class Scheduler:
                 continue
             state = state if state in (QUEUED, DEFERRED, HELD) else QUEUED
             self._states[queue_id] = state
+            self._index.add(queue_id)
             self._arrivals[queue_id] = arrival
             if state != HELD:
                 self._due[queue_id] = when
@@ -135,6 +145,7 @@ class Scheduler:
                 self._due[queue_id] = when
         self._heap = [(when, queue_id) for queue_id, when in self._due.items()]
         heapq.heapify(self._heap)
+        self._index.reset(self._states)
 
     # -- what the other parts tell it
 
@@ -146,6 +157,7 @@ class Scheduler:
         """
         if not self.running:
             return
+        self._index.add(envelope.id)
         self._arrivals[envelope.id] = envelope.arrival
         if envelope.state == HELD:
             self._states[envelope.id] = HELD
@@ -172,6 +184,7 @@ class Scheduler:
     def forget(self, queue_id: str) -> None:
         """The entry left the queue."""
         self._states.pop(queue_id, None)
+        self._index.discard(queue_id)
         self._arrivals.pop(queue_id, None)
         self._due.pop(queue_id, None)
         self._fresh.pop(queue_id, None)
@@ -199,8 +212,18 @@ class Scheduler:
                 self._fresh.pop(queue_id, None)
 
     def ids(self) -> list[str]:
-        """Every known entry id, sorted (ids sort roughly by arrival)."""
-        return sorted(self._states)
+        """Every entry id, sorted (ids sort roughly by arrival)."""
+        return self._index.all()
+
+    def page(self, limit: int | None, offset: int = 0,
+             after: str | None = None) -> list[tuple[str, str | None]]:
+        """
+        One page of entries in id order (L{QueueIndex.page}), each id with its
+        state: L{None} for an entry found at start whose envelope is still
+        being read (the state stored in it is the one in force).
+        """
+        states = self._states
+        return [(i, states.get(i)) for i in self._index.page(limit, offset, after)]
 
     def counts(self) -> dict[str, int]:
         """How many entries are queued, deferred and held."""

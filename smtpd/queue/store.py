@@ -301,6 +301,32 @@ class Queue:
         entries.sort(key=lambda e: (e.arrival, e.id))
         return entries
 
+    def entry_ids(self) -> list[str]:
+        """
+        The ids of the complete entries (an envelope and its data), sorted
+        (roughly by arrival), from the file names alone: no envelope is
+        read. Synchronous; touches nothing on disk.
+        """
+        try:
+            names = set(os.listdir(self.directory))
+        except FileNotFoundError:
+            return []
+        return sorted(name[:-5] for name in names if name.endswith(".json")
+                      and valid_queue_id(name[:-5]) and name[:-5] + ".eml" in names)
+
+    def envelopes(self, ids: list[str]) -> list[Envelope]:
+        """
+        The envelopes of entries C{ids}, in that order, leaving out those gone
+        meanwhile or unreadable. Synchronous (a listing's page, in a thread);
+        touches nothing on disk.
+        """
+        found = []
+        for queue_id in ids:
+            envelope = self._scan_entry(queue_id, True, False)
+            if envelope is not None:
+                found.append(envelope)
+        return found
+
     def schedule(self, cleanup: bool = True) -> list[tuple[float, str, str]]:
         """
         C{(next_attempt, queue_id, state)} of every complete entry: what the

@@ -155,7 +155,7 @@ class Handler:
 
     async def queue_entries(self, admin: Admin) -> list[dict]:
         """The queue, searched with the C{q} field."""
-        return views.search(await admin.queue(), self.arg("q"))
+        return views.search(await admin.queue(limit=None), self.arg("q"))
 
     def page_number(self) -> int:
         try:
@@ -171,7 +171,8 @@ class Handler:
         if name == "sessions":
             return self.json(admin.sessions())
         if name == "qshape":
-            return self.json(views.qshape(await admin.queue(), self.shared.clock.seconds()))
+            entries = await admin.queue(limit=None)
+            return self.json(views.qshape(entries, self.shared.clock.seconds()))
         if name == "queue":
             try:
                 size = min(MAX_PER_PAGE, max(1, int(self.arg("per_page", str(views.PAGE_SIZE)))))
@@ -187,7 +188,7 @@ class Handler:
         """The HTML pages."""
         csrf = session.csrf
         if self.path == "/":
-            entries = await admin.queue()
+            entries = await admin.queue(limit=None)
             shape = views.qshape(entries, self.shared.clock.seconds())
             body = page.overview(admin.status(), admin.sessions(), shape, csrf)
             return self.html("Overview", body + "<h2>Last hour</h2>"
