@@ -93,7 +93,10 @@ class MailHostTests(unittest.TestCase):
         replies = await self.send(port_a, [b"carol@example.com", b"dave@example.com",
                                            b"team@example.com"])
         self.assertEqual([r[:3] for r in replies], ["250"] * 4, replies)
-        await eventually(lambda: self.maildir(root_b, "carol"))
+        # The local copies and the relayed one are written by separate jobs:
+        # wait for all three, then check that each is there once.
+        await eventually(lambda: self.maildir(root_b, "carol") and self.maildir(root_a, "dave")
+                         and self.maildir(root_a, "alice"))
         self.assertEqual(len(self.maildir(root_b, "carol")), 1)
         self.assertEqual(len(self.maildir(root_a, "dave")), 1)
         self.assertEqual(len(self.maildir(root_a, "alice")), 1)

@@ -64,13 +64,24 @@ def click(driver, by, value: str) -> None:
     Click an element that loads a new page, and wait until the old page is
     gone and the new one completely loaded.
     """
-    from selenium.webdriver.support import expected_conditions
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
     element = driver.find_element(by, value)
     element.click()
+
+    def gone(_driver) -> bool:
+        # Chromium reports an element of a page that was replaced either as
+        # stale or, while the new document loads, as "node does not belong
+        # to the document" (no such element): both mean the old page is gone.
+        try:
+            element.is_enabled()
+        except (StaleElementReferenceException, NoSuchElementException):
+            return True
+        return False
+
     wait = WebDriverWait(driver, PAGE_WAIT)
-    wait.until(expected_conditions.staleness_of(element))
+    wait.until(gone)
     wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 

@@ -89,6 +89,7 @@ class ActivityLog:
         # with its own time formatting and write, costs more than the line).
         self._batch: list[str] = []
         self._flush_call = None
+        self._closed = False
         self.hostname = hostname
 
     @property
@@ -106,6 +107,7 @@ class ActivityLog:
 
     def open(self) -> None:
         """Open the log file (append); nothing to do for twistd's log."""
+        self._closed = False
         if self.path != "-" and self._file is None:
             header = self._header if self.fmt == "w3c" else None
             self._file = LogWriter(self.path, self.clock, self.rotate, self.rotate_size, header)
@@ -126,7 +128,12 @@ class ActivityLog:
             self._file.reopen()
 
     def close(self) -> None:
-        """Write what is buffered (or gathered for twistd's log) and close the log file."""
+        """
+        Write what is buffered (or gathered for twistd's log) and close the log
+        file. A line that comes later (a delivery ending while the server
+        stops) goes to twistd's log at once: no timer outlives the service.
+        """
+        self._closed = True
         self.flush()
         if self._file is not None:
             self._file.close()
@@ -230,7 +237,7 @@ class ActivityLog:
             self._file.write(line.encode("utf-8"))
             return
         self._batch.append(line)
-        if len(self._batch) >= BATCH_LINES:
+        if len(self._batch) >= BATCH_LINES or self._closed:
             self.flush()
         elif self._flush_call is None:
             self._flush_call = self.clock.callLater(BATCH_DELAY, self.flush)
