@@ -17,24 +17,33 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
-# RFC 8460 4.4 policy types.
-POLICY_STS = "sts"
-POLICY_TLSA = "tlsa"
-NO_POLICY = "no-policy-found"
+# The RFC 8460 policy and result types are TLS reporting's own names.
+from smtpd.mailauth.tlsrpt.outcome import (  # noqa: E402
+    CERTIFICATE_EXPIRED,
+    CERTIFICATE_HOST_MISMATCH,
+    CERTIFICATE_NOT_TRUSTED,
+    DANE_REQUIRED,
+    DNSSEC_INVALID,
+    NO_POLICY,
+    STARTTLS_NOT_SUPPORTED,
+    STS_POLICY_FETCH_ERROR,
+    STS_POLICY_INVALID,
+    STS_WEBPKI_INVALID,
+    TLSA_INVALID,
+    VALIDATION_FAILURE,
+)
+from smtpd.mailauth.tlsrpt.outcome import STS as POLICY_STS  # noqa: E402
+from smtpd.mailauth.tlsrpt.outcome import TLSA as POLICY_TLSA  # noqa: E402
 
 SUCCESS = "success"
-# RFC 8460 4.3 result types.
-STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
-CERTIFICATE_HOST_MISMATCH = "certificate-host-mismatch"
-CERTIFICATE_EXPIRED = "certificate-expired"
-CERTIFICATE_NOT_TRUSTED = "certificate-not-trusted"
-VALIDATION_FAILURE = "validation-failure"
-TLSA_INVALID = "tlsa-invalid"
-DNSSEC_INVALID = "dnssec-invalid"
-DANE_REQUIRED = "dane-required"
-STS_POLICY_FETCH_ERROR = "sts-policy-fetch-error"
-STS_POLICY_INVALID = "sts-policy-invalid"
-STS_WEBPKI_INVALID = "sts-webpki-invalid"
+
+__all__ = [
+    "CERTIFICATE_EXPIRED", "CERTIFICATE_HOST_MISMATCH", "CERTIFICATE_NOT_TRUSTED",
+    "DANE_REQUIRED", "DNSSEC_INVALID", "NO_POLICY", "POLICY_STS", "POLICY_TLSA",
+    "STARTTLS_NOT_SUPPORTED", "STS_POLICY_FETCH_ERROR", "STS_POLICY_INVALID",
+    "STS_WEBPKI_INVALID", "SUCCESS", "TLSA_INVALID", "VALIDATION_FAILURE",
+    "TLSOutcome", "TLSOutcomes",
+]
 
 log = Logger()
 
