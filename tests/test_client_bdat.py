@@ -15,7 +15,7 @@ from twisted.trial import unittest
 from smtpd.delivery.client import RelayClient
 from smtpd.delivery.wire import BdatChunker, OutboundMessage
 from smtpd.mail.envelope import Recipient
-from smtpd.mail.source import CHUNK_SIZE, BytesSource
+from smtpd.mail.source import CHUNK_SIZE, BytesSource, FileSource, IMessageSource
 from tests.inbound import SMTPServerFixture, make_config
 from tests.support import SinkScript, start_smtp_sink
 
@@ -53,20 +53,27 @@ class ClientBdatTests(unittest.TestCase):
         await client.ready
         return client
 
-    def message(self, data: bytes, *addresses: str) -> OutboundMessage:
+    def message(self, data: bytes, *addresses: str, on_disk: bool = False) -> OutboundMessage:
         recipients = tuple(Recipient(a) for a in addresses or ("b@example.test",))
-        return OutboundMessage("a@ours.test", recipients, BytesSource(data))
+        source: IMessageSource = BytesSource(data)
+        if on_disk:
+            path = self.mktemp()
+            with open(path, "wb") as f:
+                f.write(data)
+            source = FileSource(path)
+        return OutboundMessage("a@ours.test", recipients, source)
 
     async def test_streamed_chunks(self) -> None:
         """
-        A message of two and a bit source chunks goes as BDAT chunks of those
-        sizes, then BDAT 0 LAST: stored exactly (no dot-stuffing, the bare LF
-        made CRLF), MAIL and RCPTs pipelined, no DATA.
+        A message on disk of two and a bit source chunks goes as BDAT chunks
+        of those sizes, then BDAT 0 LAST: stored exactly (no dot-stuffing,
+        the bare LF made CRLF), MAIL and RCPTs pipelined, no DATA.
         """
         sink = start_smtp_sink(self, "127.0.0.2", script=SinkScript(chunking=True))
         client = await self.connect(sink.host, sink.port)
         data = b"x" * (CHUNK_SIZE - 2) + b"\r\n" + b"y" * (CHUNK_SIZE - 2) + b"\r\n" + MESSAGE
-        statuses = await client.send(self.message(data, "b@example.test", "c@example.test"))
+        statuses = await client.send(self.message(data, "b@example.test", "c@example.test",
+                                                  on_disk=True))
         self.assertEqual([(s.code, s.reply) for s in statuses],
                          [(250, "250 2.0.0 Ok: queued")] * 2)
         [got] = sink.messages
@@ -75,6 +82,22 @@ class ClientBdatTests(unittest.TestCase):
         self.assertNotIn("DATA", sink.commands)
         self.assertIn(["MAIL FROM:<a@ours.test>", "RCPT TO:<b@example.test>",
                        "RCPT TO:<c@example.test>"], sink.batches)
+
+    async def test_held_message_one_chunk(self) -> None:
+        """
+        A message held in memory goes as one chunk, C{BDAT <n> LAST}, with
+        the same octets as the streamed chunks would carry (line ends made
+        CRLF, a missing final CRLF added), larger than a source chunk too.
+        """
+        sink = start_smtp_sink(self, "127.0.0.2", script=SinkScript(chunking=True))
+        client = await self.connect(sink.host, sink.port)
+        data = b"x" * (CHUNK_SIZE + 10) + b"\r\n" + MESSAGE + b"no final line end"
+        [status] = await client.send(self.message(data))
+        self.assertEqual(status.code, 250)
+        [got] = sink.messages
+        expected = (data.replace(b"bare\n", b"bare\r\n")) + b"\r\n"
+        self.assertEqual(got.data, expected)
+        self.assertEqual(got.chunks, [len(expected)])
 
     async def test_refused_chunk(self) -> None:
         """
@@ -85,7 +108,7 @@ class ClientBdatTests(unittest.TestCase):
         sink = start_smtp_sink(self, "127.0.0.2", script=script)
         client = await self.connect(sink.host, sink.port)
         data = b"z" * (CHUNK_SIZE - 2) + b"\r\n" + MESSAGE
-        [status] = await client.send(self.message(data))
+        [status] = await client.send(self.message(data, on_disk=True))
         self.assertEqual((status.code, status.status), (552, "5.3.4"))
         script.bdat_ok = "250 2.0.0 {count} octets received"
         [status] = await client.send(self.message(MESSAGE))

@@ -18,6 +18,7 @@ from collections import deque
 from typing import Any, NamedTuple
 
 from service_identity import VerificationError
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
@@ -43,7 +44,8 @@ from smtpd.delivery.wire import (
     reply_text,
 )
 from smtpd.mail.envelope import DeliveryStatus
-from smtpd.mail.source import CHUNK_SIZE, IMessageSource
+from smtpd.mail.source import CHUNK_SIZE, IMessageSource, held_data
+from smtpd.util.directsend import send_at_once
 
 TLS_POLICIES = ("none", "may", "encrypt", "verify", "dane")
 
@@ -53,6 +55,10 @@ TLS_POLICIES = ("none", "may", "encrypt", "verify", "dane")
 MAX_REPLY_LINES = 100
 MAX_REPLY_BYTES = 65536
 MAX_REPLY_LINE = 4096
+
+# A message held in memory up to this size goes in one write (its final dot
+# or BDAT LAST included); a larger one, or one on disk, is streamed.
+WHOLE_WRITE_LIMIT = 1024 * 1024
 
 _REPLY_LINE = re.compile(rb"(\d{3})([ -]|\Z)")
 
@@ -139,6 +145,7 @@ class RelayClient(LineReceiver, TimeoutMixin):
         self._reply_bytes = 0
         self._established = self._connected = self._lost = self._busy = False
         self._streaming = False
+        self._direct = False
         self._error: SessionError | None = None
         self._closed_waiters: list[Deferred[None]] = []
 
@@ -186,6 +193,8 @@ class RelayClient(LineReceiver, TimeoutMixin):
     def connectionMade(self) -> None:
         """Wait for the greeting, under the timeout, then set the session up."""
         self._connected = True
+        # Plain TCP: writes may go straight into the socket (L{write}).
+        self._direct = type(self.transport) is tcp.Client
         if ITCPTransport.providedBy(self.transport):
             # A pipelined flight, BDAT LAST or the final dot is a small write
             # after a larger one that waits for an answer: Nagle's algorithm
@@ -267,8 +276,29 @@ class RelayClient(LineReceiver, TimeoutMixin):
         replies = [self.expect("reply to " + line.split(b" ", 1)[0].decode("ascii", "replace"))
                    for line in lines]
         if self._error is None:
-            self.transport.writeSequence([line + self.delimiter for line in lines])
+            self.write(self.delimiter.join(lines) + self.delimiter)
         return replies
+
+    def sendLine(self, line: bytes) -> None:
+        """Send one command line (L{write})."""
+        self.write(line + self.delimiter)
+
+    def write(self, data: bytes) -> None:
+        """
+        Send C{data}: straight into the socket of a plain TCP session when it
+        takes all of it (Twisted's write would buffer it, ask epoll for
+        writability and send on the next loop turn: two epoll_ctl calls and a
+        turn per command or flight). What does not fit, anything while TLS
+        runs or a file is streamed, and everything after, goes through the
+        transport, in order.
+        """
+        if self._direct and not (self.secure or self._streaming):
+            sent = send_at_once(self.transport, data)
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self._direct = False
+        self.transport.write(data)
 
     # ------------------------------------------------------------ set-up
 
@@ -375,9 +405,7 @@ class RelayClient(LineReceiver, TimeoutMixin):
         """
         final = self.expect("reply to end of DATA")
         stuffer = DotStuffer()
-        await self._send_source(source, stuffer.feed)
-        if self._error is None:
-            self.transport.write(stuffer.finish())
+        await self._send_source(source, stuffer.feed, stuffer.finish)
         return await final
 
     async def stream_chunks(self, source: IMessageSource, binary: bool = False) -> Reply:
@@ -397,11 +425,16 @@ class RelayClient(LineReceiver, TimeoutMixin):
                 replies.append(self.expect("reply to BDAT"))
             return out
 
+        def last() -> bytes:
+            replies.append(self.expect("reply to BDAT LAST"))
+            return chunker.finish()
+
+        def whole(data: bytes) -> bytes:
+            replies.append(self.expect("reply to BDAT LAST"))
+            return chunker.whole(data)
+
         self.setTimeout(self.timeout)  # armed for the replies of the chunks to come
-        await self._send_source(source, chunk)
-        replies.append(self.expect("reply to BDAT LAST"))
-        if self._error is None:
-            self.transport.write(chunker.finish())
+        await self._send_source(source, chunk, last, whole)
         decisive = None
         try:
             for d in replies:
@@ -413,12 +446,29 @@ class RelayClient(LineReceiver, TimeoutMixin):
                 d.addErrback(lambda _: None)
         return decisive or reply
 
-    async def _send_source(self, source: IMessageSource, transform: Any) -> None:
+    async def _send_source(self, source: IMessageSource, transform: Any, finish: Any,
+                           whole: Any = None) -> None:
         """
         Write C{source} through C{transform} a chunk at a time as the host
         takes it (a pull producer on the transport: never more than a chunk
-        or two in memory). A read error fails the session.
+        or two in memory), then C{finish()}. A read error fails the session.
+        A message held in memory (up to L{WHOLE_WRITE_LIMIT}) goes in one
+        write: C{whole(data)} when given, else C{transform(data) + finish()}.
         """
+        data = held_data(source)
+        if data is not None and len(data) <= WHOLE_WRITE_LIMIT:
+            self.resetTimeout()
+            out = whole(data) if whole is not None else transform(data) + finish()
+            if self._error is None:
+                self.write(out)
+            return
+        await self._stream_file(source, transform)
+        tail = finish()
+        if self._error is None:
+            self.write(tail)
+
+    async def _stream_file(self, source: IMessageSource, transform: Any) -> None:
+        """Write C{source} through C{transform} as the host takes it (a pull producer)."""
 
         def progress(chunk: bytes) -> bytes:
             self.resetTimeout()  # the host is taking the data: progress
@@ -432,6 +482,7 @@ class RelayClient(LineReceiver, TimeoutMixin):
             return
         sender = FileSender()
         sender.CHUNK_SIZE = CHUNK_SIZE
+        self._direct = False  # the file goes through the transport: so does all after it
         self._streaming = True
         try:
             await sender.beginFileTransfer(_Reader(file, self), self.transport, progress)

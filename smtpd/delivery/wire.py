@@ -159,6 +159,18 @@ class BdatChunker:
         self._line_start = text.endswith(b"\r\n")
         return b"BDAT %d\r\n" % len(text) + text
 
+    def whole(self, data: bytes) -> bytes:
+        """
+        All of a message held in memory as one chunk, C{BDAT <n> LAST}: the
+        same octets as L{feed} and L{finish} would send in their chunks.
+        """
+        if self._binary:
+            return b"BDAT %d LAST\r\n" % len(data) + data
+        text = self._line_ends.feed(data)
+        if self._line_ends.finish() or (text and not text.endswith(b"\r\n")):
+            text += b"\r\n"
+        return b"BDAT %d LAST\r\n" % len(text) + text
+
     def finish(self) -> bytes:
         """The last chunk: C{BDAT <n> LAST} and what the message still needs."""
         if self._binary:
