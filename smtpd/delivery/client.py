@@ -17,7 +17,6 @@ import re
 from collections import deque
 from typing import Any, NamedTuple
 
-from service_identity import VerificationError
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import ITCPTransport
@@ -27,12 +26,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from smtpd.delivery.handshake import set_up
-from smtpd.delivery.tlsoutcome import (
-    CERTIFICATE_EXPIRED,
-    CERTIFICATE_HOST_MISMATCH,
-    CERTIFICATE_NOT_TRUSTED,
-    VALIDATION_FAILURE,
-)
+from smtpd.delivery.tlsfailure import certificate_expired, lost_error
 from smtpd.delivery.transaction import run_transaction
 from smtpd.delivery.wire import (
     BdatChunker,
@@ -408,15 +402,22 @@ class RelayClient(LineReceiver, TimeoutMixin):
         await self._send_source(source, stuffer.feed, stuffer.finish)
         return await final
 
-    async def stream_chunks(self, source: IMessageSource, binary: bool = False) -> Reply:
+    async def stream_chunks(self, source: IMessageSource, binary: bool = False,
+                            pipelined: bool = True) -> Reply:
         """
         Send the message as BDAT chunks (RFC 3030), one per piece read from
-        C{source} as the host takes them, pipelined without waiting for their
-        replies, the last with C{LAST}. The reply that decides: the first
+        C{source}, the last with C{LAST}. C{pipelined} (the host offers
+        PIPELINING): the chunks stream as the host takes them without waiting
+        for their replies. Otherwise each chunk waits for its reply and a
+        refusal ends the message there (RFC 3030 2: no more chunks after a
+        4xx or 5xx; without PIPELINING a client may not send a command before
+        the previous one is answered). The reply that decides: the first
         refusal of a chunk, else the reply to the last one. C{binary}
         (BINARYMIME): the octets go as they are, line ends untouched.
         """
         chunker = BdatChunker(binary)
+        if not pipelined:
+            return await self._chunks_in_step(source, chunker)
         replies: list[Deferred[Reply]] = []
 
         def chunk(data: bytes) -> bytes:
@@ -445,6 +446,44 @@ class RelayClient(LineReceiver, TimeoutMixin):
             for d in replies:
                 d.addErrback(lambda _: None)
         return decisive or reply
+
+    async def _chunks_in_step(self, source: IMessageSource, chunker: BdatChunker) -> Reply:
+        """
+        BDAT toward a host without PIPELINING: one chunk, then its reply,
+        then the next (the reply also shows the host took the chunk: never
+        more than one chunk in memory). The first refusal is the answer. A
+        message held in memory is one chunk, C{BDAT <n> LAST}.
+        """
+        data = held_data(source)
+        if data is not None and len(data) <= WHOLE_WRITE_LIMIT:
+            return await self._chunk(chunker.whole(data), "reply to BDAT LAST")
+        try:
+            file = source.open()
+        except OSError as e:
+            self.fail(SessionError(451, "4.3.0", f"451 4.3.0 cannot read the message: {e}"),
+                      abort=True)
+            return await self.expect("reply to BDAT")
+        reader = _Reader(file, self)
+        try:
+            while self._error is None:
+                data = reader.read(CHUNK_SIZE)
+                if not data:
+                    break
+                out = chunker.feed(data)
+                if out:
+                    reply = await self._chunk(out, "reply to BDAT")
+                    if not 200 <= reply.code < 300:
+                        return reply
+        finally:
+            file.close()
+        return await self._chunk(chunker.finish(), "reply to BDAT LAST")
+
+    def _chunk(self, chunk: bytes, phase: str) -> Deferred[Reply]:
+        """Write one BDAT command and its data; its reply."""
+        d = self.expect(phase)
+        if self._error is None:
+            self.write(chunk)
+        return d
 
     async def _send_source(self, source: IMessageSource, transform: Any, finish: Any,
                            whole: Any = None) -> None:
@@ -491,49 +530,3 @@ class RelayClient(LineReceiver, TimeoutMixin):
         finally:
             self._streaming = False
             file.close()
-
-
-def lost_error(reason: Failure | None, handshake: bool, phase: str,
-               expired: bool = False) -> SessionError:
-    """
-    The error for a connection lost unasked: during the TLS C{handshake} a
-    TLS failure (the host may work in plain text), else 4.4.2. C{expired}:
-    the host's certificate is out of its validity period (what failed its
-    verification, when it failed).
-    """
-    why = reason.getErrorMessage() if reason is not None else "connection lost"
-    if handshake:
-        result = tls_failure_type(reason)
-        if expired and result == CERTIFICATE_NOT_TRUSTED:
-            result = CERTIFICATE_EXPIRED
-        return SessionError(451, "4.7.5", f"451 4.7.5 TLS negotiation failed: {why}",
-                            tls_failure=True, tls_result=result)
-    return SessionError(451, "4.4.2", f"451 4.4.2 lost connection while waiting for {phase}")
-
-
-def certificate_expired(transport: Any, now: float) -> bool:
-    """
-    Whether the certificate the host sent on C{transport}'s TLS connection
-    is outside its validity period at C{now} (OpenSSL's error says only
-    "certificate verify failed"); False when it sent none.
-    """
-    try:
-        leaf = transport.getHandle().get_peer_cert_chain()[0].to_cryptography()
-    except Exception:
-        return False
-    return not (leaf.not_valid_before_utc.timestamp() <= now
-                <= leaf.not_valid_after_utc.timestamp())
-
-
-def tls_failure_type(reason: Failure | None) -> str:
-    """The RFC 8460 result type of a failed TLS handshake."""
-    if reason is None:
-        return VALIDATION_FAILURE
-    if reason.check(VerificationError):
-        return CERTIFICATE_HOST_MISMATCH
-    text = str(reason.value).lower()
-    if "expired" in text:
-        return CERTIFICATE_EXPIRED
-    if "certificate verify failed" in text:
-        return CERTIFICATE_NOT_TRUSTED
-    return VALIDATION_FAILURE

@@ -36,7 +36,7 @@ from smtpd.delivery.routes import (
     route_for,
     route_status,
 )
-from smtpd.delivery.tlsoutcome import POLICY_STS, TLSOutcome, TLSOutcomes
+from smtpd.delivery.tlsoutcome import POLICY_STS, TLSOutcome, TLSOutcomes, is_tls_report
 from smtpd.delivery.tlspolicy import HostPolicy, TLSPolicies, sts_strings
 from smtpd.delivery.wire import OutboundMessage, SessionError
 from smtpd.mail.envelope import DeliveryStatus, Envelope, Recipient
@@ -202,6 +202,9 @@ class RelayManager:
         utf8_header_fields = False
         if groups and envelope.smtputf8:
             utf8_header_fields = await self._scan(utf8_header, message)
+        # RFC 8460 5.3: the sessions that deliver TLS reports are not counted.
+        tls_report = bool(groups) and self.tls_outcomes.observed and await self._scan(
+            is_tls_report, message)
         jobs = []
         for route, indexes in groups.items():
             outbound = OutboundMessage(
@@ -216,6 +219,7 @@ class RelayManager:
                     needs_smtputf8(a) for a in
                     [sender, *(recipients[i].address for i in indexes)]),
                 requiretls=envelope.requiretls,
+                tls_report=tls_report,
             )
             jobs.append(Deferred.fromCoroutine(self._deliverGroup(envelope.id, route, outbound)))
         results = await gatherResults(jobs) if jobs else []
@@ -281,7 +285,7 @@ class RelayManager:
         sts = None
         if route.kind == "mx":
             sts, failure = await self._policies.domain_policy(self._config, route.destination)
-            if failure is not None:
+            if failure is not None and not message.tls_report:
                 self._policyFailed(route.destination, sts, failure)
             # RFC 8689 5: TLS-Required: No (read only when a policy may apply;
             # with REQUIRETLS the header field is ignored).

@@ -89,6 +89,8 @@ class OutboundMessage:
         that offer REQUIRETLS (the parameter is passed on).
     @ivar tls_optional: RFC 8689 5 C{TLS-Required: No}: recipient-side TLS
         policies (MTA-STS, DANE) do not apply.
+    @ivar tls_report: the message is a TLS report: the sessions that carry it
+        are not counted for TLS reporting (RFC 8460 5.3).
     """
 
     sender: str
@@ -101,6 +103,7 @@ class OutboundMessage:
     smtputf8: bool = False
     requiretls: bool = False
     tls_optional: bool = False
+    tls_report: bool = False
 
 
 class DotStuffer:
