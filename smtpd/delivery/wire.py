@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from smtpd.mail.address import is_mailbox, is_utf8_mailbox
 from smtpd.mail.envelope import Recipient
@@ -22,6 +23,14 @@ MAX_REPLY = 900
 
 _ENHANCED = re.compile(r"([245])\.\d{1,3}\.\d{1,3}(?=\s|$)")
 _ADDR_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
+
+
+class Reply(NamedTuple):
+    """One complete reply: its code, as one line (code first), and its lines' texts."""
+
+    code: int
+    text: str
+    lines: list[bytes]
 
 
 class SessionError(Exception):
