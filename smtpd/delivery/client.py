@@ -7,7 +7,9 @@ BODY=8BITMIME (RFC 6152), DSN parameters (RFC 3461), PIPELINING (RFC 2920)
 and CHUNKING (RFC 3030: BDAT toward hosts that offer it).
 
 L{RelayClient} is the protocol: it reads replies (bounded in lines, octets
-and time), sets the session up, and sends the message data (L{smtpd.delivery.streaming}). L{smtpd.delivery.transaction} runs the mail transactions on it.
+and time), sets the session up, and sends the message data
+(L{smtpd.delivery.streaming}). L{smtpd.delivery.transaction} runs the mail
+transactions on it.
 """
 
 from __future__ import annotations
