@@ -217,7 +217,8 @@ def reply_text(code: int, lines: list[bytes] | bytes | str | None) -> str:
     if isinstance(lines, bytes):
         lines = lines.decode("utf-8", "replace")
     text = " ".join(line.strip() for line in (lines or "").splitlines())
-    text = "".join(c if c.isprintable() else " " for c in text)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else " " for c in text)
     return f"{code} {text}".strip()[:MAX_REPLY]
 
 
