@@ -64,7 +64,11 @@ def click(driver, by, value: str) -> None:
     Click an element that loads a new page, and wait until the old page is
     gone and the new one completely loaded.
     """
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        WebDriverException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
 
     element = driver.find_element(by, value)
@@ -73,11 +77,17 @@ def click(driver, by, value: str) -> None:
     def gone(_driver) -> bool:
         # Chromium reports an element of a page that was replaced either as
         # stale or, while the new document loads, as "node does not belong
-        # to the document" (no such element): both mean the old page is gone.
+        # to the document": as no such element, or (its inspector caught
+        # mid-navigation) as an "unknown error" with that text. All of them
+        # mean the old page is gone; any other error is a real one.
         try:
             element.is_enabled()
         except (StaleElementReferenceException, NoSuchElementException):
             return True
+        except WebDriverException as e:
+            if "does not belong to the document" in str(e):
+                return True
+            raise
         return False
 
     wait = WebDriverWait(driver, PAGE_WAIT)
