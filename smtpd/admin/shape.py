@@ -14,6 +14,8 @@ plus the envelopes that are new or changed since the one before.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -22,23 +24,29 @@ from twisted.internet.defer import Deferred, DeferredLock
 # Upper bounds (minutes) of the age columns; the last column is older.
 AGE_BUCKETS = (5, 10, 20, 40, 80, 160, 320, 640, 1280)
 
+# The same in seconds: an age equal to a bound counts in its column.
+_BOUNDS = tuple(60.0 * b for b in AGE_BUCKETS)
+
 # Envelopes read per thread hand-off.
 READ_BATCH = 500
 
 
-def table(entries: Iterable[tuple[float, Iterable[str]]], now: float) -> dict:
+def table(entries: Iterable[tuple[float, frozenset[str]]], now: float) -> dict:
     """
     The qshape table of C{(arrival, destination domains)} pairs of deferred
     entries: C{buckets} (column titles, minutes) and C{rows} of C{[domain,
-    total, counts...]}, a C{TOTAL} row first, then the most deferred first.
+    total, counts...]}, a C{TOTAL} row (the sum of the domains' rows) first,
+    then the most deferred domain first.
     """
     columns = len(AGE_BUCKETS) + 1
+    # Entries with the same domains and column are counted together first:
+    # most entries share a few domain sets.
+    grouped = Counter((domains, bisect_left(_BOUNDS, now - arrival))
+                      for arrival, domains in entries)
     counts: dict[str, list[int]] = {}
-    for arrival, domains in entries:
-        minutes = max(0.0, now - arrival) / 60
-        column = next((i for i, b in enumerate(AGE_BUCKETS) if minutes <= b), columns - 1)
+    for (domains, column), n in grouped.items():
         for domain in domains:
-            counts.setdefault(domain, [0] * columns)[column] += 1
+            counts.setdefault(domain, [0] * columns)[column] += n
     totals = [sum(row[i] for row in counts.values()) for i in range(columns)]
     rows = sorted(([d, sum(c), *c] for d, c in counts.items()), key=lambda r: (-r[1], r[0]))
     titles = [str(b) for b in AGE_BUCKETS] + [f"{AGE_BUCKETS[-1]}+"]
@@ -76,32 +84,46 @@ class QueueShape:
         return self._lock.run(lambda: Deferred.fromCoroutine(self._shape(now)))
 
     async def _shape(self, now: float) -> dict:
-        deferred = self.qmgr.deferred()
-        await self._refresh(deferred)
-        known = self._known
-        return table(((arrival, known[i][1]) for i, arrival, _ in deferred if i in known), now)
+        return table(await self._current(self.qmgr.deferred()), now)
 
-    async def _refresh(self, deferred: list[tuple[str, float, float | None]]) -> None:
-        """Forget entries no longer deferred; read those new or changed."""
-        current = {queue_id for queue_id, _, _ in deferred}
-        for queue_id in [i for i in self._known if i not in current]:
-            del self._known[queue_id]
-        stale = [(queue_id, due) for queue_id, _, due in deferred
-                 if self._stale(queue_id, due)]
+    async def _current(self, deferred: list[tuple[str, float, float | None]]
+                       ) -> list[tuple[float, frozenset[str]]]:
+        """
+        C{(arrival, domains)} of the C{deferred} entries: those known and
+        unchanged from memory, the others read (then known); the entries no
+        longer deferred are forgotten.
+        """
+        known, fresh = self._known, {}
+        found: list[tuple[float, frozenset[str]]] = []
+        stale: list[tuple[str, float | None, float]] = []
+        for queue_id, arrival, due in deferred:
+            kept = known.get(queue_id)
+            # While an attempt runs the entry has no next attempt: what was
+            # read stands until the attempt gives it one.
+            if kept is None or (due is not None and kept[0] != due):
+                stale.append((queue_id, due, arrival))
+            else:
+                fresh[queue_id] = kept
+                found.append((arrival, kept[1]))
+        self._known = fresh
         for start in range(0, len(stale), READ_BATCH):
-            batch = dict(stale[start:start + READ_BATCH])
-            envelopes = await self.run_blocking(self.queue.envelopes, list(batch))
-            self.reads += len(batch)
-            for envelope in envelopes:
-                domains = pending_domains(envelope)
-                self._known[envelope.id] = (batch[envelope.id],
-                                            self._sets.setdefault(domains, domains))
-        if len(self._sets) > 2 * len(self._known) + 1000:
-            self._sets = {d: d for _, d in self._known.values()}
+            found.extend(await self._read(stale[start:start + READ_BATCH]))
+        if len(self._sets) > 2 * len(fresh) + 1000:
+            self._sets = {d: d for _, d in fresh.values()}
+        return found
 
-    def _stale(self, queue_id: str, due: float | None) -> bool:
-        """Whether the domains of C{queue_id} must be read (again)."""
-        known = self._known.get(queue_id)
-        # While an attempt runs the entry has no next attempt: what was read
-        # stands until the attempt gives it one.
-        return known is None or (due is not None and known[0] != due)
+    async def _read(self, batch: list[tuple[str, float | None, float]]
+                    ) -> list[tuple[float, frozenset[str]]]:
+        """Read the domains of C{batch} (C{(id, next attempt, arrival)}); keep them."""
+        envelopes = await self.run_blocking(self.queue.envelopes, [i for i, _, _ in batch])
+        self.reads += len(batch)
+        domains = {e.id: pending_domains(e) for e in envelopes}
+        found = []
+        for queue_id, due, arrival in batch:
+            # One gone or unreadable (moved to corrupt/ at its next attempt)
+            # counts nowhere, and is not read again until its next attempt changes.
+            these = domains.get(queue_id, frozenset())
+            these = self._sets.setdefault(these, these)
+            self._known[queue_id] = (due, these)
+            found.append((arrival, these))
+        return found

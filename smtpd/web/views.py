@@ -42,6 +42,6 @@ def qshape(entries: list[dict], now: float) -> dict:
     their pending recipients and age (L{smtpd.admin.shape.table}).
     """
     return shape.table(
-        ((e["arrival"], {r["address"].rpartition("@")[2].lower()
-                         for r in e["recipients"] if r["state"] == "pending"})
+        ((e["arrival"], frozenset(r["address"].rpartition("@")[2].lower()
+                                  for r in e["recipients"] if r["state"] == "pending"))
          for e in entries if e["state"] == "deferred"), now)
