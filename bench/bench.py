@@ -113,7 +113,11 @@ def machine() -> str:
 
 def metadata(args, argv: list[str]) -> dict:
     """What the results header says about this run."""
-    import aiosmtpd
+    try:
+        from importlib.metadata import version as package_version
+        aiosmtpd = package_version("aiosmtpd")
+    except Exception:
+        aiosmtpd = "not installed"
     postfix = version(["postconf", "-d", "-h", "mail_version"])
     commit = version(["git", "-C", REPO, "log", "-1", "--format=%h (%cd)", "--date=short"])
     return {
@@ -122,7 +126,7 @@ def metadata(args, argv: list[str]) -> dict:
         "args": ("BENCH_ARGS=\"" + " ".join(user_args(argv)) + "\"") if user_args(argv) else "",
         "smtpd": f"at {commit}",
         "postfix": postfix,
-        "aiosmtpd": aiosmtpd.__version__,
+        "aiosmtpd": aiosmtpd,
         "python": platform.python_version(),
         "sessions": SESSIONS,
         "messages": args.messages,

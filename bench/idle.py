@@ -10,7 +10,8 @@ still gets its banner. Not a test: run by hand, numbers go into the README.
 a fresh `twistd -n smtpd` on a temporary deployment (127.0.0.1 only; default
 settings but the port and max_connections / max_connections_per_ip raised to
 fit the sessions),
-opens --sessions connections and reads each banner, then reports the growth
+opens --sessions connections, reads each banner and says EHLO (each session
+idle after its EHLO reply), then reports the growth
 of the server's resident memory (VmRSS in /proc/PID/status) per session, and
 the latency from connect to banner of --probes new clients opened one after
 the other while all the others stay idle (p50, p99, max). Needs an open-files
@@ -71,14 +72,29 @@ def banner(port: int, timeout: float) -> socket.socket:
     return sock
 
 
+def ehlo(sock: socket.socket) -> None:
+    """Say EHLO on C{sock} and read the whole (multi-line) 250 reply."""
+    sock.sendall(b"EHLO client.bench.test\r\n")
+    reply = b""
+    while not (reply.endswith(b"\r\n") and reply.split(b"\r\n")[-2][3:4] == b" "):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise RuntimeError(f"connection closed during EHLO: {reply!r}")
+        reply += chunk
+    if not reply.startswith(b"250"):
+        raise RuntimeError(f"EHLO refused: {reply!r}")
+
+
 def open_sessions(port: int, count: int, deadline: float) -> list[socket.socket]:
-    """C{count} idle sessions, each past its banner."""
+    """C{count} idle sessions, each past its banner and its EHLO."""
     sessions = []
     try:
         for i in range(count):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {i} sessions opened in the time allowed")
-            sessions.append(banner(port, timeout=10))
+            sock = banner(port, timeout=10)
+            sessions.append(sock)
+            ehlo(sock)
     except BaseException:
         close_all(sessions)
         raise

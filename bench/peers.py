@@ -214,8 +214,9 @@ class Smtpd(Server):
             shutil.copy(self.users_file, os.path.join(etc, "users"))
         self.log = os.path.join(self.folder, "twistd.log")
         with open(os.path.join(self.folder, "twistd.out"), "wb") as out:
-            # BENCH_SMTPD_PROFILE=FILE: cProfile of the reactor thread, stats saved
-            # to FILE(.N) when smtpd stops (for bench/profile.py).
+            # BENCH_SMTPD_PROFILE=FILE: twistd's cProfile (wall clock; on Python 3.12
+            # it sees every thread), stats saved to FILE(.N) when smtpd stops
+            # (read them with pstats).
             profile = os.environ.get("BENCH_SMTPD_PROFILE")
             extra = []
             if profile:

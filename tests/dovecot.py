@@ -11,15 +11,9 @@ from __future__ import annotations
 import glob
 import os
 import pwd
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
 
+from tests.engineproc import EngineProcess, free_port, start_engine
 from tests.engines import find_engine, skip_unless
-from tests.slapd import free_port
 
 DOVECOT_MISSING = skip_unless("dovecot", "dovecot/lmtp")
 
@@ -79,7 +73,8 @@ class Dovecot:
         """
         self.folder = folder
         self.port = free_port()
-        self.process: subprocess.Popen | None = None
+        self.engine = EngineProcess("dovecot", self.port, timeout=15.0,
+                                    ready=lambda: os.path.exists(self.socket_path), log=self.log)
         account = pwd.getpwnam("dovecot")
         self.uid, self.gid = account.pw_uid, account.pw_gid
         for sub in ("run", "state", "mail"):
@@ -114,25 +109,8 @@ class Dovecot:
         return found
 
     def start(self) -> None:
-        """Run dovecot in the foreground (-F) and wait for its LMTP port."""
-        self.process = subprocess.Popen(
-            [find_engine("dovecot"), "-F", "-c", self.config],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"dovecot exited: {self.process.stderr.read().decode()}"
-                                   f"{self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                if os.path.exists(self.socket_path):
-                    return
-            except OSError:
-                pass
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"dovecot did not start listening within 15 s: {self.log()}")
+        """Run dovecot in the foreground (-F) and wait for its LMTP port and socket."""
+        self.engine.start([find_engine("dovecot"), "-F", "-c", self.config])
 
     def log(self) -> str:
         """Dovecot's log so far."""
@@ -144,24 +122,10 @@ class Dovecot:
 
     def stop(self) -> None:
         """Stop dovecot and wait for it."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process is not None:
-            self.process.stderr.close()
-        self.process = None
+        self.engine.stop()
 
 
 def start_dovecot(case, users: dict[str, str], tempfail: bool = False) -> Dovecot:
     """A started L{Dovecot} in a temporary folder, stopped and removed at cleanup."""
-    folder = tempfile.mkdtemp(prefix="dovecot-")
-    os.chmod(folder, 0o755)
-    case.addCleanup(shutil.rmtree, folder, True)
-    server = Dovecot(folder, users, tempfail)
-    server.start()
-    case.addCleanup(server.stop)
-    return server
+    return start_engine(case, "dovecot-", lambda folder: Dovecot(folder, users, tempfail),
+                        mode=0o755)

@@ -8,15 +8,9 @@ to skip when Debian's haproxy is not installed.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
 
+from tests.engineproc import EngineProcess, free_port, start_engine
 from tests.engines import find_engine, skip_unless
-from tests.slapd import free_port
 
 HAPROXY_MISSING = skip_unless("haproxy")
 
@@ -48,43 +42,17 @@ class HAProxy:
         with open(self.config, "w") as f:
             f.write(CONFIG.format(port=self.port, backend=backend_port,
                                   send_proxy="send-proxy-v2" if version == 2 else "send-proxy"))
-        self.process: subprocess.Popen | None = None
+        self.engine = EngineProcess("haproxy", self.port)
 
     def start(self) -> None:
         """Start and wait until the frontend accepts connections."""
-        self.process = subprocess.Popen([find_engine("haproxy"), "-db", "-f", self.config],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"haproxy exited: {self.process.stderr.read().decode()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        raise RuntimeError("haproxy did not start listening within 10 s")
+        self.engine.start([find_engine("haproxy"), "-db", "-f", self.config])
 
     def stop(self) -> None:
         """Stop haproxy and wait for it."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process is not None:
-            self.process.stderr.close()
-        self.process = None
+        self.engine.stop()
 
 
 def start_haproxy(case, backend_port: int, version: int = 2) -> HAProxy:
     """A started L{HAProxy} in front of C{backend_port}, stopped at cleanup."""
-    folder = tempfile.mkdtemp(prefix="haproxy-")
-    case.addCleanup(shutil.rmtree, folder, True)
-    proxy = HAProxy(folder, backend_port, version)
-    proxy.start()
-    case.addCleanup(proxy.stop)
-    return proxy
+    return start_engine(case, "haproxy-", lambda folder: HAProxy(folder, backend_port, version))

@@ -45,6 +45,7 @@ import subprocess
 import tempfile
 import time
 
+from tests.engineproc import free_port
 from tests.engines import find_engine, skip_unless
 
 # The reason to skip when Debian's postfix is not installed (the programs the
@@ -85,13 +86,6 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
 class PostfixError(Exception):
     """The instance could not be started; the message says why and where its log is."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_banner(port: int, timeout: float, running, log: str,

@@ -8,14 +8,13 @@ slapd is not installed (`make engines` installs it).
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
 import subprocess
-import tempfile
-import time
 
+from tests.engineproc import EngineProcess, free_port, start_engine
 from tests.engines import find_engine, skip_unless
+
+__all__ = ["SLAPD_MISSING", "SUFFIX", "ROOT_DN", "ROOT_PASSWORD", "TREE", "Slapd",
+           "free_port", "start_slapd", "write_certificates"]
 
 SCHEMA_DIR = "/etc/ldap/schema"
 SLAPD_MISSING = skip_unless("slapd", "slapadd")
@@ -192,13 +191,6 @@ member: uid=gone,ou=people,{suffix}
 """
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 TLS_CONFIG = """
 TLSCACertificateFile {folder}/ca.pem
 TLSCertificateFile {folder}/server.pem
@@ -256,7 +248,7 @@ class Slapd:
         self.folder = folder
         self.port = free_port()
         self.tls_port = free_port() if tls else 0
-        self.process: subprocess.Popen | None = None
+        self.engine = EngineProcess("slapd", self.port)
         os.makedirs(os.path.join(folder, "db"))
         with open(os.path.join(folder, "mail.schema"), "w") as f:
             f.write(MAIL_SCHEMA)
@@ -292,41 +284,14 @@ class Slapd:
 
     def start(self) -> None:
         """Run slapd in the foreground (-d 0) and wait until it accepts connections."""
-        self.process = subprocess.Popen(
-            [find_engine("slapd"), "-d", "0", "-f", self.config, "-h", self.listen_urls()],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"slapd exited: {self.process.stderr.read().decode()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        raise RuntimeError("slapd did not start listening within 10 s")
+        self.engine.start([find_engine("slapd"), "-d", "0", "-f", self.config,
+                           "-h", self.listen_urls()])
 
     def stop(self) -> None:
         """Stop slapd and wait for it."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process is not None:
-            self.process.stderr.close()
-        self.process = None
+        self.engine.stop()
 
 
 def start_slapd(case, tree: str = TREE, tls: bool = False) -> Slapd:
     """A started L{Slapd} in a temporary folder, stopped and removed at cleanup."""
-    folder = tempfile.mkdtemp(prefix="slapd-")
-    case.addCleanup(shutil.rmtree, folder, True)
-    server = Slapd(folder, tree, tls)
-    server.start()
-    case.addCleanup(server.stop)
-    return server
+    return start_engine(case, "slapd-", lambda folder: Slapd(folder, tree, tls))

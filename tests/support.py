@@ -623,25 +623,28 @@ class SmtpSink:
 
 
 class _SinkFactory(Factory):
-    def __init__(self, sink: SmtpSink):
+    def __init__(self, sink: SmtpSink, session: type[SinkSession] = SinkSession):
         self.sink = sink
+        self.session = session
 
     def buildProtocol(self, addr: Any) -> SinkSession:
-        session = SinkSession(self.sink)
+        session = self.session(self.sink)
         session.factory = self
         return session
 
 
 def start_smtp_sink(
-    testcase: Any, interface: str, port: int = 0, script: SinkScript | None = None
+    testcase: Any, interface: str, port: int = 0, script: SinkScript | None = None,
+    session: type[SinkSession] = SinkSession,
 ) -> SmtpSink:
     """
-    Listen with a recording SMTP server on C{interface}:C{port} (0: any port).
+    Listen with a recording SMTP server on C{interface}:C{port} (0: any port);
+    C{session} is the L{SinkSession} class of its connections.
 
     @raise CannotListenError: when the port is taken on that interface.
     """
     sink = SmtpSink(interface, script or SinkScript())
-    listening = reactor.listenTCP(port, _SinkFactory(sink), interface=interface)
+    listening = reactor.listenTCP(port, _SinkFactory(sink, session), interface=interface)
     sink.port = listening.getHost().port
     testcase.addCleanup(sink.close_all)
     testcase.addCleanup(listening.stopListening)

@@ -47,10 +47,10 @@ class CtlTestCase(unittest.TestCase):
         self.patch(sys, "stdout", self.stdout)
         self.patch(sys, "stderr", self.stderr)
 
-    def run_ctl(self, *argv: str, stdin: str = "") -> int:
+    def run_ctl(self, *argv: str, stdin: str = "", clock=None) -> int:
         """Run smtpctl with C{argv} against the test config; the exit status."""
         self.patch(sys, "stdin", io.StringIO(stdin))
-        return ctl.main(["--config", self.config, *argv])
+        return ctl.main(["--config", self.config, *argv], clock=clock)
 
     def assertNoTraceback(self) -> None:
         """Nothing that looks like a traceback was printed."""
@@ -211,6 +211,29 @@ class QueueListTests(CtlTestCase):
         [listed] = json.loads(self.stdout.getvalue())
         self.assertEqual((listed["id"], listed["state"], listed["recipients"][0]["last_reply"]),
                          (e.id, "deferred", "451 4.4.1 connection refused"))
+
+    def test_ages_from_the_clock(self) -> None:
+        """
+        The ages in C{queue list} and C{queue show} are measured against the
+        clock smtpctl is given: 3 h 20 min after arrival, 15 min before the
+        next attempt, exactly.
+        """
+        queue = self.queue()
+        e = Envelope(queue.new_id(), "a@example.com", [Recipient("b@remote.example")],
+                     arrival=1_700_000_000.0, next_attempt=1_700_012_900.0,
+                     attempts=1, state=DEFERRED, size=20)
+        self.successResultOf(queue.store(e, b"Subject: x\r\n\r\nbody\r\n"))
+        clock = Clock()
+        clock.advance(1_700_000_000 + 3 * 3600 + 20 * 60)
+        self.assertEqual(self.run_ctl("queue", "list", clock=clock), 0)
+        cells = self.stdout.getvalue().splitlines()[1].split()
+        self.assertEqual((cells[2], cells[5], cells[6]), ("3h", "in", "15m"))
+        self.stdout.truncate(0)
+        self.stdout.seek(0)
+        clock.advance(86400)
+        self.assertEqual(self.run_ctl("queue", "show", e.id, clock=clock), 0)
+        self.assertIn("arrival:   2023-11-14 22:13:20 UTC (1d ago)",
+                      self.stdout.getvalue().splitlines())
 
     def test_read_only(self) -> None:
         """Listing never changes the queue folder, whatever it holds."""

@@ -15,34 +15,19 @@ import grp
 import re
 import shutil
 import signal
-import socket
 import tempfile
 
 from twisted.internet import defer, reactor, threads
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial import unittest
 
+from tests.engineproc import accepts as listening, free_port
 from tests.engines import find_engine, skip_unless
 from tests.mailstore import PASSWORD, USER, Deployment, eventually
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "docs", "dovecot.conf")
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def listening(port: int) -> bool:
-    """Whether something accepts connections on 127.0.0.1:C{port}."""
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
 
 
 def mail_user() -> tuple[str, str]:

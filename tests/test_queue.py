@@ -16,8 +16,8 @@ from twisted.trial import unittest
 
 from smtpd.mail.envelope import DEFERRED, FAILED, Envelope, Recipient
 from smtpd.mail.envelope import valid_queue_id
-from smtpd.queue.store import Queue
-from smtpd.mail.source import read_all
+from smtpd.queue.store import FRESH_DATA_BUDGET, Queue
+from smtpd.mail.source import held_data, read_all
 
 DATA = b"From: a@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
 
@@ -182,6 +182,45 @@ class StoreTests(QueueTestCase):
             self.assertEqual(len(self.listing()), 80)
 
         return d.addCallback(check)
+
+
+class FreshDataTests(QueueTestCase):
+    """The data of an entry stored from memory is read from memory once, for its first attempt."""
+
+    def test_first_read_from_memory(self) -> None:
+        """
+        The first L{Queue.source} after a store from memory holds the data
+        (the same octets as the data file); later ones read the file.
+        """
+        e = self.store(data=DATA)
+        first = self.queue.source(e.id)
+        self.assertEqual(held_data(first), DATA)
+        with open(self.queue.data_path(e.id), "rb") as f:
+            self.assertEqual(f.read(), DATA)
+        second = self.queue.source(e.id)
+        self.assertIsNone(held_data(second))
+        self.assertEqual(read_all(second), DATA)
+
+    def test_budget(self) -> None:
+        """Beyond the budget (L{FRESH_DATA_BUDGET} by default) entries are read from their files."""
+        self.queue = Queue(self.folder, self.clock, defer.maybeDeferred, fresh_budget=10_000)
+        data = b"x" * 5_000 + b"\r\n"
+        kept, over = self.store(data=data), self.store(data=data)
+        self.assertEqual(held_data(self.queue.source(kept.id)), data)
+        self.assertIsNone(held_data(self.queue.source(over.id)))
+        self.assertEqual(read_all(self.queue.source(over.id)), data)
+        third = self.store(data=data)  # the first one's share came back
+        self.assertEqual(held_data(self.queue.source(third.id)), data)
+
+    def test_removed_and_badmail(self) -> None:
+        """A removed entry, or one moved to badmail, holds no data in memory."""
+        removed, bad = self.store(), self.store()
+        self.successResultOf(self.queue.remove(removed.id))
+        self.successResultOf(self.queue.move_to_badmail(bad, "test"))
+        self.assertRaises(FileNotFoundError, self.queue.source, removed.id)
+        self.assertRaises(FileNotFoundError, self.queue.source, bad.id)
+        with open(os.path.join(self.mailroot, "badmail", bad.id + ".bad"), "rb") as f:
+            self.assertEqual(f.read(), DATA)
 
 
 class IdTests(QueueTestCase):

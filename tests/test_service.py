@@ -20,6 +20,7 @@ from twisted.internet import defer, reactor, threads
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial import unittest
 
+from tests.engineproc import free_port
 from tests.engines import find_engine, skip_unless
 from tests.mailstore import eventually
 
@@ -43,13 +44,6 @@ def skip_decorator(*engines: str):
         return method
 
     return mark
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class UnitFileTests(unittest.TestCase):

@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet import reactor, ssl
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from smtpd.config import Config, DeliveryConfig, DomainConfig, ServerConfig, SmartHost
@@ -23,7 +25,10 @@ from smtpd.delivery.relay import RelayManager
 from smtpd.delivery.tlsreporting import TLSReportRecorder, is_recipient_domain, mx_patterns
 from smtpd.mail.envelope import Envelope, Recipient
 from smtpd.mail.source import BytesSource
+from smtpd.delivery.tlsoutcome import is_tls_report
+from smtpd.mailauth.tlsrpt.message import ReportMail, report_message
 from smtpd.mailauth.tlsrpt.outcome import MemoryOutcomes, TLSOutcome, TLSPolicy
+from smtpd.mailauth.tlsrpt.store import OutcomeStore, day_of
 from tests.support import (
     CertificateAuthority,
     SinkScript,
@@ -45,6 +50,12 @@ ZONES = {
 }
 MX1, OTHER = "127.0.0.2", "127.0.0.3"
 CA = CertificateAuthority()
+# A TLS report as the reporter makes it (RFC 8460 5.3), for other.test's rua.
+REPORT = report_message(
+    ReportMail("example.net", "ours.test", "2025-11-30T00:00:00Z_example.net",
+               "noreply-smtp-tls-reporting@ours.test", ("tlsrpt@other.test",),
+               "ours.test!example.net!1764460800!1764547199.json.gz", "2025-11-30"),
+    b"\x1f\x8b not really gzip", 1764547200.0)
 
 
 def expired_options(hostname: str) -> ssl.CertificateOptions:
@@ -94,12 +105,12 @@ class RelayOutcomeTests(unittest.TestCase):
         self.addCleanup(relay.stop)
         return relay
 
-    async def send(self, relay: RelayManager, *addresses: str) -> list:
+    async def send(self, relay: RelayManager, *addresses: str, data: bytes = MESSAGE) -> list:
         recipients = [Recipient(r) for r in addresses]
         envelope = Envelope(id="0A1B2C", sender="a@ours.test", recipients=recipients,
                             arrival=0.0)
         statuses = await relay.deliver(envelope, [(r, None) for r in recipients],
-                                       BytesSource(MESSAGE))
+                                       BytesSource(data))
         return [s.code for s in statuses]
 
     def outcome(self, domain: str, host: str, ip: str, result: str = "",
@@ -179,6 +190,42 @@ class RelayOutcomeTests(unittest.TestCase):
         remote = DomainConfig(name="other.test", type="remote", outbound_tls="none")
         await self.send(self.relay("may", domains=[remote]), "c@other.test")
         self.assertEqual(self.outcomes.outcomes, [])
+
+    async def test_report_sessions_not_counted(self) -> None:
+        """
+        RFC 8460 5.3: the session that delivers a TLS report is not counted:
+        a report relayed to a host whose TLS fails (and then in plain text,
+        outbound_tls = may) leaves the day's counts as they were; an
+        ordinary message over the same failing TLS counts the failure.
+        """
+        sinks = self.sinks(None, SinkScript(tls=broken_tls_options()))
+        clock = Clock()
+        clock.advance(1764547200.0 + 3600)
+        self.outcomes = OutcomeStore(self.mktemp(), clock, maybeDeferred)
+        relay = self.relay("may")
+        self.assertEqual(await self.send(relay, "tlsrpt@other.test", data=REPORT), [250])
+        self.assertEqual(sinks[1].connections, 2)  # TLS failed, then plain text
+        self.assertEqual(sinks[1].messages[-1].data, REPORT)
+        self.assertEqual(self.outcomes.days, {})
+        await relay.stop()
+        self.assertEqual(await self.send(self.relay("may"), "c@other.test"), [250])
+        [day] = self.outcomes.days.values()
+        self.assertEqual(day.day, day_of(clock.seconds()))
+        [counts] = day.for_domain("other.test")
+        self.assertEqual((counts.successes, counts.failure_count), (0, 1))
+
+    def test_is_tls_report(self) -> None:
+        """
+        A report message is told by its C{multipart/report;
+        report-type="tlsrpt"} and C{TLS-Report-Domain}; other mail, or
+        another report type, is not one.
+        """
+        self.assertTrue(is_tls_report(BytesSource(REPORT)))
+        self.assertFalse(is_tls_report(BytesSource(MESSAGE)))
+        dmarc = REPORT.replace(b'report-type="tlsrpt"', b'report-type="dmarc"')
+        self.assertFalse(is_tls_report(BytesSource(dmarc)))
+        unnamed = REPORT.replace(b"TLS-Report-Domain:", b"X-Report-Domain:")
+        self.assertFalse(is_tls_report(BytesSource(unnamed)))
 
 
 class RecorderTests(unittest.TestCase):

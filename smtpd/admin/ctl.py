@@ -252,7 +252,17 @@ def user_list(options: argparse.Namespace) -> None:
 
 def _remote(command):
     """A command of L{smtpd.admin.remote} with the configuration loaded."""
-    return lambda options: command(_config(options.config), options)
+    return lambda options, clock: command(_config(options.config), options)
+
+
+def _timed(command):
+    """A command of L{smtpd.admin.remote} that shows ages: the configuration and the clock."""
+    return lambda options, clock: command(_config(options.config), options, clock)
+
+
+def _local(command):
+    """A command that needs only its options."""
+    return lambda options, clock: command(options)
 
 
 _KEY_SUFFIX = {RSA_SHA256: "rsa", ED25519_SHA256: "ed25519"}
@@ -296,34 +306,40 @@ def _printable(line: str) -> str:
 
 
 _COMMANDS = {
-    ("check", None): check,
-    ("user", "add"): user_add,
-    ("user", "del"): user_del,
-    ("user", "list"): user_list,
-    ("manhole-user", "add"): manhole_user_add,
+    ("check", None): _local(check),
+    ("user", "add"): _local(user_add),
+    ("user", "del"): _local(user_del),
+    ("user", "list"): _local(user_list),
+    ("manhole-user", "add"): _local(manhole_user_add),
     ("status", None): _remote(remote.status),
-    ("queue", "list"): _remote(remote.queue_list),
-    ("queue", "show"): _remote(remote.queue_show),
+    ("queue", "list"): _timed(remote.queue_list),
+    ("queue", "show"): _timed(remote.queue_show),
     ("queue", "retry"): _remote(remote.queue_retry),
     ("queue", "hold"): _remote(remote.queue_hold),
     ("queue", "release"): _remote(remote.queue_release),
     ("queue", "delete"): _remote(remote.queue_delete),
-    ("sessions", None): _remote(remote.sessions),
+    ("sessions", None): _timed(remote.sessions),
     ("sessions", "kill"): _remote(remote.sessions_kill),
     ("reload", None): _remote(remote.reload),
-    ("dkim", "keygen"): dkim_keygen,
+    ("dkim", "keygen"): _local(dkim_keygen),
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run C{smtpctl} with C{argv} (default: the command line); the exit status."""
+def main(argv: Sequence[str] | None = None, clock=None) -> int:
+    """
+    Run C{smtpctl} with C{argv} (default: the command line); the exit
+    status. C{clock} (anything with C{seconds()}) is what the tables' ages
+    are measured against; by default the reactor's.
+    """
     try:
         options = _parser().parse_args(argv)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
     command = _COMMANDS[(options.command, getattr(options, "action", None))]
+    if clock is None:
+        from twisted.internet import reactor as clock
     try:
-        command(options)
+        command(options, clock)
     except CommandError as e:
         for line in e.lines:
             print(line, file=sys.stderr)

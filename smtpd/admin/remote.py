@@ -7,6 +7,9 @@ say the server is not running (exit status 1). The reading ones also go
 through the JSON API of C{[http]} (L{smtpd.admin.webclient}): with
 C{--http URL}, or when the control socket cannot be reached and C{[http]
 listen} is set.
+
+The tables show ages (since arrival, until the next attempt, of a session)
+against the C{clock} the commands are given: anything with C{seconds()}.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import getpass
 import json
 import os
 import sys
-import time
 
 from smtpd.admin import listing, tables
 from smtpd.admin.control import ControlClient, NotRunning, Refused, socket_path
@@ -153,10 +155,11 @@ def _offline_queue(config: Config) -> list[dict]:
 LIST_PAGE = 1000
 
 
-def queue_list(config: Config, options: argparse.Namespace) -> None:
+def queue_list(config: Config, options: argparse.Namespace, clock) -> None:
     """
     The queue entries (at most C{--limit}), printed a page at a time as they
-    come from the server or (stopped) from the mailroot.
+    come from the server or (stopped) from the mailroot; ages as of
+    C{clock.seconds()}.
     """
     limit = options.limit
     if limit is not None and limit < 0:
@@ -164,7 +167,7 @@ def queue_list(config: Config, options: argparse.Namespace) -> None:
     pages = _queue_pages(config, options, limit)
     if options.json:
         return _emit_json_stream(pages)
-    table = tables.QueueTable(time.time())
+    table = tables.QueueTable(clock.seconds())
     for entries in pages:
         if entries and not table.count:
             emit([table.header()])
@@ -226,15 +229,15 @@ def _emit_json_stream(pages) -> None:
     print("\n]" if opened else "[]", file=sys.stdout)
 
 
-def queue_show(config: Config, options: argparse.Namespace) -> None:
-    """One entry with its envelope, recipients and header fields."""
+def queue_show(config: Config, options: argparse.Namespace, clock) -> None:
+    """One entry with its envelope, recipients and header fields; its age as of C{clock}."""
     try:
         entry = call(config, "show", options, id=options.id)
     except NotRunning:
         entry = _offline_show(config, options.id)
     if options.json:
         return emit_json(entry)
-    emit(tables.show_lines(entry, time.time()))
+    emit(tables.show_lines(entry, clock.seconds()))
 
 
 def _offline_show(config: Config, queue_id: str) -> dict:
@@ -295,15 +298,15 @@ def status(config: Config, options: argparse.Namespace) -> None:
     emit(tables.status_lines(result))
 
 
-def sessions(config: Config, options: argparse.Namespace) -> None:
-    """The inbound sessions open now."""
+def sessions(config: Config, options: argparse.Namespace, clock) -> None:
+    """The inbound sessions open now; how long each has been open, as of C{clock}."""
     try:
         result = call(config, "sessions", options)
     except NotRunning:
         raise CommandError("smtpctl: the server is not running: no sessions") from None
     if options.json:
         return emit_json(result)
-    emit(tables.sessions_table(result, time.time()))
+    emit(tables.sessions_table(result, clock.seconds()))
 
 
 def sessions_kill(config: Config, options: argparse.Namespace) -> None:

@@ -7,43 +7,39 @@ BODY=8BITMIME (RFC 6152), DSN parameters (RFC 3461), PIPELINING (RFC 2920)
 and CHUNKING (RFC 3030: BDAT toward hosts that offer it).
 
 L{RelayClient} is the protocol: it reads replies (bounded in lines, octets
-and time), sets the session up, and streams message data from disk with
-flow control. L{smtpd.delivery.transaction} runs the mail transactions on it.
+and time), sets the session up, and sends the message data
+(L{smtpd.delivery.streaming}). L{smtpd.delivery.transaction} runs the mail
+transactions on it.
 """
 
 from __future__ import annotations
 
 import re
 from collections import deque
-from typing import Any, NamedTuple
+from typing import Any
 
-from service_identity import VerificationError
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
-from twisted.protocols.basic import FileSender, LineReceiver
+from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from smtpd.delivery.handshake import set_up
-from smtpd.delivery.tlsoutcome import (
-    CERTIFICATE_EXPIRED,
-    CERTIFICATE_HOST_MISMATCH,
-    CERTIFICATE_NOT_TRUSTED,
-    VALIDATION_FAILURE,
-)
+from smtpd.delivery.streaming import MessageStreaming
+from smtpd.delivery.tlsfailure import certificate_expired, lost_error
 from smtpd.delivery.transaction import run_transaction
 from smtpd.delivery.wire import (
-    BdatChunker,
-    DotStuffer,
     OutboundMessage,
+    Reply,
     SessionError,
     enhanced_status,
     refusal,
     reply_text,
 )
 from smtpd.mail.envelope import DeliveryStatus
-from smtpd.mail.source import CHUNK_SIZE, IMessageSource
+from smtpd.util.directsend import send_at_once
 
 TLS_POLICIES = ("none", "may", "encrypt", "verify", "dane")
 
@@ -59,32 +55,7 @@ _REPLY_LINE = re.compile(rb"(\d{3})([ -]|\Z)")
 log = Logger()
 
 
-class Reply(NamedTuple):
-    """One complete reply: its code, as one line (code first), and its lines' texts."""
-
-    code: int
-    text: str
-    lines: list[bytes]
-
-
-class _Reader:
-    """A file whose read errors end the session instead of the transport's write loop."""
-
-    def __init__(self, file: Any, client: RelayClient):
-        self.file = file
-        self.client = client
-
-    def read(self, size: int) -> bytes:
-        """Up to C{size} octets; b"" (the end) after a read error, which fails the session."""
-        try:
-            return self.file.read(size)
-        except OSError as e:
-            self.client.fail(SessionError(451, "4.3.0", f"451 4.3.0 cannot read the message: {e}"),
-                             abort=True)
-            return b""
-
-
-class RelayClient(LineReceiver, TimeoutMixin):
+class RelayClient(MessageStreaming, LineReceiver, TimeoutMixin):
     """
     A client session with one host.
 
@@ -139,6 +110,7 @@ class RelayClient(LineReceiver, TimeoutMixin):
         self._reply_bytes = 0
         self._established = self._connected = self._lost = self._busy = False
         self._streaming = False
+        self._direct = False
         self._error: SessionError | None = None
         self._closed_waiters: list[Deferred[None]] = []
 
@@ -186,6 +158,8 @@ class RelayClient(LineReceiver, TimeoutMixin):
     def connectionMade(self) -> None:
         """Wait for the greeting, under the timeout, then set the session up."""
         self._connected = True
+        # Plain TCP: writes may go straight into the socket (L{write}).
+        self._direct = type(self.transport) is tcp.Client
         if ITCPTransport.providedBy(self.transport):
             # A pipelined flight, BDAT LAST or the final dot is a small write
             # after a larger one that waits for an answer: Nagle's algorithm
@@ -267,8 +241,29 @@ class RelayClient(LineReceiver, TimeoutMixin):
         replies = [self.expect("reply to " + line.split(b" ", 1)[0].decode("ascii", "replace"))
                    for line in lines]
         if self._error is None:
-            self.transport.writeSequence([line + self.delimiter for line in lines])
+            self.write(self.delimiter.join(lines) + self.delimiter)
         return replies
+
+    def sendLine(self, line: bytes) -> None:
+        """Send one command line (L{write})."""
+        self.write(line + self.delimiter)
+
+    def write(self, data: bytes) -> None:
+        """
+        Send C{data}: straight into the socket of a plain TCP session when it
+        takes all of it (Twisted's write would buffer it, ask epoll for
+        writability and send on the next loop turn: two epoll_ctl calls and a
+        turn per command or flight). What does not fit, anything while TLS
+        runs or a file is streamed, and everything after, goes through the
+        transport, in order.
+        """
+        if self._direct and not (self.secure or self._streaming):
+            sent = send_at_once(self.transport, data)
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self._direct = False
+        self.transport.write(data)
 
     # ------------------------------------------------------------ set-up
 
@@ -366,123 +361,3 @@ class RelayClient(LineReceiver, TimeoutMixin):
                               status=status or enhanced_status(code, reply), reply=reply,
                               remote_mta=self.remote_mta, tls=self.secure,
                               dsn_passed="DSN" in self.extensions)
-
-    async def stream(self, source: IMessageSource) -> Reply:
-        """
-        Send the message as the DATA stream, dot-stuffed a chunk at a time as
-        the host takes it (a pull producer on the transport: never more than
-        a chunk or two in memory), then the final dot; the reply to it.
-        """
-        final = self.expect("reply to end of DATA")
-        stuffer = DotStuffer()
-        await self._send_source(source, stuffer.feed)
-        if self._error is None:
-            self.transport.write(stuffer.finish())
-        return await final
-
-    async def stream_chunks(self, source: IMessageSource, binary: bool = False) -> Reply:
-        """
-        Send the message as BDAT chunks (RFC 3030), one per piece read from
-        C{source} as the host takes them, pipelined without waiting for their
-        replies, the last with C{LAST}. The reply that decides: the first
-        refusal of a chunk, else the reply to the last one. C{binary}
-        (BINARYMIME): the octets go as they are, line ends untouched.
-        """
-        chunker = BdatChunker(binary)
-        replies: list[Deferred[Reply]] = []
-
-        def chunk(data: bytes) -> bytes:
-            out = chunker.feed(data)
-            if out:
-                replies.append(self.expect("reply to BDAT"))
-            return out
-
-        self.setTimeout(self.timeout)  # armed for the replies of the chunks to come
-        await self._send_source(source, chunk)
-        replies.append(self.expect("reply to BDAT LAST"))
-        if self._error is None:
-            self.transport.write(chunker.finish())
-        decisive = None
-        try:
-            for d in replies:
-                reply = await d
-                if decisive is None and not 200 <= reply.code < 300:
-                    decisive = reply
-        finally:
-            for d in replies:
-                d.addErrback(lambda _: None)
-        return decisive or reply
-
-    async def _send_source(self, source: IMessageSource, transform: Any) -> None:
-        """
-        Write C{source} through C{transform} a chunk at a time as the host
-        takes it (a pull producer on the transport: never more than a chunk
-        or two in memory). A read error fails the session.
-        """
-
-        def progress(chunk: bytes) -> bytes:
-            self.resetTimeout()  # the host is taking the data: progress
-            return transform(chunk)
-
-        try:
-            file = source.open()
-        except OSError as e:
-            self.fail(SessionError(451, "4.3.0", f"451 4.3.0 cannot read the message: {e}"),
-                      abort=True)
-            return
-        sender = FileSender()
-        sender.CHUNK_SIZE = CHUNK_SIZE
-        self._streaming = True
-        try:
-            await sender.beginFileTransfer(_Reader(file, self), self.transport, progress)
-        except Exception:
-            pass  # the transport stopped us: the connection is gone, the replies fail
-        finally:
-            self._streaming = False
-            file.close()
-
-
-def lost_error(reason: Failure | None, handshake: bool, phase: str,
-               expired: bool = False) -> SessionError:
-    """
-    The error for a connection lost unasked: during the TLS C{handshake} a
-    TLS failure (the host may work in plain text), else 4.4.2. C{expired}:
-    the host's certificate is out of its validity period (what failed its
-    verification, when it failed).
-    """
-    why = reason.getErrorMessage() if reason is not None else "connection lost"
-    if handshake:
-        result = tls_failure_type(reason)
-        if expired and result == CERTIFICATE_NOT_TRUSTED:
-            result = CERTIFICATE_EXPIRED
-        return SessionError(451, "4.7.5", f"451 4.7.5 TLS negotiation failed: {why}",
-                            tls_failure=True, tls_result=result)
-    return SessionError(451, "4.4.2", f"451 4.4.2 lost connection while waiting for {phase}")
-
-
-def certificate_expired(transport: Any, now: float) -> bool:
-    """
-    Whether the certificate the host sent on C{transport}'s TLS connection
-    is outside its validity period at C{now} (OpenSSL's error says only
-    "certificate verify failed"); False when it sent none.
-    """
-    try:
-        leaf = transport.getHandle().get_peer_cert_chain()[0].to_cryptography()
-    except Exception:
-        return False
-    return not (leaf.not_valid_before_utc.timestamp() <= now
-                <= leaf.not_valid_after_utc.timestamp())
-
-
-def tls_failure_type(reason: Failure | None) -> str:
-    """The RFC 8460 result type of a failed TLS handshake."""
-    if reason is None:
-        return VALIDATION_FAILURE
-    if reason.check(VerificationError):
-        return CERTIFICATE_HOST_MISMATCH
-    text = str(reason.value).lower()
-    if "expired" in text:
-        return CERTIFICATE_EXPIRED
-    if "certificate verify failed" in text:
-        return CERTIFICATE_NOT_TRUSTED
-    return VALIDATION_FAILURE

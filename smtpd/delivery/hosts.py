@@ -62,9 +62,11 @@ class HostDelivery:
         failures and delivers as usual. REQUIRETLS demands verified TLS and
         bounces (5.7.10) without it.
         """
-        level = self._policyLevel(route, target, policy)
+        # The sessions of a TLS report are not counted (RFC 8460 5.3).
+        counted = not message.tls_report
+        level = self._policyLevel(route, target, policy, counted)
         # A host a testing policy does not list was reported already.
-        report = policy.allows(target.name)
+        report = policy.allows(target.name) and counted
         if message.requiretls and level not in ("verify", "dane"):
             level = "verify"
         if level == route.tls:
@@ -106,13 +108,15 @@ class HostDelivery:
             )
         return await self._deliverTo(replace(route, tls="none"), target, message, policy, report)
 
-    def _policyLevel(self, route: Route, target: Target, policy: HostPolicy) -> str:
+    def _policyLevel(self, route: Route, target: Target, policy: HostPolicy,
+                     counted: bool = True) -> str:
         """
         The TLS level C{policy} asks for with C{target}; L{SessionError} when
-        it rules the host out.
+        it rules the host out (published unless not C{counted}).
         """
         if policy.error:
-            self._publish(policy, target, "", DNSSEC_INVALID, policy.error)
+            if counted:
+                self._publish(policy, target, "", DNSSEC_INVALID, policy.error)
             raise SessionError(451, "4.7.5", f"451 4.7.5 no TLSA answer for {target.name}: "
                                f"{policy.error}", tls_result=DNSSEC_INVALID)
         if policy.kind == NO_POLICY:
@@ -121,7 +125,8 @@ class HostDelivery:
             return "dane"
         if not policy.allows(target.name):
             why = f"MX host {target.name} is not in the MTA-STS policy of {policy.domain}"
-            self._publish(policy, target, "", VALIDATION_FAILURE, why)
+            if counted:
+                self._publish(policy, target, "", VALIDATION_FAILURE, why)
             if policy.enforced:
                 raise SessionError(451, "4.7.5", f"451 4.7.5 {why}",
                                    tls_result=VALIDATION_FAILURE)

@@ -11,6 +11,8 @@ import ipaddress
 import socket
 from typing import Any, Callable
 
+from smtpd.mail.address import parse_ip
+
 # How many answers L{LocalAddresses} remembers.
 LOCAL_ADDRESS_CACHE = 1024
 
@@ -51,7 +53,7 @@ class LocalAddresses:
     def __call__(self, address: str) -> bool:
         """Whether C{address} (an IP address, IPv4 or IPv6) is ours."""
         try:
-            ip = unmapped(ipaddress.ip_address(address))
+            ip = unmapped(parse_ip(address))
         except ValueError:
             return False
         key = str(ip)
@@ -89,7 +91,7 @@ def is_listener(address: str, port: int, endpoints: set[tuple[str, int]],
     both) when the address is loopback or one of this machine's own.
     """
     try:
-        ip = unmapped(ipaddress.ip_address(address))
+        ip = unmapped(parse_ip(address))
     except ValueError:
         return False
     wildcard = False
@@ -97,7 +99,7 @@ def is_listener(address: str, port: int, endpoints: set[tuple[str, int]],
         if local_port != port:
             continue
         try:
-            local = unmapped(ipaddress.ip_address(local_address))
+            local = unmapped(parse_ip(local_address))
         except ValueError:
             continue
         if local == ip:

@@ -36,12 +36,12 @@ from smtpd.delivery.routes import (
     route_for,
     route_status,
 )
-from smtpd.delivery.tlsoutcome import POLICY_STS, TLSOutcome, TLSOutcomes
+from smtpd.delivery.tlsoutcome import POLICY_STS, TLSOutcome, TLSOutcomes, is_tls_report
 from smtpd.delivery.tlspolicy import HostPolicy, TLSPolicies, sts_strings
 from smtpd.delivery.wire import OutboundMessage, SessionError
 from smtpd.mail.envelope import DeliveryStatus, Envelope, Recipient
 from smtpd.mail.intl import needs_smtputf8
-from smtpd.mail.source import IMessageSource, read_chunks, read_head
+from smtpd.mail.source import IMessageSource, held_data, read_chunks, read_head
 
 __all__ = ["RelayManager", "LocalAddresses", "bindable", "has_8bit", "tls_not_required"]
 
@@ -171,6 +171,15 @@ class RelayManager:
             return host_route(self._config, host, destination.port)
         return route_for(self._config, recipient.address)
 
+    def _scan(self, read: Callable[[IMessageSource], bool], message: IMessageSource) -> Any:
+        """
+        C{read(message)}: at once when the data is held in memory (a scan of
+        a few KiB costs less than a thread hop), else off the reactor thread.
+        """
+        if held_data(message) is not None:
+            return maybeDeferred(read, message)
+        return self._run(read, message)
+
     async def _deliver(
         self, envelope: Envelope, deliveries: list[tuple[Recipient, Any]],
         message: IMessageSource,
@@ -187,12 +196,15 @@ class RelayManager:
         binary = envelope.body.upper() == "BINARYMIME"
         eight_bit = envelope.body.upper() == "8BITMIME"
         if groups and not (eight_bit or binary):
-            eight_bit = await self._run(has_8bit, message)
+            eight_bit = await self._scan(has_8bit, message)
         # RFC 6531 3.4: SMTPUTF8 only when the envelope or the header needs
         # it; then only toward hosts that offer it (no downgrade).
         utf8_header_fields = False
         if groups and envelope.smtputf8:
-            utf8_header_fields = await self._run(utf8_header, message)
+            utf8_header_fields = await self._scan(utf8_header, message)
+        # RFC 8460 5.3: the sessions that deliver TLS reports are not counted.
+        tls_report = bool(groups) and self.tls_outcomes.observed and await self._scan(
+            is_tls_report, message)
         jobs = []
         for route, indexes in groups.items():
             outbound = OutboundMessage(
@@ -207,6 +219,7 @@ class RelayManager:
                     needs_smtputf8(a) for a in
                     [sender, *(recipients[i].address for i in indexes)]),
                 requiretls=envelope.requiretls,
+                tls_report=tls_report,
             )
             jobs.append(Deferred.fromCoroutine(self._deliverGroup(envelope.id, route, outbound)))
         results = await gatherResults(jobs) if jobs else []
@@ -272,13 +285,13 @@ class RelayManager:
         sts = None
         if route.kind == "mx":
             sts, failure = await self._policies.domain_policy(self._config, route.destination)
-            if failure is not None:
+            if failure is not None and not message.tls_report:
                 self._policyFailed(route.destination, sts, failure)
             # RFC 8689 5: TLS-Required: No (read only when a policy may apply;
             # with REQUIRETLS the header field is ignored).
             if ((sts is not None or self._config.delivery.dnssec == "trust-ad")
                     and not message.requiretls
-                    and await self._run(tls_not_required, message.source)):
+                    and await self._scan(tls_not_required, message.source)):
                 sts, message = None, replace(message, tls_optional=True)
         temporary: tuple[SessionError, str] | None = None
         permanent: tuple[SessionError, str] | None = None

@@ -7,15 +7,19 @@ type of the failure.
 
 The relay publishes one L{TLSOutcome} per new session (or per host it would
 not connect to under a policy) on its L{TLSOutcomes}; a TLS-RPT recorder
-subscribes there.
+subscribes there. Sessions opened to deliver a TLS report (L{is_tls_report})
+are not published (RFC 8460 5.3).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.parser import BytesHeaderParser
 
 from twisted.logger import Logger
+
+from smtpd.mail.source import IMessageSource, read_head
 
 # The RFC 8460 policy and result types are TLS reporting's own names.
 from smtpd.mailauth.tlsrpt.outcome import (  # noqa: E402
@@ -42,7 +46,7 @@ __all__ = [
     "DANE_REQUIRED", "DNSSEC_INVALID", "NO_POLICY", "POLICY_STS", "POLICY_TLSA",
     "STARTTLS_NOT_SUPPORTED", "STS_POLICY_FETCH_ERROR", "STS_POLICY_INVALID",
     "STS_WEBPKI_INVALID", "SUCCESS", "TLSA_INVALID", "VALIDATION_FAILURE",
-    "TLSOutcome", "TLSOutcomes",
+    "TLSOutcome", "TLSOutcomes", "is_tls_report",
 ]
 
 log = Logger()
@@ -80,11 +84,28 @@ class TLSOutcome:
         return self.result == SUCCESS
 
 
+def is_tls_report(message: IMessageSource) -> bool:
+    """
+    Whether C{message} is a TLS report (RFC 8460 5.3): a
+    C{multipart/report; report-type="tlsrpt"} with a C{TLS-Report-Domain}
+    field. Only the header is read.
+    """
+    fields = BytesHeaderParser().parsebytes(read_head(message) + b"\r\n")
+    return (fields.get("TLS-Report-Domain") is not None
+            and fields.get_content_type() == "multipart/report"
+            and str(fields.get_param("report-type", "")).lower() == "tlsrpt")
+
+
 class TLSOutcomes:
     """The hook where the relay publishes L{TLSOutcome}s; observers subscribe."""
 
     def __init__(self) -> None:
         self._observers: list[Callable[[TLSOutcome], object]] = []
+
+    @property
+    def observed(self) -> bool:
+        """Whether anyone subscribed (else outcomes need not be worked out)."""
+        return bool(self._observers)
 
     def subscribe(self, observer: Callable[[TLSOutcome], object]) -> Callable[[], None]:
         """Call C{observer} with every outcome from now on; returns the unsubscribe call."""

@@ -6,7 +6,9 @@ Toward a host that offers PIPELINING (RFC 2920) RSET, MAIL, every RCPT and DATA
 go in one write and the replies are matched in order; otherwise one command at a
 time. Toward a host that offers CHUNKING (RFC 3030) the message goes as BDAT
 chunks instead of DATA, once the RCPT replies are in: one chunk per piece read
-from the message source, pipelined. Every recipient gets its own status.
+from the message source, pipelined toward a host that offers PIPELINING, else
+each chunk after the previous one's reply (RFC 3030 2). Every recipient gets
+its own status.
 """
 
 from __future__ import annotations
@@ -178,7 +180,8 @@ async def _bdat(client: Any, message: OutboundMessage, accepted: list[int],
     """The message as BDAT chunks (RFC 3030), and the reply for the accepted recipients."""
     if not accepted:
         return
-    reply = await client.stream_chunks(message.source, message.binary)
+    reply = await client.stream_chunks(message.source, message.binary,
+                                       pipelined="PIPELINING" in client.extensions)
     if reply.code == 421:
         client.fail(refusal(reply.code, reply.text))
     for i in accepted:

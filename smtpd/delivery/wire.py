@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from smtpd.mail.address import is_mailbox, is_utf8_mailbox
 from smtpd.mail.envelope import Recipient
@@ -22,6 +23,14 @@ MAX_REPLY = 900
 
 _ENHANCED = re.compile(r"([245])\.\d{1,3}\.\d{1,3}(?=\s|$)")
 _ADDR_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
+
+
+class Reply(NamedTuple):
+    """One complete reply: its code, as one line (code first), and its lines' texts."""
+
+    code: int
+    text: str
+    lines: list[bytes]
 
 
 class SessionError(Exception):
@@ -89,6 +98,8 @@ class OutboundMessage:
         that offer REQUIRETLS (the parameter is passed on).
     @ivar tls_optional: RFC 8689 5 C{TLS-Required: No}: recipient-side TLS
         policies (MTA-STS, DANE) do not apply.
+    @ivar tls_report: the message is a TLS report: the sessions that carry it
+        are not counted for TLS reporting (RFC 8460 5.3).
     """
 
     sender: str
@@ -101,6 +112,7 @@ class OutboundMessage:
     smtputf8: bool = False
     requiretls: bool = False
     tls_optional: bool = False
+    tls_report: bool = False
 
 
 class DotStuffer:
@@ -159,6 +171,18 @@ class BdatChunker:
         self._line_start = text.endswith(b"\r\n")
         return b"BDAT %d\r\n" % len(text) + text
 
+    def whole(self, data: bytes) -> bytes:
+        """
+        All of a message held in memory as one chunk, C{BDAT <n> LAST}: the
+        same octets as L{feed} and L{finish} would send in their chunks.
+        """
+        if self._binary:
+            return b"BDAT %d LAST\r\n" % len(data) + data
+        text = self._line_ends.feed(data)
+        if self._line_ends.finish() or (text and not text.endswith(b"\r\n")):
+            text += b"\r\n"
+        return b"BDAT %d LAST\r\n" % len(text) + text
+
     def finish(self) -> bytes:
         """The last chunk: C{BDAT <n> LAST} and what the message still needs."""
         if self._binary:
@@ -193,7 +217,8 @@ def reply_text(code: int, lines: list[bytes] | bytes | str | None) -> str:
     if isinstance(lines, bytes):
         lines = lines.decode("utf-8", "replace")
     text = " ".join(line.strip() for line in (lines or "").splitlines())
-    text = "".join(c if c.isprintable() else " " for c in text)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else " " for c in text)
     return f"{code} {text}".strip()[:MAX_REPLY]
 
 

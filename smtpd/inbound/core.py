@@ -12,6 +12,9 @@ more is read from it, so replies always come in command order.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 from twisted.internet import defer, tcp
 from twisted.logger import Logger
 from twisted.mail import smtp
@@ -20,6 +23,7 @@ from twisted.python.failure import Failure
 from smtpd.inbound import policy
 from smtpd.inbound.deadline import Deadlines
 from smtpd.inbound.snapshot import session_info
+from smtpd.util.directsend import send_at_once
 
 log = Logger()
 
@@ -61,22 +65,41 @@ class SessionCore(smtp.ESMTP):
     messages = 0
     current_command = ""
 
+    # The session's state starts as these class attributes; an instance gets
+    # its own only when one changes. Many idle sessions cost memory per
+    # attribute (past ~30 an instance needs a whole dict of its own): the
+    # base class's __init__ is not called for the same reason, as its
+    # attributes (delivery, challengers, ...) serve the command handling this
+    # class replaces; those read anywhere have their defaults here.
+    _buf = b""
+    _mode = COMMAND
+    _waiting = False
+    _closing = False
+    _discarding = False
+    _registered = False
+    _denied = False
+    _tls = False
+    _errors = 0
+    _command: tuple[str, str] | None = None
+    _helo: str | None = None
+    _from = None
+    _to = ()
+    delivery = None
+    deliveryFactory = None
+    ctx = None
+    authenticated = False
+    challengers: Mapping = MappingProxyType({})
+
     def __init__(self, inbound, kind: str):
-        smtp.ESMTP.__init__(self)
         self.inbound = inbound
         self.kind = kind
-        self._buf = b""
-        self._mode = COMMAND
-        self._waiting = False
-        self._closing = False
-        self._discarding = False
-        self._registered = False
-        self._denied = False
-        self._tls = kind == SMTPS
-        self._errors = 0
-        self._command: tuple[str, str] | None = None
-        self.deadlines = Deadlines(inbound.clock, lambda: self.inbound.config.server,
-                                   self.deadline_passed)
+        if kind == SMTPS:
+            self._tls = True
+        self.deadlines = Deadlines(inbound.clock, self.server_config, self.deadline_passed)
+
+    def server_config(self):
+        """The current C{[server]} section (it changes on reload)."""
+        return self.inbound.config.server
 
     # -- connection
 
@@ -296,13 +319,7 @@ class SessionCore(smtp.ESMTP):
             # writability, send on the next poll and ask again to stop (two
             # epoll_ctl calls and a loop turn per reply). What does not fit,
             # and everything after it, goes through the transport, in order.
-            try:
-                sent = self.transport.getHandle().send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                sent = 0
-                self._direct = False
+            sent = send_at_once(self.transport, data)
             if sent == len(data):
                 return
             self._direct = False

@@ -27,6 +27,10 @@ class Deadlines:
     @param expired: called once when a deadline passes.
     """
 
+    # One per session: no instance dict (many idle sessions).
+    __slots__ = ("clock", "server", "expired", "_line_timer", "_data_timer", "_data_start",
+                 "_data_bytes")
+
     def __init__(self, clock, server: Callable[[], ServerConfig], expired: Callable[[], None]):
         self.clock = clock
         self.server = server

@@ -34,6 +34,3 @@ class SMTPSession(Chunking, Etrn, Commands, Transaction, Auth, AccessRules, Sess
     a choice. Every command is logged through the L{Inbound}'s command log.
     """
 
-    def __init__(self, inbound, kind: str):
-        SessionCore.__init__(self, inbound, kind)
-        self._reset()

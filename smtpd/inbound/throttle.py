@@ -13,6 +13,7 @@ counted per /64, the block a single site usually holds.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import OrderedDict
 from collections.abc import Callable
@@ -63,8 +64,9 @@ class ClientRecord:
         )
 
 
+@functools.lru_cache(maxsize=4096)
 def client_key(ip: str) -> str:
-    """The address a client is counted under: itself, or its IPv6 /64."""
+    """The address a client is counted under: itself, or its IPv6 /64 (remembered)."""
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:

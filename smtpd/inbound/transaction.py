@@ -29,18 +29,25 @@ log = Logger()
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+_NO_MAIL_PARAMS = address.MailParams()
+
+
 class Transaction:
     """MAIL, RCPT and DATA of L{smtpd.inbound.session.SMTPSession}."""
 
     _session_bytes = 0
     _message = None
     _decoder: DotDecoder | None = None
+    # No transaction: shared, immutable values (a MAIL gives the session its own).
+    _sender: str | None = None
+    _mail_params = _NO_MAIL_PARAMS
+    _rcpts: list[Recipient] | tuple = ()
+    _rcpt_seen: set[str] | frozenset = frozenset()
 
     def _reset(self) -> None:
-        self._sender: str | None = None
-        self._mail_params = address.MailParams()
-        self._rcpts: list[Recipient] = []
-        self._rcpt_seen: set[str] = set()
+        if self._sender is not None:
+            # A MAIL gave these to the session: back to the shared defaults.
+            del self._sender, self._mail_params, self._rcpts, self._rcpt_seen
 
     def smtp_MAIL(self, arg: str):
         """RFC 5321 4.1.1.2 with SIZE, BODY, RET, ENVID, once the client's name is known."""
@@ -78,6 +85,7 @@ class Transaction:
         if refusal is not None:
             return self._reply(*refusal)
         self._sender, self._mail_params = sender, params
+        self._rcpts, self._rcpt_seen = [], set()
         return self._reply(250, "2.1.0", "Ok")
 
     def _session_room(self) -> int | None:

@@ -9,6 +9,7 @@ component after the checks of the delivery agents.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -54,12 +55,26 @@ def is_domain(name: str) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """
+    C{ipaddress.ip_address(text)}, remembered: the same few addresses
+    (clients, listeners, a smart host) come again on every connection and
+    message, and parsing costs tens of microseconds. The objects are immutable.
+
+    @raise ValueError: when C{text} is not an IP address.
+    """
+    return ipaddress.ip_address(text)
+
+
 def ip_literal(text: str) -> str | None:
     """The normalised IP address that C{text} is (C{IPv6:} prefix allowed), or None."""
     if text.lower().startswith("ipv6:"):
         text = text[5:]
+    if not text or not (text[0].isdigit() or ":" in text):
+        return None  # a name: no address starts otherwise
     try:
-        return str(ipaddress.ip_address(text))
+        return str(parse_ip(text))
     except ValueError:
         return None
 

@@ -66,8 +66,21 @@ class BytesSource:
         """A file object over the data."""
         return io.BytesIO(self._data)
 
+    def held_data(self) -> bytes:
+        """The data (held in memory: reading it never blocks)."""
+        return self._data
+
     def __repr__(self) -> str:
         return f"BytesSource({self.size} octets)"
+
+
+def held_data(source: IMessageSource) -> bytes | None:
+    """
+    The data of C{source} when it is held in memory (reading it costs no
+    disk access, so it may be read on the reactor thread), else L{None}.
+    """
+    held = getattr(source, "held_data", None)
+    return held() if held is not None else None
 
 
 def read_all(source: IMessageSource) -> bytes:

@@ -160,6 +160,10 @@ class Spool:
         else:
             self._head = header + self._head
 
+    def held_data(self) -> bytes | None:
+        """The data when it is held in memory (a small message), else L{None}."""
+        return bytes(self._memory) if self._memory is not None else None
+
     # -- IMessageSource
 
     def open(self) -> BinaryIO:

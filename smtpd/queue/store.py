@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from smtpd.mail.envelope import Envelope, valid_queue_id
-from smtpd.mail.source import BytesSource, FileSource, IMessageSource, read_chunks
+from smtpd.mail.source import BytesSource, FileSource, IMessageSource, held_data, read_chunks
 from smtpd.queue.batch import DiskBatches
 from smtpd.queue.recovery import move_to_corrupt, remove_leftover
 from smtpd.queue.spool import Spool, place_blocking
@@ -41,6 +41,12 @@ from smtpd.util.durable import (
 
 
 log = Logger()
+
+# The data of an entry just stored from memory stays there for its first
+# attempt, which follows at once: the attempt reads no file (no open, stat or
+# read on the reactor thread, no thread hop to scan it). At most this many
+# octets are kept in all; beyond it, attempts read their files as usual.
+FRESH_DATA_BUDGET = 32 * 1024 * 1024
 
 
 def _check_id(queue_id: str) -> str:
@@ -122,9 +128,12 @@ class Queue:
     @param clock: an C{IReactorTime} (for L{new_id}).
     @param run_blocking: C{f(callable, *args) -> Deferred} running blocking disk
         work off the reactor thread.
+    @param fresh_budget: the most octets of just-stored data kept in memory
+        for first attempts.
     """
 
-    def __init__(self, directory: str, clock: Any, run_blocking: Callable[..., Deferred]):
+    def __init__(self, directory: str, clock: Any, run_blocking: Callable[..., Deferred],
+                 fresh_budget: int = FRESH_DATA_BUDGET):
         self.directory = os.path.abspath(directory)
         self.badmail = os.path.join(os.path.dirname(self.directory), "badmail")
         self._clock = clock
@@ -132,6 +141,9 @@ class Queue:
         self._observers: list[Callable[[Envelope], object]] = []
         self._folder_sync = FolderSync(self.directory)
         self._removals = DiskBatches(run_blocking, self._remove_batch)
+        self._fresh_data: dict[str, bytes] = {}
+        self._fresh_size = 0
+        self._fresh_budget = fresh_budget
 
     # -- naming
 
@@ -186,7 +198,21 @@ class Queue:
         # envelope object cannot race with the write.
         record = envelope.to_json()
         await self._run(self._store_blocking, envelope.id, message, record)
+        self._keep_fresh(envelope.id, message)
         self._notify(envelope)
+
+    def _keep_fresh(self, queue_id: str, message: IMessageSource) -> None:
+        """Keep the data of a just-stored entry for its first attempt (L{source})."""
+        data = held_data(message)
+        if data is not None and self._fresh_size + len(data) <= self._fresh_budget:
+            self._fresh_data[queue_id] = data
+            self._fresh_size += len(data)
+
+    def _drop_fresh(self, queue_id: str) -> bytes | None:
+        data = self._fresh_data.pop(queue_id, None)
+        if data is not None:
+            self._fresh_size -= len(data)
+        return data
 
     def _store_blocking(self, queue_id: str, message: IMessageSource, record: bytes) -> None:
         eml, js = self.data_path(queue_id), self.envelope_path(queue_id)
@@ -232,6 +258,7 @@ class Queue:
         being written go together in the next batch (one thread job, one
         folder fsync).
         """
+        self._drop_fresh(queue_id)
         return self._removals.submit(queue_id)
 
     def _remove_batch(self, ids: list[str]) -> list[tuple[bool, Any]]:
@@ -273,12 +300,17 @@ class Queue:
 
     # -- reading
 
-    def source(self, queue_id: str) -> FileSource:
+    def source(self, queue_id: str) -> IMessageSource:
         """
-        The message data of entry C{queue_id}, to be read in chunks.
+        The message data of entry C{queue_id}, to be read in chunks: from
+        memory the first time after a store from memory (the same octets as
+        the data file), else from the data file.
 
         @raise FileNotFoundError: when the entry has no data file.
         """
+        data = self._drop_fresh(queue_id)
+        if data is not None:
+            return BytesSource(data)
         return FileSource(self.data_path(queue_id))
 
     def read_envelope(self, queue_id: str) -> Deferred[Envelope]:
@@ -430,10 +462,11 @@ class Queue:
         recipients), durably, then remove it from the queue.
         """
         report = badmail_report(reason, envelope)
+        self._drop_fresh(envelope.id)
         return self._run(self._badmail_blocking, envelope.id, report)
 
     def _badmail_blocking(self, queue_id: str, report: bytes) -> None:
-        self._write_badmail(queue_id, self.source(queue_id), report)
+        self._write_badmail(queue_id, FileSource(self.data_path(queue_id)), report)
         self._remove_blocking(queue_id)
 
     def _write_badmail(self, queue_id: str, data: bytes | IMessageSource,

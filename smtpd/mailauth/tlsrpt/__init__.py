@@ -11,4 +11,5 @@ domain publishes in C{_smtp._tls}.
     record    the C{_smtp._tls} TXT record (C{v=TLSRPTv1; rua=...})
     message   the report as a C{multipart/report; report-type=tlsrpt} message
     reporter  L{TLSReporter}: once a day, every domain's report, sent
+    post      L{ReportPoster}: a report POSTed to an https rua, retried
 """

@@ -4,7 +4,8 @@ The daily TLS-RPT run (RFC 8460): shortly after each UTC midnight, every
 complete day's counts become one report per policy domain that publishes
 C{_smtp._tls} with a C{rua}; the report is mailed (through the server's own
 way into the queue, so it is DKIM-signed when the sender's domain has keys)
-and posted to https C{rua} URLs. Meanwhile the counts are written to disk
+and posted to https C{rua} URLs (a failed POST is tried again a few times,
+L{smtpd.mailauth.tlsrpt.post}). Meanwhile the counts are written to disk
 every minute while they change, and at stop.
 """
 
@@ -25,6 +26,7 @@ from smtpd.mail.envelope import Envelope, Recipient
 from smtpd.mail.source import BytesSource
 from smtpd.mailauth.lookup import DNSLookup, TemporaryLookupError
 from smtpd.mailauth.tlsrpt.message import ReportMail, report_message
+from smtpd.mailauth.tlsrpt.post import ReportPoster
 from smtpd.mailauth.tlsrpt.record import ReportAddresses, report_addresses
 from smtpd.mailauth.tlsrpt.report import build_report, compress, file_name, report_id
 from smtpd.mailauth.tlsrpt.store import DAY, FLUSH_INTERVAL, OutcomeStore, day_start
@@ -38,8 +40,6 @@ START_DELAY = 60.0
 RETRY = 3600.0
 # A day whose reports are still not all sent this long after it ended is dropped.
 GIVE_UP = 2 * DAY
-# Seconds for an https POST.
-POST_TIMEOUT = 60
 
 # The local part of the default sender (the name large providers use).
 DEFAULT_SENDER = "noreply-smtp-tls-reporting"
@@ -103,8 +103,9 @@ class TLSReporter(service.Service):
         self.lookup = lookup
         self.submit = submit
         self.clock = clock
-        self.http = treq.client.HTTPClient(agent) if agent is not None else None
         self.reactor = reactor if reactor is not None else clock
+        self.poster = (ReportPoster(treq.client.HTTPClient(agent), clock, self.reactor)
+                       if agent is not None else None)
         self._timer: Any = None
         self._flusher = LoopingCall(self._flush)
         self._flusher.clock = clock
@@ -133,6 +134,8 @@ class TLSReporter(service.Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self.poster is not None:
+            self.poster.stop()
         if self._flusher.running:
             self._flusher.stop()
         return Deferred.fromCoroutine(self._stop())
@@ -244,19 +247,10 @@ class TLSReporter(service.Service):
 
     async def _post_all(self, addresses: ReportAddresses, report: bytes, domain: str,
                         day: str) -> None:
-        """POST the report to each https C{rua} (RFC 8460 5.4); failures are logged."""
+        """POST the report to each https C{rua} (RFC 8460 5.4); failures are retried."""
         for url in addresses.https:
-            if self.http is None:
+            if self.poster is None:
                 log.info("TLS-RPT report of {domain} for {day} not posted to {url}: "
                          "https reporting is off", domain=domain, day=day, url=url)
                 continue
-            try:
-                response = await self.http.post(
-                    url, data=report, headers={b"Content-Type": [b"application/tlsrpt+gzip"]},
-                    allow_redirects=False, timeout=POST_TIMEOUT, reactor=self.reactor)
-                await response.text()
-                outcome = f"HTTP {response.code}"
-            except Exception as e:
-                outcome = f"failed: {e.__class__.__name__}: {e}"
-            log.info("TLS-RPT report of {domain} for {day} posted to {url}: {outcome}",
-                     domain=domain, day=day, url=url, outcome=outcome)
+            await self.poster.post(url, report, domain, day)
