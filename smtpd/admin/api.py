@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from smtpd.admin import listing
 from smtpd.admin.reverse import ReverseNames
+from smtpd.admin.shape import QueueShape
 
 log = Logger(namespace="smtpd.admin")
 
@@ -50,6 +51,8 @@ class Server:
         self.config = config
         self.started = clock.seconds()
         self.reverse_names = ReverseNames(resolver)
+        # The qshape table's domains, kept per entry across requests.
+        self.shape = QueueShape(qmgr, queue, run_blocking)
 
     def reload(self) -> dict:
         """
@@ -73,6 +76,8 @@ class Admin:
         admin.status()                     counters, queue summary, uptime
         admin.queue(limit=100, offset=0, after=None)
                                            a page of queue entries with their recipients
+        admin.queue_position(after=None)   where a page starts, and the queue's size
+        admin.qshape()                     deferred entries by domain and age
         admin.show(id)                     one entry with its DSN data and headers
         admin.retry(id=None)               attempt now (every entry when no id)
         admin.hold(id) / admin.release(id) stop / resume attempts of an entry
@@ -156,6 +161,27 @@ class Admin:
             if wanted is None or len(chosen) < wanted or len(found) >= limit:
                 return found
             after, offset = chosen[-1][0], 0
+
+    def queue_position(self, after: str | None = None) -> dict:
+        """
+        C{{"position": n, "total": m}}: how many entries sort up to and
+        including the id C{after} in the order of L{queue} (0 for L{None}),
+        and how many there are; from memory, no envelope is read.
+        """
+        _page_arguments(0, 0, after)
+        position, total = self._server.qmgr.position(after)
+        return {"position": position, "total": total}
+
+    def qshape(self) -> Deferred[dict]:
+        """
+        Deferred entries by destination domain of their pending recipients
+        and by age (Postfix's qshape): C{buckets} (column titles, minutes)
+        and C{rows} of C{[domain, total, counts...]}, a C{TOTAL} row first.
+        Each entry's envelope is read once and its domains kept, read again
+        only after an attempt changed its next attempt time.
+        """
+        s = self._server
+        return s.shape.shape(s.clock.seconds())
 
     def show(self, id: str) -> Deferred[dict]:
         """

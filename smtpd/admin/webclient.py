@@ -29,7 +29,7 @@ from smtpd.config.endpoints import endpoint_parameters
 # The environment variable that carries the operator's password.
 PASSWORD_VARIABLE = "SMTPCTL_PASSWORD"
 
-# Entries per request while the whole queue is read (the API's largest page).
+# Entries per request of a listing (the API's largest page).
 PAGE = 500
 
 # What smtpctl reads this way (the admin action of the control socket).
@@ -101,23 +101,23 @@ class WebAPI:
     def queue_page(self, limit: int | None = None, offset: int = 0,
                    after: str | None = None) -> list[dict]:
         """
-        The page C{admin.queue(limit, offset, after)} gives, cut from the
-        whole listing (the JSON API pages by number, not after an id).
+        The page C{admin.queue(limit, offset, after)} gives, read from
+        C{/api/queue} at most L{PAGE} entries per request, each request
+        starting after the last id of the one before (entries that come and
+        go meanwhile neither shift nor repeat it).
         """
-        entries = self.queue()
-        if after is not None:
-            entries = [e for e in entries if e["id"] > after]
-        return entries[offset:] if limit is None else entries[offset:offset + limit]
-
-    def queue(self) -> list[dict]:
-        """Every queue entry, read a page at a time."""
-        entries, number = [], 1
-        while True:
-            page = self.get(f"/api/queue?per_page={PAGE}&page={number}")
-            entries.extend(page["entries"])
-            if page["page"] >= page["pages"]:
-                return entries
-            number += 1
+        entries: list[dict] = []
+        while limit is None or len(entries) < limit:
+            size = PAGE if limit is None else min(PAGE, limit - len(entries))
+            fields = {"per_page": size, "offset": offset}
+            if after is not None:
+                fields["after"] = after
+            page = self.get("/api/queue?" + urllib.parse.urlencode(fields))["entries"]
+            entries.extend(page)
+            if len(page) < size:
+                break
+            after, offset = page[-1]["id"], 0
+        return entries
 
     def get(self, path: str):
         """GET C{path} of the site as JSON."""

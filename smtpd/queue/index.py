@@ -46,6 +46,10 @@ class QueueIndex:
         start = offset + (0 if after is None else bisect_right(self._ids, after))
         return self._ids[start:] if limit is None else self._ids[start:start + limit]
 
+    def position(self, after: str | None) -> int:
+        """How many ids held sort before or at C{after} (0 for L{None})."""
+        return 0 if after is None else bisect_right(self._ids, after)
+
     def all(self) -> list[str]:
         """Every id held, in order (a copy)."""
         return list(self._ids)

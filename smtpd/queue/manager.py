@@ -197,6 +197,17 @@ class QueueManager(Service):
         """One page of entry ids in order, each with its state (L{Scheduler.page})."""
         return self.scheduler.page(limit, offset, after)
 
+    def position(self, after: str | None = None) -> tuple[int, int]:
+        """
+        Where C{after} stands in the listing order of L{page}: C{(entries up
+        to and including it, all entries)} (L{Scheduler.position}).
+        """
+        return self.scheduler.position(after)
+
+    def deferred(self) -> list[tuple[str, float, float | None]]:
+        """C{(id, arrival, next attempt)} of each deferred entry (L{Scheduler.deferred})."""
+        return self.scheduler.deferred()
+
     def ages(self, bounds: tuple[float, ...]) -> dict[str, list[int]]:
         """
         The entries of each state by age now (L{Scheduler.ages}): one count

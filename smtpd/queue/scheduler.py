@@ -225,6 +225,19 @@ class Scheduler:
         states = self._states
         return [(i, states.get(i)) for i in self._index.page(limit, offset, after)]
 
+    def position(self, after: str | None) -> tuple[int, int]:
+        """C{(ids up to and including after, all ids)} of the listing order (L{page})."""
+        return self._index.position(after), len(self._index)
+
+    def deferred(self) -> list[tuple[str, float, float | None]]:
+        """
+        C{(queue id, arrival, next attempt)} of each deferred entry, from
+        memory; the next attempt is L{None} while an attempt runs.
+        """
+        arrivals, due = self._arrivals, self._due
+        return [(i, arrivals.get(i, 0.0), due.get(i))
+                for i, state in self._states.items() if state == DEFERRED]
+
     def counts(self) -> dict[str, int]:
         """How many entries are queued, deferred and held."""
         counts = {QUEUED: 0, DEFERRED: 0, HELD: 0}

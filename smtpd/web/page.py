@@ -97,29 +97,69 @@ def overview(status: dict, sessions: list[dict], shape: dict, csrf: str) -> str:
     )
 
 
-def queue_page(listing: dict, query: str, csrf: str) -> str:
-    """One page of the queue, the search form, and each entry's actions."""
-    back = "/queue?" + urlencode({"q": query, "page": listing["page"]})
+def queue_page(listing: dict, asked, csrf: str) -> str:
+    """
+    One page of the queue (see L{smtpd.web.queuelist.listing}), the search
+    form, each entry's actions, and the links to other pages; C{asked} is
+    the L{smtpd.web.queuelist.Request} it answers.
+    """
+    query = asked.query
+    here = "/queue?" + urlencode({k: v for k, v in (
+        ("q", query), ("page", listing["page"]), ("after", asked.after or ""),
+        ("offset", asked.offset or "")) if v})
     rows = []
     for e in listing["entries"]:
-        buttons = "".join(action(csrf, a, e["id"], back) for a in (
+        buttons = "".join(action(csrf, a, e["id"], here) for a in (
             ("release",) if e["state"] == "held" else ("hold", "retry")))
-        buttons += action(csrf, "delete", e["id"], back)
+        buttons += action(csrf, "delete", e["id"], here)
         rows.append([f'<a href="/message/{quote(e["id"])}">{_e(e["id"])}</a>',
                      _e(e["sender"] or "<>"), _e(e["state"]), _e(when(e["arrival"])),
                      _e(e["attempts"]),
                      "<br>".join(_e(r["address"]) for r in e["recipients"]), buttons])
-    pages = "".join(
-        f'<a href="/queue?{_e(urlencode({"q": query, "page": n}))}">{n}</a> '
-        if n != listing["page"] else f"<b>{n}</b> " for n in range(1, listing["pages"] + 1))
     return (
         '<form method="get" action="/queue"><input name="q" id="q" value="'
         f'{_e(query)}" placeholder="id, sender, recipient or domain">'
-        f'<button id="search">Search</button></form><p>{listing["total"]} entries. '
-        f"Page {pages}</p>"
+        f'<button id="search">Search</button></form>{pager(listing, asked)}'
         + table(["id", "sender", "state", "arrival", "attempts", "recipients", ""], rows,
                 "queue")
     )
+
+
+def _queue_link(text: str, link_id: str, **fields) -> str:
+    """A link to the queue page with the query fields C{fields} (empty ones left out)."""
+    target = urlencode({k: v for k, v in fields.items() if v})
+    return f'<a id="{link_id}" href="/queue?{_e(target)}">{_e(text)}</a>'
+
+
+def pager(listing: dict, asked) -> str:
+    """
+    What the page shows and the links to the others: page numbers near this
+    one, first and last; the next page by cursor (it stays right while
+    entries come and go); for a search, the next window of the queue.
+    """
+    number, pages, query = listing["page"], listing["pages"], asked.query
+    # A search's pages are of the window it looked at, which starts after C{after}.
+    window = asked.after if "scanned" in listing else None
+    shown = sorted({1, pages, *range(max(1, number - 5), min(pages, number + 5) + 1)})
+    links, previous = [], 0
+    for n in shown:
+        if n > previous + 1:
+            links.append("...")
+        links.append(f"<b>{n}</b>" if n == number
+                     else _queue_link(str(n), f"page-{n}", q=query, page=n, after=window))
+        previous = n
+    if "scanned" in listing:
+        text = (f'<p id="found">{listing["total"]} matches among the {listing["scanned"]} '
+                f"entries searched{' (the queue goes on)' if listing['partial'] else ''}. "
+                f"Page {' '.join(links)}</p>")
+        if listing["next"]:
+            text += "<p>" + _queue_link("Search the next entries", "next", q=query,
+                                        after=listing["next"]) + "</p>"
+        return text
+    text = f'<p id="found">{listing["total"]} entries. Page {" ".join(links)}</p>'
+    if listing["next"]:
+        text += "<p>" + _queue_link("Next page", "next", after=listing["next"]) + "</p>"
+    return text
 
 
 def message_page(entry: dict, csrf: str) -> str:

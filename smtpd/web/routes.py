@@ -15,7 +15,8 @@ from twisted.logger import Logger
 from twisted.web import http
 
 from smtpd.admin.api import Admin, AdminError
-from smtpd.web import page, views
+from smtpd.mail.envelope import valid_queue_id
+from smtpd.web import page, queuelist, views
 from smtpd.web.health import readiness
 from smtpd.web.login import LOOPBACK_OPERATOR, WebSession, csrf_ok, set_cookie
 
@@ -153,15 +154,23 @@ class Handler:
                                            shared.config.server.mailroot, floor)
         self.json(report, http.OK if report["ready"] else http.SERVICE_UNAVAILABLE)
 
-    async def queue_entries(self, admin: Admin) -> list[dict]:
-        """The queue, searched with the C{q} field."""
-        return views.search(await admin.queue(limit=None), self.arg("q"))
-
-    def page_number(self) -> int:
+    def number(self, name: str, default: int, low: int) -> int:
+        """The query field C{name} as a whole number from C{low}; else 400."""
+        text = self.arg(name, str(default))
         try:
-            return int(self.arg("page", "1"))
+            value = int(text)
         except ValueError:
-            raise Refused(http.BAD_REQUEST, "page: a number from 1") from None
+            raise Refused(http.BAD_REQUEST, f"{name}: a number from {low}") from None
+        return max(low, value)
+
+    def asked(self, per_page: int = views.PAGE_SIZE) -> queuelist.Request:
+        """The queue page asked for: C{q}, C{page}, C{after} and C{offset}."""
+        after = self.arg("after") or None
+        if after is not None and not valid_queue_id(after):
+            raise Refused(http.BAD_REQUEST, "after: a queue id")
+        offset = self.number("offset", 0, 0) if self.arg("offset") else None
+        return queuelist.Request(self.arg("q"), self.number("page", 1, 1), per_page,
+                                 after, offset, self.shared.search_window)
 
     async def api(self, admin: Admin) -> None:
         """The JSON API."""
@@ -171,15 +180,10 @@ class Handler:
         if name == "sessions":
             return self.json(admin.sessions())
         if name == "qshape":
-            entries = await admin.queue(limit=None)
-            return self.json(views.qshape(entries, self.shared.clock.seconds()))
+            return self.json(await admin.qshape())
         if name == "queue":
-            try:
-                size = min(MAX_PER_PAGE, max(1, int(self.arg("per_page", str(views.PAGE_SIZE)))))
-            except ValueError:
-                raise Refused(http.BAD_REQUEST, "per_page: a number from 1") from None
-            return self.json(views.page(await self.queue_entries(admin), self.page_number(),
-                                        size))
+            size = min(MAX_PER_PAGE, self.number("per_page", views.PAGE_SIZE, 1))
+            return self.json(await queuelist.listing(admin, self.asked(size)))
         if name.startswith("message/"):
             return self.json(await admin.show(name[len("message/"):]))
         raise Refused(http.NOT_FOUND, "no such API")
@@ -188,14 +192,13 @@ class Handler:
         """The HTML pages."""
         csrf = session.csrf
         if self.path == "/":
-            entries = await admin.queue(limit=None)
-            shape = views.qshape(entries, self.shared.clock.seconds())
-            body = page.overview(admin.status(), admin.sessions(), shape, csrf)
+            body = page.overview(admin.status(), admin.sessions(), await admin.qshape(), csrf)
             return self.html("Overview", body + "<h2>Last hour</h2>"
                              + self.shared.history.charts(), session)
         if self.path == "/queue":
-            listing = views.page(await self.queue_entries(admin), self.page_number())
-            return self.html("Queue", page.queue_page(listing, self.arg("q"), csrf), session)
+            asked = self.asked()
+            listing = await queuelist.listing(admin, asked)
+            return self.html("Queue", page.queue_page(listing, asked, csrf), session)
         if self.path.startswith("/message/"):
             entry = await admin.show(self.path[len("/message/"):])
             return self.html(f"Message {entry['id']}", page.message_page(entry, csrf), session)

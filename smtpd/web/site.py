@@ -30,6 +30,7 @@ from smtpd.web.access import AccessLog, QuietSite
 from smtpd.web.history import History
 from smtpd.web.login import WebSessions
 from smtpd.web.metrics import DNSLatency, ReactorLag, registry
+from smtpd.web.queuelist import SEARCH_WINDOW
 from smtpd.web.routes import Handler
 
 
@@ -65,12 +66,14 @@ class WebService(service.Service):
     @param dns_lookups: the L{smtpd.delivery.dnstiming.DNSLookups} of the
         server's resolver: the DNS latency histogram subscribes to it while
         the service runs (None: no DNS metrics).
+    @param search_window: how many queue entries one search request looks
+        at, at most (L{smtpd.web.queuelist.SEARCH_WINDOW}).
     @ivar listening: C{(endpoint, factory)} pairs, one per C{[http] listen}.
     @raise WebError: see L{check}.
     """
 
     def __init__(self, config, server, clock, run_blocking, tls_options, listeners,
-                 dns_lookups=None):
+                 dns_lookups=None, search_window: int = SEARCH_WINDOW):
         problems = check(config)
         if problems:
             raise WebError("\n".join(problems))
@@ -86,7 +89,7 @@ class WebService(service.Service):
         shared = Shared(config, server, clock, run_blocking, listeners,
                         WebSessions(OperatorChecker(config.manhole.users, run_blocking,
                                                     kind="web", log_success=False), clock),
-                        metrics, self.history, self.access)
+                        metrics, self.history, self.access, search_window)
         self.shared = shared
         self.listening = []
         for description in config.http.listen:
@@ -130,11 +133,12 @@ class WebService(service.Service):
 class Shared:
     """
     What every [http] site reads: the admin server, sessions, metrics,
-    readiness inputs, and the access log (or None).
+    readiness inputs, the access log (or None), and how many entries a
+    search looks at.
     """
 
     def __init__(self, config, server, clock, run_blocking, listeners, sessions, metrics,
-                 history, access=None):
+                 history, access=None, search_window: int = SEARCH_WINDOW):
         self.config = config
         self.server = server
         self.clock = clock
@@ -144,6 +148,7 @@ class Shared:
         self.metrics = metrics
         self.history = history
         self.access = access
+        self.search_window = search_window
 
     def identify(self, request, operator: str) -> None:
         """C{request} is made by C{operator}: its access log line says so."""

@@ -6,11 +6,13 @@ API's results: queue search and paging, and the qshape-style table.
 
 from __future__ import annotations
 
+from smtpd.admin import shape
+
 # Entries per page of the queue listing.
 PAGE_SIZE = 50
 
 # Upper bounds (minutes) of the qshape age buckets; the last column is older.
-AGE_BUCKETS = (5, 10, 20, 40, 80, 160, 320, 640, 1280)
+AGE_BUCKETS = shape.AGE_BUCKETS
 
 
 def search(entries: list[dict], query: str) -> list[dict]:
@@ -36,22 +38,10 @@ def page(entries: list[dict], number: int, size: int = PAGE_SIZE) -> dict:
 
 def qshape(entries: list[dict], now: float) -> dict:
     """
-    Deferred messages by destination domain (of their pending recipients) and
-    age: C{buckets} (column titles, minutes), C{rows} of C{[domain, total,
-    counts...]}, most deferred first, and a C{TOTAL} row first.
+    Deferred entries (as the admin API lists them) by destination domain of
+    their pending recipients and age (L{smtpd.admin.shape.table}).
     """
-    columns = len(AGE_BUCKETS) + 1
-    table: dict[str, list[int]] = {}
-    for entry in entries:
-        if entry["state"] != "deferred":
-            continue
-        minutes = max(0.0, now - entry["arrival"]) / 60
-        column = next((i for i, b in enumerate(AGE_BUCKETS) if minutes <= b), columns - 1)
-        domains = {r["address"].rpartition("@")[2].lower()
-                   for r in entry["recipients"] if r["state"] == "pending"}
-        for domain in domains:
-            table.setdefault(domain, [0] * columns)[column] += 1
-    totals = [sum(counts[i] for counts in table.values()) for i in range(columns)]
-    rows = sorted(([d, sum(c), *c] for d, c in table.items()), key=lambda r: (-r[1], r[0]))
-    titles = [str(b) for b in AGE_BUCKETS] + [f"{AGE_BUCKETS[-1]}+"]
-    return {"buckets": titles, "rows": [["TOTAL", sum(totals), *totals], *rows]}
+    return shape.table(
+        ((e["arrival"], frozenset(r["address"].rpartition("@")[2].lower()
+                                  for r in e["recipients"] if r["state"] == "pending"))
+         for e in entries if e["state"] == "deferred"), now)
