@@ -55,7 +55,7 @@ class LMTPInternationalTests(unittest.TestCase):
         self.assertNotIn(b"MAIL", self.factory.received)
 
     async def test_binarymime_refused(self):
-        """BINARYMIME cannot go by DATA: 554 5.6.3, no MAIL."""
+        """BINARYMIME to a store with CHUNKING but not BINARYMIME: 554 5.6.3, no MAIL."""
         env = Envelope(id="0123ABCD", sender="a@example.org",
                        recipients=[Recipient("ann@example.com")], arrival=0.0,
                        body="BINARYMIME")

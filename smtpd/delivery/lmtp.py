@@ -8,7 +8,11 @@ accepted, so each recipient gets its own outcome: delivered (2xx), deferred
 
 L{LMTPClient} is the protocol (LHLO, MAIL, RCPT..., DATA, one reply per
 accepted recipient; PIPELINING when offered; the message streamed from its
-file a chunk at a time and dot-stuffed on the way). L{LMTPDelivery} is the
+file a chunk at a time and dot-stuffed on the way). A store that offers
+CHUNKING (RFC 3030) gets the message as BDAT chunks instead, the outbound
+SMTP client's L{MessageStreaming}, and answers BDAT LAST once per accepted
+recipient; a BODY=BINARYMIME message goes only that way, byte for byte, to a
+store that also offers BINARYMIME. L{LMTPDelivery} is the
 L{IDeliveryAgent}: it keeps a few connections per store open for the next
 messages.
 """
@@ -21,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, succeed
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory
@@ -32,8 +36,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from smtpd.config.endpoints import lmtp_target_parts
+from smtpd.delivery.streaming import MessageStreaming
 from smtpd.delivery.wire import (
     DotStuffer,
+    SessionError,
     OutboundMessage,
     enhanced_status,
     mail_command,
@@ -81,7 +87,7 @@ class Reply:
         return reply_text(self.code, "\n".join(self.lines))
 
 
-class LMTPClient(LineReceiver, TimeoutMixin):
+class LMTPClient(MessageStreaming, LineReceiver, TimeoutMixin):
     """
     One LMTP session. Commands may be pipelined: replies are matched to the
     waiting commands in order. Each call of L{transaction} carries one
@@ -178,6 +184,25 @@ class LMTPClient(LineReceiver, TimeoutMixin):
             self._waiting.append(d)
         return d
 
+    def expect(self, phase: str = "") -> Deferred[Reply]:
+        """A Deferred for the next reply (L{MessageStreaming}'s name; C{phase} is not kept)."""
+        return self._expect()
+
+    def write(self, data: bytes) -> None:
+        """Send C{data} as it is (L{MessageStreaming}'s BDAT chunks)."""
+        self.transport.write(data)
+
+    def fail(self, error: SessionError, abort: bool = False) -> None:
+        """
+        The session is over (L{MessageStreaming}: the message could not be
+        read): whatever waits fails with C{error}, then the connection closes.
+        """
+        self._fail(LMTPError(error.code, error.reply, error.status))
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
     def command(self, line: str) -> Deferred[Reply]:
         """Send one command line; a Deferred of its reply."""
         d = self._expect()
@@ -231,11 +256,30 @@ class LMTPClient(LineReceiver, TimeoutMixin):
         accepted = [i for i, r in enumerate(rcpt_replies) if 200 <= r.code < 300]
         if not accepted:
             return rcpt_replies
+        if "CHUNKING" in self.extensions:
+            answers = await self._chunks(envelope, source, len(accepted))
+        else:
+            answers = await self._data(source, len(accepted))
+            if isinstance(answers, Reply):
+                return [answers if i in accepted else r for i, r in enumerate(rcpt_replies)]
+        results = list(rcpt_replies)
+        for i, answer in zip(accepted, answers):
+            try:
+                results[i] = await answer
+            except LMTPError as e:
+                results[i] = Reply(e.code, (e.reply[4:],))
+        return results
+
+    async def _data(self, source: Any, count: int) -> Reply | list[Deferred[Reply]]:
+        """
+        DATA and the dot-stuffed message: the C{count} answers to come (RFC
+        2033 4.2: one per accepted recipient, in RCPT order), or the refusal
+        of DATA itself.
+        """
         data = await self.command("DATA")
         if data.code != 354:
-            return [data if i in accepted else r for i, r in enumerate(rcpt_replies)]
-        # RFC 2033 4.2: one reply per accepted recipient, in RCPT order.
-        answers = [self._expect() for _ in accepted]
+            return data
+        answers = [self._expect() for _ in range(count)]
         try:
             await self._send_message(source)
         except BaseException:
@@ -246,25 +290,40 @@ class LMTPClient(LineReceiver, TimeoutMixin):
             for answer in answers:
                 answer.addErrback(lambda f: None)
             raise
-        results = list(rcpt_replies)
-        for i, answer in zip(accepted, answers):
-            try:
-                results[i] = await answer
-            except LMTPError as e:
-                results[i] = Reply(e.code, (e.reply[4:],))
-        return results
+        return answers
+
+    async def _chunks(self, envelope: Envelope, source: Any, count: int
+                      ) -> list[Deferred[Reply]]:
+        """
+        The message as BDAT chunks (RFC 3030), byte for byte for BINARYMIME:
+        the C{count} answers to BDAT LAST. A refused chunk is every
+        recipient's answer, and ends the session: after pipelined chunks
+        nobody knows how many replies are still to come.
+        """
+        binary = envelope.body.upper() == "BINARYMIME"
+        refused, finals = await self.send_chunks(
+            source, binary, "PIPELINING" in self.extensions, count)
+        if refused is None:
+            return finals
+        for d in finals:
+            d.addErrback(lambda f: None)
+        self._fail(LMTPError(refused.code, refused.text))
+        self.transport.loseConnection()
+        return [succeed(refused) for _ in range(count)]
 
     async def _envelope(self, envelope: Envelope, recipients: Sequence[tuple[str, Recipient]],
                         source: Any) -> list[Reply]:
         """
         MAIL and the RCPTs, pipelined when the store offers it; the RCPT
-        replies. A BINARYMIME message is refused (5.6.3: this client sends
-        DATA, which cannot carry it), and addresses with UTF-8 local parts go
-        only to a store that offers SMTPUTF8 (5.6.7).
+        replies. A BINARYMIME message goes only to a store that offers
+        CHUNKING and BINARYMIME (else 5.6.3: DATA cannot carry it, and it is
+        not converted), and addresses with UTF-8 local parts only to a store
+        that offers SMTPUTF8 (5.6.7).
         """
-        if envelope.body.upper() == "BINARYMIME":
+        binary = envelope.body.upper() == "BINARYMIME"
+        if binary and not {"CHUNKING", "BINARYMIME"} <= self.extensions.keys():
             raise LMTPError(554, "554 5.6.3 Conversion required but not supported: "
-                                 "BINARYMIME is not delivered by LMTP")
+                                 "the mail store does not take BINARYMIME")
         addresses = [envelope.sender, *(address for address, _ in recipients)]
         smtputf8 = any(needs_smtputf8(a) for a in addresses)
         if smtputf8 and "SMTPUTF8" not in self.extensions:
@@ -276,7 +335,7 @@ class LMTPClient(LineReceiver, TimeoutMixin):
             raise LMTPError(553, "553 5.1.3 bad recipient address syntax")
         message = OutboundMessage(
             envelope.sender, tuple(r for _, r in recipients), source, envelope.ret,
-            envelope.envid, envelope.body == "8BITMIME", smtputf8=smtputf8,
+            envelope.envid, envelope.body == "8BITMIME", binary=binary, smtputf8=smtputf8,
         )
         mail = mail_command(message, source.size, self.extensions).decode("utf-8")
         rcpts = [rcpt_command(dataclasses.replace(r, address=address), self.extensions, smtputf8)

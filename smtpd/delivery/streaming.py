@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_client_bdat -*-
 """
 The message data of an outbound transaction on the wire: the DATA stream
-(dot-stuffed) or BDAT chunks (RFC 3030). A message held in memory goes in
+(dot-stuffed) or BDAT chunks (RFC 3030), for the SMTP client and, with one
+reply per recipient after BDAT LAST, the LMTP client. A message held in memory goes in
 one write; one on disk is streamed as the host takes it (a pull producer: never
 more than a chunk or two in memory).
 """
@@ -19,6 +20,12 @@ from smtpd.mail.source import CHUNK_SIZE, IMessageSource, held_data
 # A message held in memory up to this size goes in one write (its final dot
 # or BDAT LAST included); a larger one, or one on disk, is streamed.
 WHOLE_WRITE_LIMIT = 1024 * 1024
+
+
+def swallow(deferreds: list[Deferred[Any]]) -> None:
+    """Let the failures of C{deferreds} go unreported (their waiter has its answer)."""
+    for d in deferreds:
+        d.addErrback(lambda _: None)
 
 
 class _Reader:
@@ -59,19 +66,41 @@ class MessageStreaming:
                             pipelined: bool = True) -> Reply:
         """
         Send the message as BDAT chunks (RFC 3030), one per piece read from
+        C{source}, the last with C{LAST} (L{send_chunks}). The reply that
+        decides: the first refusal of a chunk, else the reply to the last one.
+        """
+        refused, finals = await self.send_chunks(source, binary, pipelined)
+        try:
+            last = await finals[0] if finals else None
+        finally:
+            swallow(finals)
+        return refused or last
+
+    async def send_chunks(self, source: IMessageSource, binary: bool = False,
+                          pipelined: bool = True, answers: int = 1
+                          ) -> tuple[Reply | None, list[Deferred[Reply]]]:
+        """
+        Send the message as BDAT chunks (RFC 3030), one per piece read from
         C{source}, the last with C{LAST}. C{pipelined} (the host offers
         PIPELINING): the chunks stream as the host takes them without waiting
         for their replies. Otherwise each chunk waits for its reply and a
         refusal ends the message there (RFC 3030 2: no more chunks after a
         4xx or 5xx; without PIPELINING a client may not send a command before
-        the previous one is answered). The reply that decides: the first
-        refusal of a chunk, else the reply to the last one. C{binary}
-        (BINARYMIME): the octets go as they are, line ends untouched.
+        the previous one is answered). C{binary} (BINARYMIME): the octets go
+        as they are, line ends untouched. C{answers}: how many replies BDAT
+        LAST gets (LMTP, RFC 2033 4.2: one per accepted recipient).
+
+        @return: the first refusal of a chunk before the last (or L{None}),
+            once every chunk before the last is answered; and the Deferred
+            replies to BDAT LAST, C{answers} of them (none when the message
+            ended at a refusal without LAST). The caller awaits them, or
+            swallows their failures.
         """
         chunker = BdatChunker(binary)
         if not pipelined:
-            return await self._chunks_in_step(source, chunker)
+            return await self._chunks_in_step(source, chunker, answers)
         replies: list[Deferred[Reply]] = []
+        finals: list[Deferred[Reply]] = []
 
         def chunk(data: bytes) -> bytes:
             out = chunker.feed(data)
@@ -80,45 +109,48 @@ class MessageStreaming:
             return out
 
         def last() -> bytes:
-            replies.append(self.expect("reply to BDAT LAST"))
+            finals.extend(self.expect("reply to BDAT LAST") for _ in range(answers))
             return chunker.finish()
 
         def whole(data: bytes) -> bytes:
-            replies.append(self.expect("reply to BDAT LAST"))
+            finals.extend(self.expect("reply to BDAT LAST") for _ in range(answers))
             return chunker.whole(data)
 
         self.setTimeout(self.timeout)  # armed for the replies of the chunks to come
-        await self._send_source(source, chunk, last, whole)
-        decisive = None
+        refused = None
         try:
+            await self._send_source(source, chunk, last, whole)
             for d in replies:
                 reply = await d
-                if decisive is None and not 200 <= reply.code < 300:
-                    decisive = reply
+                if refused is None and not 200 <= reply.code < 300:
+                    refused = reply
+        except BaseException:
+            swallow(finals)
+            raise
         finally:
-            for d in replies:
-                d.addErrback(lambda _: None)
-        return decisive or reply
+            swallow(replies)
+        return refused, finals
 
-    async def _chunks_in_step(self, source: IMessageSource, chunker: BdatChunker) -> Reply:
+    async def _chunks_in_step(self, source: IMessageSource, chunker: BdatChunker,
+                              answers: int) -> tuple[Reply | None, list[Deferred[Reply]]]:
         """
         BDAT toward a host without PIPELINING: one chunk, then its reply,
         then the next (the reply also shows the host took the chunk: never
-        more than one chunk in memory). The first refusal is the answer. A
-        message held in memory is one chunk, C{BDAT <n> LAST}.
+        more than one chunk in memory). The first refusal ends the message.
+        A message held in memory is one chunk, C{BDAT <n> LAST}.
         """
         data = held_data(source)
         if data is not None and len(data) <= WHOLE_WRITE_LIMIT:
-            return await self._chunk(chunker.whole(data), "reply to BDAT LAST")
+            return None, self._last(chunker.whole(data), answers)
         try:
             file = source.open()
         except OSError as e:
             self.fail(SessionError(451, "4.3.0", f"451 4.3.0 cannot read the message: {e}"),
                       abort=True)
-            return await self.expect("reply to BDAT")
+            return None, [self.expect("reply to BDAT")]
         reader = _Reader(file, self)
         try:
-            while self._error is None:
+            while self.error is None:
                 data = reader.read(CHUNK_SIZE)
                 if not data:
                     break
@@ -126,15 +158,22 @@ class MessageStreaming:
                 if out:
                     reply = await self._chunk(out, "reply to BDAT")
                     if not 200 <= reply.code < 300:
-                        return reply
+                        return reply, []
         finally:
             file.close()
-        return await self._chunk(chunker.finish(), "reply to BDAT LAST")
+        return None, self._last(chunker.finish(), answers)
+
+    def _last(self, chunk: bytes, answers: int) -> list[Deferred[Reply]]:
+        """Write the BDAT LAST command and its data; its C{answers} replies."""
+        finals = [self.expect("reply to BDAT LAST") for _ in range(answers)]
+        if self.error is None:
+            self.write(chunk)
+        return finals
 
     def _chunk(self, chunk: bytes, phase: str) -> Deferred[Reply]:
         """Write one BDAT command and its data; its reply."""
         d = self.expect(phase)
-        if self._error is None:
+        if self.error is None:
             self.write(chunk)
         return d
 
@@ -151,12 +190,12 @@ class MessageStreaming:
         if data is not None and len(data) <= WHOLE_WRITE_LIMIT:
             self.resetTimeout()
             out = whole(data) if whole is not None else transform(data) + finish()
-            if self._error is None:
+            if self.error is None:
                 self.write(out)
             return
         await self._stream_file(source, transform)
         tail = finish()
-        if self._error is None:
+        if self.error is None:
             self.write(tail)
 
     async def _stream_file(self, source: IMessageSource, transform: Any) -> None:
