@@ -25,6 +25,8 @@ class LMTPStore(LineReceiver):
         self.data: bytes | None = None
         self.pending = 0
         self.dot_mode = False
+        self.refused = False
+        self.factory.connections += 1
         self.sendLine(b"220 store LMTP ready")
 
     def lineReceived(self, line: bytes) -> None:
@@ -39,7 +41,7 @@ class LMTPStore(LineReceiver):
                 self.sendLine(b"250-" + keyword)
             self.sendLine(b"250 " + offered[-1])
         elif verb in (b"MAIL", b"RSET"):
-            self.recipients, self.data = 0, None
+            self.recipients, self.data, self.refused = 0, None, False
             self.sendLine(b"250 2.0.0 ok")
         elif verb == b"RCPT":
             self.recipients += 1
@@ -75,7 +77,12 @@ class LMTPStore(LineReceiver):
         self.pending -= len(taken)
         if self.pending:
             return
-        if self.last:
+        if self.refused:
+            self.sendLine(b"503 5.5.1 no transaction")  # once, as an SMTP server would
+        elif self.factory.refuse_chunk:
+            self.refused = True
+            self.sendLine(self.factory.refuse_chunk)
+        elif self.last:
             self._stored(self.data)
         else:
             self.sendLine(b"250 2.0.0 chunk taken")
@@ -88,14 +95,20 @@ class LMTPStore(LineReceiver):
             self.sendLine(b"250 2.0.0 saved for recipient %d" % (i + 1))
 
 
-async def start_store(case, extensions: list[bytes]) -> tuple[Factory, str]:
-    """An L{LMTPStore} offering C{extensions} on a loopback port: its factory and LMTP target."""
+async def start_store(case, extensions: list[bytes], refuse_chunk: bytes = b""
+                      ) -> tuple[Factory, str]:
+    """
+    An L{LMTPStore} offering C{extensions} on a loopback port: its factory
+    and LMTP target. C{refuse_chunk}: the reply to the first BDAT chunk of
+    each transaction (later chunks then get one C{503} each, LAST included).
+    """
     from twisted.internet import reactor
 
     factory = Factory.forProtocol(LMTPStore)
     factory.extensions = extensions
     factory.extensions_verbs = [b"BDAT"] if b"CHUNKING" in extensions else []
     factory.commands, factory.messages = [], []
+    factory.refuse_chunk, factory.connections = refuse_chunk, 0
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
     case.addCleanup(port.stopListening)
     return factory, f"tcp:127.0.0.1:{port.getHost().port}"

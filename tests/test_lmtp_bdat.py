@@ -216,3 +216,23 @@ class OwnStoreTests(unittest.TestCase):
         self.assertEqual(bdats[-1], b"BDAT 0 LAST")
         self.assertNotIn(b"DATA", store.commands)
         self.assertEqual(store.messages, [data])
+
+    async def test_refused_chunk(self):
+        """
+        A refused chunk (pipelined) is every accepted recipient's answer, the
+        message is not stored, and the connection is not reused (how many
+        replies BDAT LAST still gets is unknown): the next message goes on a
+        new connection and is delivered.
+        """
+        store, target = await start_store(self, [b"PIPELINING", b"CHUNKING"],
+                                          refuse_chunk=b"452 4.3.1 out of disk space")
+        env = envelope("ann@example.com", "bob@example.com", body="8BITMIME")
+        big = EIGHT_BIT + b"y" * 76 * 20000 + b"\r\n"
+        statuses = await self.deliver(env, BytesSource(big), target)
+        self.assertEqual([(s.code, s.status) for s in statuses], [(452, "4.3.1")] * 2)
+        self.assertEqual(self.agent._stores[target].idle, [])
+        store.refuse_chunk = b""
+        statuses = await self.deliver(env, BytesSource(EIGHT_BIT), target)
+        self.assertEqual([s.delivered for s in statuses], [True, True])
+        self.assertEqual(store.messages, [EIGHT_BIT])
+        self.assertEqual(store.connections, 2)
