@@ -112,6 +112,25 @@ class POP3DirectoryTests(unittest.TestCase):
             refused = await threads.deferToThread(self.refusal, user, password)
             self.assertTrue(refused.startswith(b"-ERR [AUTH]"), refused)
 
+    async def test_mailbox_on_another_node(self):
+        """
+        A user whose directory entry puts the mailbox on another node (its
+        mailHost) gets C{[SYS/PERM]} naming that node after a right password,
+        not an empty mailbox here; the refusal is not counted as a failed
+        login, and a wrong password is still C{[AUTH]}.
+        """
+        self.start()
+        for _ in range(3):
+            refused = await threads.deferToThread(self.refusal, "carol@example.com",
+                                                  "carol-secret")
+            self.assertEqual(
+                refused, b"-ERR [SYS/PERM] Your mailbox is on b.example.test; "
+                b"pick up your mail there")
+        refused = await threads.deferToThread(self.refusal, "carol@example.com", "wrong")
+        self.assertTrue(refused.startswith(b"-ERR [AUTH]"), refused)
+        client = await threads.deferToThread(self.login, "alice@example.com", "alice-secret")
+        await threads.deferToThread(client.quit)
+
     async def test_directory_down(self):
         """
         With slapd stopped, a login gets -ERR [SYS/TEMP] (try later), is not

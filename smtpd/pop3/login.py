@@ -156,6 +156,9 @@ class AuthorizationState:
             log.warn("POP3 login: directory unavailable: {why}", why=e)
             self.failResponse("[SYS/TEMP] Authentication service unavailable, try again later")
             return
+        except LoginRefused as e:
+            self.failResponse(e.text)
+            return
         if account is None:
             self.failures += 1
             delay, blocked = server.login_failed(self.peer_ip)

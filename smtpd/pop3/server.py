@@ -25,6 +25,7 @@ from smtpd.pop3.login import LoginRefused
 from smtpd.pop3.session import POP3Session
 from smtpd.directory.accounts import address_problem
 from smtpd.directory.interfaces import IDirectory
+from smtpd.directory.routing import is_this_host
 
 # RFC 2449 6.8: the minimum seconds between two logins to one account.
 LOGIN_DELAY = 10
@@ -151,6 +152,8 @@ class POP3Server:
         account is its mailbox's canonical address.
 
         @raise DirectoryUnavailable: the directory cannot say now.
+        @raise LoginRefused: the password is right but the directory's host
+            attribute puts the mailbox on another node (C{[SYS/PERM]}).
         """
         if self.directory is not None:
             return await self._check_directory(login, password)
@@ -170,6 +173,11 @@ class POP3Server:
         mailbox = await self.directory.lookup(account)
         if mailbox is None or mailbox.is_alias:
             return None
+        if not is_this_host(self.config, mailbox.host):
+            # The password was right, but the mailbox is another node's: an
+            # empty mailbox here would look like lost mail.
+            raise LoginRefused(f"[SYS/PERM] Your mailbox is on {mailbox.host.strip()}; "
+                               "pick up your mail there")
         # An alternate address logs in to the mailbox of the canonical one.
         return self.account_name(mailbox.address) or account
 
