@@ -18,12 +18,25 @@ from smtpd.config import Config, DeliveryConfig, ServerConfig
 from smtpd.delivery.mx import MXResolver, make_resolver
 from smtpd.delivery.relay import RelayManager
 from smtpd.delivery.sni import sni_name
-from smtpd.delivery.tlsoutcome import DNSSEC_INVALID, NO_POLICY, POLICY_TLSA, SUCCESS, TLSA_INVALID
+from smtpd.delivery.tlsoutcome import (
+    DNSSEC_INVALID,
+    NO_POLICY,
+    POLICY_TLSA,
+    SUCCESS,
+    TLSA_INVALID,
+)
 from smtpd.delivery.tlspolicy import TLSPolicies
 from smtpd.mail.envelope import Envelope, Recipient
 from smtpd.mail.source import BytesSource
 from smtpd.mailauth.dane import TLSALookup
-from tests.support import CertificateAuthority, SinkScript, a, mx, start_dns_server, start_smtp_sinks
+from tests.support import (
+    CertificateAuthority,
+    SinkScript,
+    a,
+    mx,
+    start_dns_server,
+    start_smtp_sinks,
+)
 from tests.test_mailauth_dane import Record_TLSA, spki_sha256
 
 CA = CertificateAuthority()
