@@ -78,17 +78,20 @@ class _CountingDNSFactory(server.DNSServerFactory):
     """A DNS server that records every query and answers SERVFAIL for some names."""
 
     def __init__(self, authorities: list[Any], queries: list, servfail: set[str],
-                 truncate: set[str] = frozenset(), authenticated: bool = False):
+                 truncate: set[str] = frozenset(), authenticated: bool = False,
+                 insecure: set[str] = frozenset()):
         server.DNSServerFactory.__init__(self, authorities=authorities)
         self.queries = queries
         self.servfail = servfail
         self.truncate = truncate
         self.transports: list[str] = []
         self.authenticated = authenticated
+        self.insecure = insecure
 
     def sendReply(self, protocol: Any, message: dns.Message, address: Any) -> None:
         """Send C{message}, with the AD bit when this server plays a validating resolver."""
-        message.authenticData = self.authenticated
+        names = {q.name.name.decode("ascii").lower() for q in message.queries}
+        message.authenticData = self.authenticated and not names & self.insecure
         server.DNSServerFactory.sendReply(self, protocol, message, address)
 
     def handleQuery(self, message: dns.Message, protocol: Any, address: Any) -> Any:
@@ -132,6 +135,7 @@ def start_dns_server(
     truncate: tuple[str, ...] = (),
     authenticated: bool = False,
     interface: str = "127.0.0.1",
+    insecure: tuple[str, ...] = (),
     port: int = 0,
 ) -> DNSServerAddress:
     """
@@ -146,6 +150,8 @@ def start_dns_server(
         answer is only given over TCP).
     @param authenticated: set the AD bit in every answer, as a validating
         resolver does for DNSSEC-secure data (for DANE).
+    @param insecure: names (exactly) answered without the AD bit even when
+        C{authenticated} (data from an unsigned zone).
     @param interface: the loopback address to listen on instead.
     @param port: the port to listen on (53, for resolvers that cannot be
         told a port) instead of a free one.
@@ -155,7 +161,7 @@ def start_dns_server(
     queries: list[tuple[str, str]] = []
     authorities = [_MemoryAuthority(origin, records) for origin, records in zones.items()]
     factory = _CountingDNSFactory(authorities, queries, set(servfail), set(truncate),
-                                  authenticated)
+                                  authenticated, {n.lower() for n in insecure})
     wanted = port
     for _ in range(20 if not wanted else 1):
         udp = reactor.listenUDP(wanted, dns.DNSDatagramProtocol(factory), interface=interface)

@@ -113,6 +113,11 @@ class WaitingTLSA:
         self.pending.append(d)
         return d
 
+    def secure(self, name, rdtype="MX"):
+        d = Deferred()
+        self.pending.append(d)
+        return d
+
 
 class TimedTLSATests(unittest.TestCase):
     """DANE's TLSA lookups (dnspython in a thread) are reported as TLSA queries."""
@@ -134,3 +139,21 @@ class TimedTLSATests(unittest.TestCase):
         tlsa.pending[1].errback(ValueError("no server answered"))
         self.failureResultOf(d, ValueError)
         self.assertEqual(reports, [("TLSA", "answer", 2.0), ("TLSA", "error", 1.0)])
+
+    def test_secure_reported_by_type(self):
+        """
+        DANE's AD-bit queries of the MX RRset and the host's A records are
+        reported under their own types (MX answer 3 s, A error 1 s).
+        """
+        clock, tlsa, lookups, reports = Clock(), WaitingTLSA(), DNSLookups(), []
+        lookups.subscribe(lambda *report: reports.append(report))
+        timed = TimedTLSALookup(tlsa, clock, lookups)
+        d = Deferred.fromCoroutine(timed.secure("example.test", "MX"))
+        clock.advance(3)
+        tlsa.pending[0].callback(True)
+        self.assertIs(self.successResultOf(d), True)
+        d = Deferred.fromCoroutine(timed.secure("mx.example.test", "A"))
+        clock.advance(1)
+        tlsa.pending[1].errback(ValueError("SERVFAIL"))
+        self.failureResultOf(d, ValueError)
+        self.assertEqual(reports, [("MX", "answer", 3.0), ("A", "error", 1.0)])

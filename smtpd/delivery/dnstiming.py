@@ -162,3 +162,14 @@ class TimedTLSALookup:
             raise
         self.lookups.report("TLSA", "answer", self.clock.seconds() - started)
         return answer
+
+    async def secure(self, name: str, rdtype: str = "MX") -> bool:
+        """Whether the answer to C{name} and C{rdtype} is secure (L{TLSALookup.secure}), timed."""
+        started = self.clock.seconds()
+        try:
+            secure = await self.tlsa.secure(name, rdtype)
+        except Exception:
+            self.lookups.report(rdtype, "error", self.clock.seconds() - started)
+            raise
+        self.lookups.report(rdtype, "answer", self.clock.seconds() - started)
+        return secure

@@ -19,6 +19,7 @@ from twisted.internet.protocol import Factory
 from smtpd.config import Config
 from smtpd.delivery.client import RelayClient
 from smtpd.delivery.routes import Route, Target
+from smtpd.delivery.sni import ServerNameOptions
 from smtpd.delivery.wire import SessionError
 
 # Seconds to wait for a TCP connection (at most outbound_timeout).
@@ -184,6 +185,7 @@ class ConnectionPool:
         C{may}/C{encrypt}: TLS without verification (RFC 7435 opportunistic);
         C{verify}: the certificate must match the host name (service-identity);
         C{dane}: no PKIX verification, the TLSA records decide (RFC 7672 3.1).
+        All send C{name} (the MX host, the TLSA base domain) as SNI (RFC 7672 8.1).
         """
         if policy == "none":
             return None
@@ -192,7 +194,7 @@ class ConnectionPool:
             return ssl.optionsForClientTLS(name, trustRoot=trust)
         if self._unverified is None:
             self._unverified = ssl.CertificateOptions()
-        return self._unverified
+        return ServerNameOptions(self._unverified, name)
 
     def release(self, connection: Connection) -> None:
         """Keep C{connection} for the next message on its route, or close it."""

@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_relay_tls_policy -*-
 """
 The recipient side's TLS policy for one MX host: DANE (RFC 7672) when a
-validating resolver vouches for usable TLSA records of the host
-(C{[delivery] dnssec = trust-ad}), else the domain's MTA-STS policy (RFC 8461,
+validating resolver vouches for the domain's MX RRset, the host's address
+records and usable TLSA records of the host (C{[delivery] dnssec =
+trust-ad}), else the domain's MTA-STS policy (RFC 8461,
 C{[delivery] mta_sts = yes}), else none. DANE beats MTA-STS (RFC 8461 2).
 
 L{TLSPolicies} finds them; L{HostPolicy} says what the relay does with a
@@ -24,7 +25,7 @@ from smtpd.config import Config
 from smtpd.delivery.dnstiming import DNSLookups, TimedTLSALookup
 from smtpd.delivery.tlsoutcome import NO_POLICY, POLICY_STS, POLICY_TLSA, TLSA_INVALID
 from smtpd.delivery.wire import SessionError
-from smtpd.mailauth.dane import TLSALookup, TLSARecord, chain_matches, peer_chain
+from smtpd.mailauth.dane import TLSAAnswer, TLSALookup, TLSARecord, chain_matches, peer_chain
 from smtpd.mailauth.https import https_agent
 from smtpd.mailauth.lookup import DNSLookup, TemporaryLookupError
 from smtpd.mailauth.mtasts import MTASTS, PolicyCache, PolicyFailure, STSPolicy
@@ -143,23 +144,50 @@ class TLSPolicies:
 
     async def host_policy(self, config: Config, domain: str, host: str, port: int,
                           sts: STSPolicy | None) -> HostPolicy:
-        """The policy for MX C{host} of C{domain}: DANE when it applies, else C{sts}."""
+        """
+        The policy for MX C{host} of C{domain}: DANE when it applies, else
+        C{sts}. DANE applies only when the MX RRset of C{domain} and the
+        address records of C{host} are secure (RFC 7672 2.2): an insecure
+        answer means no DANE; a bogus one (SERVFAIL) or none skips the host.
+        """
         if self.tlsa is not None and config.delivery.dnssec == "trust-ad":
-            known, answer = self._recall(("tlsa", host, str(port)))
             try:
-                if not known:
-                    answer = self._remember(("tlsa", host, str(port)),
-                                            await self.tlsa.lookup(host, port))
+                answer = await self._dane_answer(domain, host, port)
             except TemporaryLookupError as e:
-                # RFC 7672 2.1.1: an indeterminate answer: the host is not used.
+                # RFC 7672 2.1.1, 2.2: an indeterminate answer: the host is not used.
                 return HostPolicy(domain, POLICY_TLSA, "dane", error=str(e))
-            if answer.applies:
+            if answer is not None and answer.applies:
                 usable = tuple(r for r in answer.records if r.usable)
                 return HostPolicy(domain, POLICY_TLSA, "dane",
                                   tuple(tlsa_string(r) for r in usable), tlsa=usable)
         if sts is not None:
             return HostPolicy(domain, POLICY_STS, sts.mode, sts_strings(sts), sts=sts)
         return HostPolicy(domain)
+
+    async def _dane_answer(self, domain: str, host: str, port: int) -> TLSAAnswer | None:
+        """
+        The TLSA answer of C{host}, or None when the MX RRset of C{domain} or
+        the address records of C{host} are insecure (the TLSA records are not
+        even asked for then, RFC 7672 2.2.1, 2.2.2).
+        """
+        for name, rdtype in ((domain, "MX"), (host, "A")):
+            if not await self._secure(name, rdtype):
+                log.debug("DANE: the {rdtype} answer for {name} is insecure: no DANE for "
+                          "{host}", rdtype=rdtype, name=name, host=host)
+                return None
+        key = ("tlsa", host, str(port))
+        known, answer = self._recall(key)
+        if not known:
+            answer = self._remember(key, await self.tlsa.lookup(host, port))
+        return answer
+
+    async def _secure(self, name: str, rdtype: str) -> bool:
+        """Whether the answer to C{name} and C{rdtype} is secure (remembered like TLSA)."""
+        key = ("secure", name, rdtype)
+        known, secure = self._recall(key)
+        if not known:
+            secure = self._remember(key, await self.tlsa.secure(name, rdtype))
+        return secure
 
 
 def dane_check(policy: HostPolicy, host: str, clock: Any) -> Callable[[Any], None]:

@@ -74,7 +74,8 @@ class TLSAAnswer:
 
 class TLSALookup:
     """
-    TLSA lookups at C{_PORT._tcp.HOST} with the AD bit asked for.
+    TLSA lookups at C{_PORT._tcp.HOST} with the AD bit asked for, and
+    whether the MX RRset and address records that led there were secure.
 
     @param servers: C{(ip, port)} of the validating resolvers; empty means
         the nameservers of /etc/resolv.conf.
@@ -93,11 +94,48 @@ class TLSALookup:
         name = f"_{port}._tcp.{host.rstrip('.')}."
         return await self.run_blocking(query_tlsa, name, servers, self.timeout)
 
+    async def secure(self, name: str, rdtype: str = "MX") -> bool:
+        """
+        Whether the answer to C{name} and C{rdtype} (C{"MX"}, C{"A"}) is
+        secure (AD bit, RFC 7672 2.2); L{TemporaryLookupError} when no server
+        answers or the answer is bogus (SERVFAIL).
+        """
+        servers = self.servers or [(ns, 53) for ns in dns.resolver.Resolver().nameservers]
+        name = f"{name.rstrip('.')}."
+        return await self.run_blocking(query_secure, name, rdtype, servers, self.timeout)
+
 
 def query_tlsa(name: str, servers: list[tuple[str, int]], timeout: float) -> TLSAAnswer:
-    """Ask each server in turn (blocking: run in a thread)."""
-    query = dns.message.make_query(name, dns.rdatatype.TLSA)
-    query.flags |= dns.flags.AD  # RFC 6840 5.7: ask for the AD bit
+    """The TLSA records at C{name} (blocking: run in a thread)."""
+    response = query_ad(name, dns.rdatatype.TLSA, servers, timeout)
+    secure = bool(response.flags & dns.flags.AD)
+    records = tuple(
+        TLSARecord(rr.usage, rr.selector, rr.mtype, bytes(rr.cert))
+        for rrset in response.answer if rrset.rdtype == dns.rdatatype.TLSA for rr in rrset
+    )
+    return TLSAAnswer(records, secure)
+
+
+def query_secure(name: str, rdtype: str, servers: list[tuple[str, int]],
+                 timeout: float) -> bool:
+    """
+    Whether the resolver vouches (AD bit) for its answer to C{name} and
+    C{rdtype} (records, none, or no such name alike; blocking: run in a thread).
+    """
+    response = query_ad(name, dns.rdatatype.from_text(rdtype), servers, timeout)
+    return bool(response.flags & dns.flags.AD)
+
+
+def query_ad(name: str, rdtype: Any, servers: list[tuple[str, int]],
+             timeout: float) -> dns.message.Message:
+    """
+    Ask each server in turn with the AD bit (RFC 6840 5.7) for a NOERROR or
+    NXDOMAIN answer (blocking: run in a thread). A validating resolver answers
+    SERVFAIL for bogus data (RFC 4035 5.5): L{TemporaryLookupError} when no
+    server gave an answer.
+    """
+    query = dns.message.make_query(name, rdtype)
+    query.flags |= dns.flags.AD
     problems = []
     for host, port in servers:
         try:
@@ -107,19 +145,11 @@ def query_tlsa(name: str, servers: list[tuple[str, int]], timeout: float) -> TLS
         except (dns.exception.DNSException, OSError) as e:
             problems.append(f"{host}: {e.__class__.__name__}")
             continue
-        rcode = response.rcode()
-        secure = bool(response.flags & dns.flags.AD)
-        if rcode == dns.rcode.NXDOMAIN:
-            return TLSAAnswer((), secure)
-        if rcode != dns.rcode.NOERROR:
-            problems.append(f"{host}: {dns.rcode.to_text(rcode)}")
-            continue
-        records = tuple(
-            TLSARecord(rr.usage, rr.selector, rr.mtype, bytes(rr.cert))
-            for rrset in response.answer if rrset.rdtype == dns.rdatatype.TLSA for rr in rrset
-        )
-        return TLSAAnswer(records, secure)
-    raise TemporaryLookupError(f"TLSA lookup of {name} failed: {', '.join(problems)}")
+        if response.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            return response
+        problems.append(f"{host}: {dns.rcode.to_text(response.rcode())}")
+    kind = dns.rdatatype.to_text(rdtype)
+    raise TemporaryLookupError(f"{kind} lookup of {name} failed: {', '.join(problems)}")
 
 
 def _selected(certificate: x509.Certificate, selector: int) -> bytes:
