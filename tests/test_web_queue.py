@@ -285,6 +285,21 @@ class QShapeTests(WebQueueMixin, unittest.TestCase):
         code, _, html = await self.browser.get(self.url + "/")
         self.assertIn(f"<td>TOTAL</td><td>{sum(self.expected['TOTAL'])}</td>".encode(), html)
 
+    async def test_no_reads_after_a_restart(self):
+        """
+        After a restart the deferred entries' domains come with the schedule
+        read at start: the first qshape reads no envelope and counts the same.
+        """
+        self.qmgr.stopService()
+        self.qmgr = self.make_qmgr()
+        server = Server(self.clock, self.qmgr, self.queue, _NoSessions(), maybeDeferred,
+                        self.config)  # subscribes to the start-up read
+        self.qmgr.startService()
+        self.reads()
+        shape = self.successResultOf(Admin(server, "tester").qshape())
+        self.assertEqual(self.reads(), 0)
+        self.assertEqual({row[0]: row[2:] for row in shape["rows"]}, self.expected)
+
     async def test_each_envelope_read_once(self):
         """
         The first qshape reads each deferred entry's envelope once; the next

@@ -55,7 +55,7 @@ def table(entries: Iterable[tuple[float, frozenset[str]]], now: float) -> dict:
 
 def pending_domains(envelope) -> frozenset[str]:
     """The destination domains of an envelope's pending recipients (lower case)."""
-    return frozenset(r.address.rpartition("@")[2].lower() for r in envelope.pending())
+    return envelope.pending_domains()
 
 
 class QueueShape:
@@ -78,6 +78,16 @@ class QueueShape:
         # Equal domain sets share one object (most entries have the same few).
         self._sets: dict[frozenset[str], frozenset[str]] = {}
         self._lock = DeferredLock()
+        # The deferred entries read at start come with their domains: the
+        # first request after a restart reads no envelope for them.
+        qmgr.observe_load(self.seed)
+
+    def seed(self, entries: list[tuple[str, float, frozenset[str]]]) -> None:
+        """Keep C{(queue id, next attempt, pending domains)} of deferred entries read at start."""
+        known, sets = self._known, self._sets
+        for queue_id, due, domains in entries:
+            if queue_id not in known:
+                known[queue_id] = (due, sets.setdefault(domains, domains))
 
     def shape(self, now: float) -> Deferred[dict]:
         """The table (see L{table}) of the deferred entries at C{now}."""

@@ -96,6 +96,11 @@ class Envelope:
         """The recipients still to be delivered."""
         return [r for r in self.recipients if r.state == PENDING]
 
+    def pending_domains(self) -> frozenset[str]:
+        """The domains (lower case) of the recipients still to be delivered."""
+        return frozenset(r.address.rpartition("@")[2].lower()
+                         for r in self.recipients if r.state == PENDING)
+
     def to_json(self) -> bytes:
         """Serialise to UTF-8 JSON (the fields in their declared order)."""
         # As asdict() would, without its deep copy of every value: the

@@ -204,6 +204,14 @@ class QueueManager(Service):
         """
         return self.scheduler.position(after)
 
+    def observe_load(self, callback: Callable[[list[tuple[str, float, frozenset[str]]]],
+                                              object]) -> None:
+        """
+        Call C{callback([(queue id, next attempt, pending domains)])} with
+        the deferred entries of each batch the scheduler reads at start.
+        """
+        self.scheduler.load_observers.append(callback)
+
     def deferred(self) -> list[tuple[str, float, float | None]]:
         """C{(id, arrival, next attempt)} of each deferred entry (L{Scheduler.deferred})."""
         return self.scheduler.deferred()

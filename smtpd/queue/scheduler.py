@@ -70,6 +70,10 @@ class Scheduler:
         # Every entry id in order, for listings (those found at start whose
         # envelopes are still being read included).
         self._index = QueueIndex()
+        # Told C{[(queue id, next attempt, pending domains)]} of the deferred
+        # entries of each batch read at start (the queue's shape keeps them).
+        self.load_observers: list[Callable[[list[tuple[str, float, frozenset[str]]]],
+                                           object]] = []
 
     # -- start and stop
 
@@ -102,14 +106,32 @@ class Scheduler:
             if not self.running:
                 return
             self.add(entries)
+            self._loaded(entries)
             for queue_id in batch:
                 if queue_id not in self._states:
                     self._index.discard(queue_id)  # moved to corrupt/, or gone
             self.pump()
 
-    def add(self, entries: Iterable[tuple[float, str, str, float]]) -> None:
-        """Add C{(next_attempt, queue_id, state, arrival)} of entries not known yet."""
-        for when, queue_id, state, arrival in entries:
+    def _loaded(self, entries: list[tuple]) -> None:
+        """Tell the L{load_observers} of the deferred entries in a batch read at start."""
+        if not self.load_observers:
+            return
+        states = self._states
+        deferred = [(entry[1], entry[0], entry[4]) for entry in entries
+                    if len(entry) > 4 and states.get(entry[1]) == DEFERRED]
+        for observer in list(self.load_observers):
+            try:
+                observer(deferred)
+            except Exception:
+                self._errors.failure("Queue load observer {observer!r} failed",
+                                     observer=observer)
+
+    def add(self, entries: Iterable[tuple]) -> None:
+        """
+        Add C{(next_attempt, queue_id, state, arrival)} of entries not known
+        yet (anything after those four is for the L{load_observers}).
+        """
+        for when, queue_id, state, arrival, *_ in entries:
             if queue_id in self._states:
                 continue
             state = state if state in (QUEUED, DEFERRED, HELD) else QUEUED
@@ -132,12 +154,12 @@ class Scheduler:
         """Whether attempts are being started."""
         return self._attempt is not None
 
-    def load(self, entries: Iterable[tuple[float, str, str, float]]) -> None:
+    def load(self, entries: Iterable[tuple]) -> None:
         """Replace the schedule with C{(next_attempt, queue_id, state, arrival)} of entries."""
         self._states = {}
         self._arrivals = {}
         self._due = {}
-        for when, queue_id, state, arrival in entries:
+        for when, queue_id, state, arrival, *_ in entries:
             state = state if state in (QUEUED, DEFERRED, HELD) else QUEUED
             self._states[queue_id] = state
             self._arrivals[queue_id] = arrival

@@ -394,21 +394,24 @@ class Queue:
         fsync_directory(self.directory)
         return ids
 
-    def read_schedule(self, ids: list[str]) -> Deferred[list[tuple[float, str, str, float]]]:
+    def read_schedule(self, ids: list[str]
+                      ) -> Deferred[list[tuple[float, str, str, float, frozenset[str]]]]:
         """
-        C{(next_attempt, queue_id, state, arrival)} of the entries C{ids} (from
-        L{recover}), reading each envelope off the reactor thread; one that
+        C{(next_attempt, queue_id, state, arrival, pending domains)} of the
+        entries C{ids} (from L{recover}), reading each envelope off the reactor
+        thread; one that
         cannot be parsed moves to C{corrupt/}.
         """
         return self._run(self._read_schedule_blocking, ids)
 
-    def _read_schedule_blocking(self, ids: list[str]) -> list[tuple[float, str, str, float]]:
+    def _read_schedule_blocking(self, ids: list[str]
+                                ) -> list[tuple[float, str, str, float, frozenset[str]]]:
         found = []
         for queue_id in ids:
             envelope = self._scan_entry(queue_id, True, True)
             if envelope is not None:
                 found.append((envelope.next_attempt, envelope.id, envelope.state,
-                              envelope.arrival))
+                              envelope.arrival, envelope.pending_domains()))
         return found
 
     def _walk(self, cleanup: bool) -> Iterator[Envelope]:
