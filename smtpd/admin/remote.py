@@ -26,7 +26,8 @@ from smtpd.admin.webclient import PASSWORD_VARIABLE, READS, Unreachable, WebAPI,
 from smtpd.admin.webclient import endpoint_url
 from smtpd.config import Config
 from smtpd.mail.envelope import DEFERRED, HELD, QUEUED
-from smtpd.queue.store import Queue, parse_envelope
+from smtpd.queue.records import parse_envelope
+from smtpd.queue.store import Queue
 
 
 class CommandError(Exception):
