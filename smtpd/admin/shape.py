@@ -53,11 +53,6 @@ def table(entries: Iterable[tuple[float, frozenset[str]]], now: float) -> dict:
     return {"buckets": titles, "rows": [["TOTAL", sum(totals), *totals], *rows]}
 
 
-def pending_domains(envelope) -> frozenset[str]:
-    """The destination domains of an envelope's pending recipients (lower case)."""
-    return envelope.pending_domains()
-
-
 class QueueShape:
     """
     The qshape table of the running queue, its domains kept per entry.
@@ -127,7 +122,7 @@ class QueueShape:
         """Read the domains of C{batch} (C{(id, next attempt, arrival)}); keep them."""
         envelopes = await self.run_blocking(self.queue.envelopes, [i for i, _, _ in batch])
         self.reads += len(batch)
-        domains = {e.id: pending_domains(e) for e in envelopes}
+        domains = {e.id: e.pending_domains() for e in envelopes}
         found = []
         for queue_id, due, arrival in batch:
             # One gone or unreadable (moved to corrupt/ at its next attempt)
